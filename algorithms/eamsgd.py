@@ -1,0 +1,60 @@
+r"""Asynchronous EAMSGD: EASGD with Nesterov momentum on the worker.
+
+Zhang, Choromanska, LeCun 2015 (arXiv 1412.6651), Algorithm 2. Each local step evaluates the
+gradient at the *look-ahead* point :math:`x + \delta v`; every ``communication_window``
+steps the worker also takes the asynchronous elastic step of EASGD:
+
+.. math::
+
+    \text{every } \tau \text{ steps:}\quad e = \alpha (x - \tilde x),\;
+    x \leftarrow x - e,\; \tilde x \leftarrow \tilde x + e \\
+    v \leftarrow \delta v - \eta \nabla f(x + \delta v), \qquad x \leftarrow x + v .
+
+Here the worker's local optimizer takes the step :math:`y \mapsto y - \eta\nabla f(y)` from
+the look-ahead point :math:`y = x + \delta v`, so the rule reads the gradient step off as
+``stepped - y``: the learning rate is applied exactly once (by the local optimizer) and the
+look-ahead sign is ``+`` (the 2017 Distributed Keras worker used ``x - delta*v`` and
+multiplied by the learning rate a second time). With plain SGD as the worker optimizer this
+reproduces Algorithm 2 exactly. With another local optimizer (Adam, ...) the momentum is
+applied on top of that optimizer's step, a departure from the paper.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from distkeras_async.algorithm import Hyperparameter, LocalStep, ServerHandle
+from distkeras_async.rules import AsyncElasticAlgorithm
+
+
+class AsynchronousEAMSGD(AsyncElasticAlgorithm):
+    """Asynchronous EASGD with Nesterov momentum applied on every local step."""
+
+    name = "eamsgd"
+    synchronous = False
+    hyperparameters: ClassVar[dict[str, Hyperparameter]] = {
+        "momentum": Hyperparameter(
+            0.9, float, "Nesterov momentum delta of the local steps", minimum=0.0, maximum=0.999
+        ),
+    }
+
+    momentum: float
+    _velocity: np.ndarray
+
+    def worker_start(self, weights: np.ndarray, server: ServerHandle) -> np.ndarray:
+        """Pull the center and start with zero velocity."""
+        start = super().worker_start(weights, server)
+        self._velocity = np.zeros_like(start)
+        return start
+
+    def worker_step(self, weights: np.ndarray, local_step: LocalStep) -> np.ndarray:
+        """``v = delta*v - eta*grad(x + delta*v)``; ``x = x + v``."""
+        lookahead = weights + np.float32(self.momentum) * self._velocity
+        stepped = local_step(lookahead)
+        self._velocity *= np.float32(self.momentum)
+        self._velocity += stepped
+        self._velocity -= lookahead
+        weights += self._velocity
+        return weights

@@ -1,0 +1,62 @@
+"""distkeras-async: data-parallel Keras training on Spark through a fast, safe parameter server.
+
+The core (protocol, server, client, algorithms) imports neither Spark nor TensorFlow.
+"""
+
+from distkeras_async import registry
+from distkeras_async.algorithm import Algorithm, Hyperparameter, ServerHandle, UpdateMeta
+from distkeras_async.auth import new_secret
+from distkeras_async.client import ParameterServerClient
+from distkeras_async.errors import (
+    AlgorithmError,
+    AuthenticationError,
+    ConnectionClosedError,
+    DistKerasError,
+    HyperparameterError,
+    LocalProtocolError,
+    PluginError,
+    ProtocolError,
+    RemoteProtocolError,
+    RoundFailedError,
+    ServerError,
+    UnknownAlgorithmError,
+)
+from distkeras_async.layout import Layout
+from distkeras_async.loop import LocalModel, run_worker
+from distkeras_async.rules import AsyncElasticAlgorithm, DeltaAlgorithm, ElasticAlgorithm
+from distkeras_async.server import ParameterServer
+from distkeras_async.stats import ServerStats, WorkerStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Algorithm",
+    "AlgorithmError",
+    "AsyncElasticAlgorithm",
+    "AuthenticationError",
+    "ConnectionClosedError",
+    "DeltaAlgorithm",
+    "DistKerasError",
+    "ElasticAlgorithm",
+    "Hyperparameter",
+    "HyperparameterError",
+    "Layout",
+    "LocalModel",
+    "LocalProtocolError",
+    "ParameterServer",
+    "ParameterServerClient",
+    "PluginError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "RoundFailedError",
+    "ServerError",
+    "ServerHandle",
+    "ServerStats",
+    "UnknownAlgorithmError",
+    "UpdateMeta",
+    "WorkerStats",
+    "__version__",
+    "new_secret",
+    "registry",
+    "run_worker",
+]

@@ -1,0 +1,245 @@
+"""The algorithm contract: a worker rule and a server rule on flat float32 vectors.
+
+An algorithm is a small class. The *worker rule* decides what a worker does with its local
+weights every ``communication_window`` local steps (what it commits, whether it pulls, how
+its own weights change); the *server rule* decides how a commit, or a synchronous round of
+commits, changes the center variable. Both are plain numpy: no Keras, no sockets, no
+asyncio, so each rule can be checked against hand-computed numbers.
+
+The same class is instantiated once on the server and once in every worker; the instances
+share hyperparameters (the server sends them in its welcome) but not state.
+
+Example, a complete asynchronous algorithm::
+
+    class HalfDownpour(DeltaAlgorithm):
+        '''DOWNPOUR that applies half of every worker's change.'''
+        name = "half-downpour"
+
+        def server_apply(self, center, update, meta):
+            center += 0.5 * update
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from distkeras_async.errors import HyperparameterError
+
+
+class ServerHandle(Protocol):
+    """What a worker rule may call; :class:`~distkeras_async.client.ParameterServerClient` is one.
+
+    ``pull`` and ``commit_pull`` return the center as one flat float32 vector; when ``out``
+    is given, the center is received into it and ``out`` is returned.
+    """
+
+    def pull(self, out: np.ndarray | None = None) -> np.ndarray:
+        """Fetch the current center variable."""
+        ...
+
+    def commit(self, update: np.ndarray) -> None:
+        """Send an update for the server rule."""
+        ...
+
+    def commit_pull(self, update: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Send an update and receive the center after it was applied, in one round trip."""
+        ...
+
+
+LocalStep = Callable[[np.ndarray], np.ndarray]
+"""One local optimizer step from the given flat weights; returns the weights after it as a
+new array and leaves its argument unchanged."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateMeta:
+    """What the server knows about a commit when a rule applies it.
+
+    Attributes:
+        worker: the committing worker's id.
+        pulled_version: the server version when that worker last received the center.
+        version: the server version now, before this update is applied.
+        attempt: the worker's Spark task attempt.
+        seq: the message's sequence number.
+    """
+
+    worker: int
+    pulled_version: int
+    version: int
+    attempt: int = 0
+    seq: int = 0
+
+    @property
+    def staleness(self) -> int:
+        """How many updates were applied since the worker last pulled."""
+        return max(0, self.version - self.pulled_version)
+
+
+@dataclass(frozen=True, slots=True)
+class Hyperparameter:
+    """Declaration of one hyperparameter: default, type, constraint and meaning."""
+
+    default: Any
+    kind: type = float
+    doc: str = ""
+    minimum: float | None = None
+    exclusive_minimum: bool = False
+    maximum: float | None = None
+
+    def validate(self, name: str, value: Any) -> Any:
+        """Return ``value`` converted to ``kind``, or raise naming ``name``."""
+        if self.kind is bool:
+            if not isinstance(value, bool | np.bool_):
+                raise HyperparameterError(f"hyperparameter {name!r} must be a bool, got {value!r}")
+            return bool(value)
+        if self.kind is int:
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise HyperparameterError(f"hyperparameter {name!r} must be an int, got {value!r}")
+            value = int(value)
+        elif self.kind is float:
+            if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+                raise HyperparameterError(
+                    f"hyperparameter {name!r} must be a number, got {value!r}"
+                )
+            value = float(value)
+            if not math.isfinite(value):
+                raise HyperparameterError(f"hyperparameter {name!r} must be finite, got {value!r}")
+        elif not isinstance(value, self.kind):
+            raise HyperparameterError(
+                f"hyperparameter {name!r} must be {self.kind.__name__}, got {value!r}"
+            )
+        if self.minimum is not None:
+            too_small = value <= self.minimum if self.exclusive_minimum else value < self.minimum
+            if too_small:
+                bound = ">" if self.exclusive_minimum else ">="
+                raise HyperparameterError(
+                    f"hyperparameter {name!r} must be {bound} {self.minimum}, got {value!r}"
+                )
+        if self.maximum is not None and value > self.maximum:
+            raise HyperparameterError(
+                f"hyperparameter {name!r} must be <= {self.maximum}, got {value!r}"
+            )
+        return value
+
+
+def positive(default: float, doc: str, kind: type = float) -> Hyperparameter:
+    """A hyperparameter that must be strictly positive."""
+    return Hyperparameter(default, kind, doc, minimum=0, exclusive_minimum=True)
+
+
+class Algorithm:
+    """Base class of every distributed update rule; subclass it to write a new one.
+
+    Subclasses set ``name``, ``synchronous`` and any extra ``hyperparameters`` (merged with the
+    base class's, which declares ``communication_window``), and override the rules.
+    Asynchronous algorithms implement :meth:`server_apply`; synchronous ones
+    :meth:`server_apply_round`.
+
+    Attributes:
+        name: the registry name (short, lower case).
+        synchronous: whether the server applies commits in rounds of every live worker.
+        allow_nonfinite: whether updates may contain NaN or infinity (the server rejects
+            such commits otherwise, before they touch the center).
+        hyperparameters: name -> declaration, including the inherited ones.
+    """
+
+    name: ClassVar[str] = ""
+    synchronous: ClassVar[bool] = False
+    allow_nonfinite: ClassVar[bool] = False
+    hyperparameters: ClassVar[Mapping[str, Hyperparameter]] = {
+        "communication_window": positive(
+            5, "local steps between two exchanges with the parameter server", kind=int
+        ),
+    }
+
+    communication_window: int
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        merged: dict[str, Hyperparameter] = {}
+        for base in reversed(cls.__mro__[1:]):
+            merged.update(getattr(base, "hyperparameters", {}))
+        merged.update(cls.__dict__.get("hyperparameters", {}))
+        cls.hyperparameters = merged
+
+    def __init__(self, **hyperparameters: Any) -> None:
+        unknown = sorted(set(hyperparameters) - set(self.hyperparameters))
+        if unknown:
+            raise HyperparameterError(
+                f"unknown hyperparameter {unknown[0]!r} for algorithm {self.name!r}; "
+                f"valid: {sorted(self.hyperparameters)}"
+            )
+        for key, spec in self.hyperparameters.items():
+            value = hyperparameters.get(key, spec.default)
+            setattr(self, key, spec.validate(key, value))
+        self.validate()
+
+    def validate(self) -> None:
+        """Check constraints between hyperparameters; raise HyperparameterError if violated."""
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The hyperparameter values, as sent to workers in the server's welcome."""
+        return {key: getattr(self, key) for key in self.hyperparameters}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.settings.items())
+        return f"{type(self).__name__}({args})"
+
+    # -- worker rule ---------------------------------------------------------------------
+
+    def worker_start(self, weights: np.ndarray, server: ServerHandle) -> np.ndarray:
+        """Called once before training; returns the weights to start from.
+
+        The default pulls the center, so every worker starts from the same point.
+        """
+        return server.pull()
+
+    def worker_exchange(self, weights: np.ndarray, server: ServerHandle) -> np.ndarray:
+        """Called every ``communication_window`` local steps; returns the new local weights.
+
+        ``weights`` is a fresh flat float32 copy of the local weights: the rule may modify
+        it in place and return it. The returned array is the rule's to keep no longer.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not define worker_exchange")
+
+    def worker_finish(self, weights: np.ndarray, server: ServerHandle) -> np.ndarray:
+        """Called once after the last local step, so no local work is lost.
+
+        The default performs one last exchange.
+        """
+        return self.worker_exchange(weights, server)
+
+    def worker_step(self, weights: np.ndarray, local_step: LocalStep) -> np.ndarray:
+        """One local optimizer step; override to act on *every* step (EAMSGD's momentum).
+
+        The default is the plain local step. The worker loop only calls this (and only
+        flattens the weights every step) when a subclass overrides it.
+        """
+        return local_step(weights)
+
+    @classmethod
+    def acts_every_step(cls) -> bool:
+        """Whether this algorithm overrides :meth:`worker_step`."""
+        return cls.worker_step is not Algorithm.worker_step
+
+    # -- server rule ---------------------------------------------------------------------
+
+    def server_apply(self, center: np.ndarray, update: np.ndarray, meta: UpdateMeta) -> None:
+        """Apply one asynchronous commit to ``center`` in place.
+
+        ``update`` is a received buffer the rule may modify in place during the call (but
+        not keep: the server reuses it for the next commit).
+        """
+        raise NotImplementedError(f"{type(self).__name__} is not asynchronous")
+
+    def server_apply_round(
+        self, center: np.ndarray, updates: Sequence[np.ndarray], metas: Sequence[UpdateMeta]
+    ) -> None:
+        """Apply one synchronous round (one commit per live worker) to ``center`` in place."""
+        raise NotImplementedError(f"{type(self).__name__} is not synchronous")

@@ -1,0 +1,215 @@
+"""Wire benchmark: ``commit_pull`` round trips per second against a raw-socket ceiling.
+
+Both servers run in a thread of this process; every client is a separate process (so the
+clients do not share the server's interpreter lock). In the same run it measures:
+
+* **baseline** -- the physical ceiling: a plain blocking socket server that receives the
+  update into a preallocated buffer, adds it to the center and sends the center back, with
+  no framing, no authentication and no validation;
+* **distkeras-async** -- a real :class:`~distkeras_async.server.ParameterServer` running
+  DOWNPOUR, and real :class:`~distkeras_async.client.ParameterServerClient` workers doing
+  ``commit_pull`` into a preallocated array.
+
+Each measurement runs ``duration`` seconds; the two alternate ``repeats`` times and the
+medians are reported, so a burst of load on the machine hits both alike.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import socket
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass
+from multiprocessing.synchronize import Event as EventT
+from typing import Any
+
+import numpy as np
+
+from distkeras_async.auth import new_secret
+
+# Round trips every client does before the clock starts (connection set-up, page faults).
+_WARMUP = 3
+
+
+@dataclass(frozen=True, slots=True)
+class WireResult:
+    """One benchmark result (medians over the repeats)."""
+
+    params: int
+    workers: int
+    repeats: int
+    duration_s: float
+    round_trips_per_s: float
+    baseline_round_trips_per_s: float
+    ratio: float
+    megabytes_per_s: float
+    samples: dict[str, list[float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as a JSON-ready dict."""
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- raw baseline
+
+
+def _recv_exact(sock: socket.socket, view: memoryview) -> bool:
+    while view.nbytes:
+        n = sock.recv_into(view)
+        if n == 0:
+            return False
+        view = view[n:]
+    return True
+
+
+class _RawServer:
+    """The ceiling: receive into a preallocated buffer, add, send the center back."""
+
+    def __init__(self, params: int, workers: int) -> None:
+        self.center = np.zeros(params, np.float32)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(60)
+        self.port = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        self.threads = [
+            threading.Thread(target=self._serve_one, daemon=True) for _ in range(workers)
+        ]
+        for t in self.threads:
+            t.start()
+
+    def _serve_one(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        conn.settimeout(60)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        update = np.empty_like(self.center)
+        view = update.data.cast("B")
+        center_view = self.center.data.cast("B")
+        with conn:
+            while _recv_exact(conn, view):
+                with self.lock:
+                    np.add(self.center, update, out=self.center)
+                conn.sendall(center_view)
+
+    def close(self) -> None:
+        self.listener.close()
+        for t in self.threads:
+            t.join(timeout=5)
+
+
+def _raw_client(port: int, params: int, start: EventT, duration: float, results: Any) -> None:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    update = np.full(params, 1e-6, np.float32)
+    out = np.empty(params, np.float32)
+    send_view, recv_view = update.data.cast("B"), out.data.cast("B")
+
+    def round_trip() -> None:
+        sock.sendall(send_view)
+        if not _recv_exact(sock, recv_view):
+            raise ConnectionError("baseline server closed the connection")
+
+    _timed_loop(round_trip, start, duration, results)
+    sock.close()
+
+
+# --------------------------------------------------------------------------- our server
+
+
+def _ps_client(
+    port: int, secret: bytes, worker: int, params: int, start: EventT, duration: float, results: Any
+) -> None:
+    from distkeras_async.client import ParameterServerClient
+
+    client = ParameterServerClient("127.0.0.1", port, secret, worker)
+    update = np.full(params, 1e-6, np.float32)
+    out = np.empty(params, np.float32)
+    _timed_loop(lambda: client.commit_pull(update, out=out), start, duration, results)
+    client.close()
+
+
+def _timed_loop(round_trip: Any, start: EventT, duration: float, results: Any) -> None:
+    for _ in range(_WARMUP):
+        round_trip()
+    start.wait(60)
+    count = 0
+    began = time.perf_counter()
+    deadline = began + duration
+    while time.perf_counter() < deadline:
+        round_trip()
+        count += 1
+    results.put((count, time.perf_counter() - began))
+
+
+def _run_clients(target: Any, args_for: Any, workers: int, duration: float) -> float:
+    ctx = mp.get_context("spawn")
+    start = ctx.Event()
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(target=target, args=(*args_for(i), start, duration, results))
+        for i in range(workers)
+    ]
+    for p in procs:
+        p.start()
+    start.set()
+    outcomes = [results.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        if p.exitcode != 0:
+            raise RuntimeError(f"benchmark client exited with code {p.exitcode}")
+    # Aggregate throughput: every client's round trips over the longest client's time.
+    return float(sum(c for c, _ in outcomes) / max(t for _, t in outcomes))
+
+
+def measure_baseline(params: int, workers: int, duration: float) -> float:
+    """Round trips per second of the raw-socket ceiling."""
+    server = _RawServer(params, workers)
+    try:
+        return _run_clients(_raw_client, lambda i: (server.port, params), workers, duration)
+    finally:
+        server.close()
+
+
+def measure_server(params: int, workers: int, duration: float) -> float:
+    """Round trips per second through ParameterServer + ParameterServerClient (DOWNPOUR)."""
+    from distkeras_async.server import ParameterServer
+
+    secret = new_secret()
+    server = ParameterServer(
+        [np.zeros(params, np.float32)], "downpour", num_workers=workers, secret=secret
+    )
+    port = server.start()
+    try:
+        return _run_clients(_ps_client, lambda i: (port, secret, i, params), workers, duration)
+    finally:
+        server.stop()
+
+
+def run_wire_benchmark(
+    params: int, workers: int = 1, *, duration: float = 3.0, repeats: int = 3
+) -> WireResult:
+    """Measure both servers ``repeats`` times, alternating, and return the medians."""
+    if params < 1 or workers < 1 or repeats < 1 or duration <= 0:
+        raise ValueError("params, workers and repeats must be >= 1 and duration > 0")
+    ours: list[float] = []
+    base: list[float] = []
+    for _ in range(repeats):
+        base.append(measure_baseline(params, workers, duration))
+        ours.append(measure_server(params, workers, duration))
+    ours_med, base_med = statistics.median(ours), statistics.median(base)
+    return WireResult(
+        params=params,
+        workers=workers,
+        repeats=repeats,
+        duration_s=duration,
+        round_trips_per_s=ours_med,
+        baseline_round_trips_per_s=base_med,
+        ratio=ours_med / base_med,
+        # Each round trip moves the update in and the center out.
+        megabytes_per_s=ours_med * 2 * params * 4 / 1e6,
+        samples={"round_trips_per_s": ours, "baseline_round_trips_per_s": base},
+    )

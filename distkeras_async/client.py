@@ -1,0 +1,289 @@
+"""The worker's side: a blocking client of the parameter server, for use inside a Spark task.
+
+A Spark task is synchronous code, so this is a plain socket client with a timeout on every
+call. Updates leave straight from the caller's numpy memory (``sendmsg`` of the header and
+the array's buffer) and the center arrives straight into a preallocated array
+(``recv_into``); the framing is :mod:`distkeras_async.protocol`'s, shared with the server.
+
+Example::
+
+    with ParameterServerClient("127.0.0.1", port, secret, worker_id=0) as ps:
+        center = ps.pull()
+        center = ps.commit_pull(local_weights - center)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from distkeras_async import auth
+from distkeras_async.errors import (
+    AuthenticationError,
+    ConnectionClosedError,
+    DistKerasError,
+    RemoteProtocolError,
+    ServerError,
+)
+from distkeras_async.layout import FLAT_DTYPE, Layout
+from distkeras_async.protocol import FrameDecoder, FrameHeader, Message, Op, encode
+
+logger = logging.getLogger(__name__)
+
+# Extra seconds a commit may wait beyond the server's round timeout before the client gives
+# up by itself: the server's own timeout error should normally arrive first.
+_ROUND_MARGIN = 30.0
+
+
+class ParameterServerClient:
+    """A worker's connection to the parameter server.
+
+    Args:
+        host: the server's address.
+        port: the server's port.
+        secret: this run's secret (the same bytes the server was given).
+        worker_id: this worker's id, ``0 .. num_workers-1`` (the Spark partition id).
+        attempt: the Spark task attempt number; a retried task uses a higher one, so the
+            server can tell a retry from a duplicate.
+        timeout: seconds any call may wait for the server (synchronous commits may wait a
+            round timeout longer).
+        connect_timeout: seconds to establish the TCP connection and handshake.
+        ssl_context: a client-side TLS context, or None for plain TCP.
+        server_hostname: the name to check the server's certificate against (TLS only).
+
+    Raises:
+        AuthenticationError: if the server rejects the secret, or cannot prove it holds it.
+        ServerError: if the server refuses the connection (the message says why).
+        TimeoutError, OSError: if the server cannot be reached in time.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        secret: bytes,
+        worker_id: int,
+        attempt: int = 0,
+        *,
+        timeout: float = 60.0,
+        connect_timeout: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> None:
+        self.worker_id = worker_id
+        self.attempt = attempt
+        self.timeout = timeout
+        self._secret = auth.check_secret(secret)
+        self._seq = 0
+        self._closed = False
+        self._out: np.ndarray | None = None
+        self._decoder = FrameDecoder(allocate=self._allocate)
+        self.duplicates = 0
+        sock = socket.create_connection((host, port), timeout=connect_timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if ssl_context is not None:
+                sock = ssl_context.wrap_socket(sock, server_hostname=server_hostname or host)
+            self._sock = sock
+            self._tls = ssl_context is not None
+            self._handshake()
+        except BaseException:
+            sock.close()
+            self._closed = True
+            raise
+        # A synchronous commit waits for the whole round, which may take a round timeout.
+        if self.synchronous_rounds:
+            self._sock.settimeout(max(timeout, self.round_timeout + _ROUND_MARGIN))
+        else:
+            self._sock.settimeout(timeout)
+
+    # -- handshake ---------------------------------------------------------------------
+
+    def _handshake(self) -> None:
+        challenge = self._receive(Op.CHALLENGE)
+        nonce = auth.new_nonce()
+        proof = auth.client_proof(
+            self._secret, challenge.fields["nonce"], self.worker_id, self.attempt
+        )
+        self._send(Op.HELLO, fields={"proof": proof, "nonce": nonce})
+        try:
+            welcome = self._receive(Op.WELCOME)
+        except ServerError as exc:
+            if "authentication" in str(exc):
+                raise AuthenticationError(f"the parameter server rejected us: {exc}") from exc
+            raise
+        expected = auth.server_proof(self._secret, nonce, challenge.fields["nonce"])
+        if not auth.verify(expected, welcome.fields["proof"]):
+            raise AuthenticationError("the parameter server could not prove it holds the secret")
+        fields = welcome.fields
+        self.layout = Layout.from_wire(fields["layout"])
+        self.algorithm_name: str = fields["algorithm"]
+        self.hyperparameters: dict[str, Any] = dict(fields["hyperparameters"])
+        self.version: int = fields["version"]
+        self.num_workers: int = fields["num_workers"]
+        self.round_timeout: float = float(fields["round_timeout"])
+        self.synchronous_rounds: bool = fields["synchronous"]
+
+    @property
+    def num_params(self) -> int:
+        """Number of float32 parameters in the flat vector."""
+        return self.layout.size
+
+    # -- requests ----------------------------------------------------------------------
+
+    def pull(self, out: np.ndarray | None = None) -> np.ndarray:
+        """Fetch the center as a flat float32 vector (received into ``out`` if given)."""
+        self._send(Op.PULL)
+        return self._receive_center(out)
+
+    def commit(self, update: np.ndarray) -> None:
+        """Send an update for the server rule and wait until it is accepted."""
+        self._send(Op.COMMIT, tensors=(self._check_update(update),))
+        reply = self._receive(Op.ACK)
+        self.version = reply.fields["version"]
+        if reply.fields.get("duplicate"):
+            self.duplicates += 1
+
+    def commit_pull(self, update: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Send an update and receive the center after it was applied, in one round trip."""
+        self._send(Op.COMMIT_PULL, tensors=(self._check_update(update),))
+        return self._receive_center(out)
+
+    def report(self, metrics: Mapping[str, float]) -> None:
+        """Send metrics (e.g. the latest loss) for the server's statistics."""
+        clean = {str(k): float(v) for k, v in metrics.items() if np.isfinite(v)}
+        self._send(Op.REPORT, fields={"metrics": clean})
+        self._receive(Op.ACK)
+
+    def report_error(self, message: str) -> None:
+        """Tell the server this worker failed (a synchronous run then fails at once), and close."""
+        if self._closed:
+            return
+        with contextlib.suppress(OSError, DistKerasError):
+            self._send(Op.ERROR, fields={"message": message[:4000]})
+        self._shutdown()
+
+    def close(self) -> None:
+        """Say goodbye (the worker finished) and close the connection. Idempotent."""
+        if self._closed:
+            return
+        with contextlib.suppress(OSError, DistKerasError):
+            self._send(Op.BYE)
+        self._shutdown()
+
+    def __enter__(self) -> ParameterServerClient:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc is not None and not isinstance(exc, DistKerasError | OSError):
+            self.report_error(f"{type(exc).__name__}: {exc}")
+        else:
+            self.close()
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+    def _check_update(self, update: np.ndarray) -> np.ndarray:
+        if not isinstance(update, np.ndarray) or update.dtype != FLAT_DTYPE:
+            raise TypeError("an update must be a float32 numpy array")
+        if update.shape != (self.layout.size,):
+            raise ValueError(
+                f"an update must be a flat vector of {self.layout.size} elements, "
+                f"got shape {update.shape}"
+            )
+        return update
+
+    def _send(
+        self, op: Op, fields: dict[str, Any] | None = None, tensors: tuple[np.ndarray, ...] = ()
+    ) -> None:
+        if self._closed:
+            raise ConnectionClosedError("the client is closed")
+        message = Message(op, self.worker_id, self.attempt, self._seq, fields or {}, tensors)
+        self._seq += 1
+        buffers = [memoryview(b) for b in encode(message)]
+        try:
+            if self._tls:
+                for buf in buffers:  # SSL sockets have no sendmsg
+                    self._sock.sendall(buf)
+                return
+            while buffers:
+                sent = self._sock.sendmsg(buffers)
+                while sent:
+                    if sent >= buffers[0].nbytes:
+                        sent -= buffers[0].nbytes
+                        buffers.pop(0)
+                    else:
+                        buffers[0] = buffers[0][sent:]
+                        sent = 0
+        except TimeoutError:
+            self._shutdown()
+            raise TimeoutError(f"sending {op.value!r} took more than the timeout") from None
+        except OSError:
+            self._shutdown()
+            raise
+
+    def _allocate(self, header: FrameHeader) -> memoryview:
+        if header.op is not Op.CENTER:
+            raise RemoteProtocolError(f"unexpected tensors in a {header.op.value!r} reply")
+        expected = self.layout.flat_spec()
+        if header.specs != (expected,):
+            raise RemoteProtocolError("the server sent a center that does not match the layout")
+        out = self._out if self._out is not None else np.empty(expected.size, FLAT_DTYPE)
+        self._out = out
+        return out.data.cast("B")
+
+    def _receive_center(self, out: np.ndarray | None) -> np.ndarray:
+        if out is not None and (
+            out.dtype != FLAT_DTYPE
+            or out.shape != (self.layout.size,)
+            or not out.flags.c_contiguous
+        ):
+            raise ValueError(
+                f"out must be a contiguous float32 vector of {self.layout.size} elements"
+            )
+        self._out = out
+        try:
+            reply = self._receive(Op.CENTER)
+            result = self._out
+        finally:
+            self._out = None
+        assert result is not None
+        self.version = reply.fields["version"]
+        return result
+
+    def _receive(self, expected: Op) -> Message:
+        if self._closed:
+            raise ConnectionClosedError("the client is closed")
+        decoder = self._decoder
+        try:
+            while (message := decoder.next_message()) is None:
+                n = self._sock.recv_into(decoder.get_buffer())
+                if n == 0:
+                    raise ConnectionClosedError("the parameter server closed the connection")
+                decoder.buffer_updated(n)
+        except TimeoutError:
+            self._shutdown()
+            raise TimeoutError(
+                f"no {expected.value!r} reply from the parameter server within "
+                f"{self._sock.gettimeout()} s"
+            ) from None
+        except (OSError, DistKerasError):
+            self._shutdown()
+            raise
+        if message.op is Op.ERROR:
+            self._shutdown()
+            raise ServerError(message.fields["message"])
+        if message.op is not expected:
+            self._shutdown()
+            raise RemoteProtocolError(f"expected {expected.value!r}, got {message.op.value!r}")
+        return message

@@ -1,0 +1,330 @@
+"""The parameter server: an asyncio (uvloop) server in a background thread of the driver.
+
+Usage::
+
+    server = ParameterServer(model.get_weights(), "downpour", num_workers=4, secret=secret)
+    port = server.start()          # bound; workers may connect now
+    ...                            # workers train through ParameterServerClient
+    weights = server.center        # the trained weights, as a list like get_weights()
+    server.stop()                  # closes the listener and every connection, then returns
+
+One event loop owns all the state (:mod:`distkeras_async._state`), so the update rules run
+without locks; other threads read the center and the statistics through that loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import errno
+import logging
+import ssl
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+
+from distkeras_async import auth, registry
+from distkeras_async._connection import Connection
+from distkeras_async._state import Limits, ServerState
+from distkeras_async.algorithm import Algorithm
+from distkeras_async.errors import RoundFailedError
+from distkeras_async.layout import Layout
+from distkeras_async.stats import ServerStats
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - Windows, or a minimal install
+    uvloop = None  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# How often idle, half-sent and unread connections are looked for. One sweep is a loop over
+# the open connections, so once a second costs nothing and bounds every timeout's slack.
+SWEEP_INTERVAL = 1.0
+
+
+class ParameterServer:
+    """Holds the center variable and applies an algorithm's server rule to workers' commits.
+
+    Args:
+        weights: the initial weights, as ``keras_model.get_weights()`` returns them.
+        algorithm: a registered algorithm name, an Algorithm class, or an instance.
+        num_workers: how many workers train (worker ids are ``0 .. num_workers-1``).
+        secret: this run's shared secret (at least 16 random bytes), see :mod:`auth`.
+        host: the address to listen on; the address the workers use to reach the driver.
+        port: the port to listen on; 0 lets the OS choose (see :attr:`port`).
+        ssl_context: a server-side TLS context, or None for plain TCP.
+        round_timeout: seconds a synchronous round may wait for its last worker.
+        idle_timeout: seconds a connection may stay silent (a worker computing a long
+            communication window is silent: keep this above a window's duration).
+        handshake_timeout: seconds a new connection has to authenticate.
+        frame_timeout: seconds a started frame has to arrive completely.
+        send_timeout: seconds a worker may leave a reply unread before it is dropped.
+        max_connections: open connections allowed at once (default: 2 * num_workers + 8).
+        receive_buffers: model-sized buffers for incoming commits (default: 1 for
+            asynchronous algorithms, ``num_workers`` for synchronous ones, which hold a
+            whole round).
+        center_buffers: model-sized buffers for the center and versions still being sent.
+        use_uvloop: use uvloop when it is installed.
+        **hyperparameters: the algorithm's hyperparameters when ``algorithm`` is a name/class.
+    """
+
+    def __init__(
+        self,
+        weights: Sequence[np.ndarray] | np.ndarray,
+        algorithm: str | type[Algorithm] | Algorithm,
+        *,
+        num_workers: int,
+        secret: bytes,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
+        round_timeout: float = 300.0,
+        idle_timeout: float = 600.0,
+        handshake_timeout: float = 10.0,
+        frame_timeout: float = 60.0,
+        send_timeout: float = 60.0,
+        max_connections: int | None = None,
+        receive_buffers: int | None = None,
+        center_buffers: int = 2,
+        use_uvloop: bool = True,
+        **hyperparameters: Any,
+    ) -> None:
+        if isinstance(weights, np.ndarray):
+            weights = [weights]
+        if not isinstance(num_workers, int) or num_workers < 1:
+            raise ValueError(f"num_workers must be a positive int, got {num_workers!r}")
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {port!r}")
+        for name, value in [
+            ("round_timeout", round_timeout),
+            ("idle_timeout", idle_timeout),
+            ("handshake_timeout", handshake_timeout),
+            ("frame_timeout", frame_timeout),
+            ("send_timeout", send_timeout),
+        ]:
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+        self.algorithm = registry.resolve(algorithm, **hyperparameters)
+        self.layout = Layout.of(weights)
+        if self.layout.size == 0:
+            raise ValueError("the model has no weights to train")
+        self._initial = self.layout.flatten(weights)
+        self.num_workers = num_workers
+        self.host = host
+        self._requested_port = port
+        self._secret = auth.check_secret(secret)
+        self._ssl = ssl_context
+        sync = self.algorithm.synchronous
+        self.limits = Limits(
+            max_connections=max_connections or 2 * num_workers + 8,
+            round_timeout=round_timeout,
+            idle_timeout=idle_timeout,
+            handshake_timeout=handshake_timeout,
+            frame_timeout=frame_timeout,
+            send_timeout=send_timeout,
+            receive_buffers=receive_buffers or (num_workers if sync else 1),
+            center_buffers=center_buffers,
+        )
+        if sync and self.limits.receive_buffers < num_workers:
+            raise ValueError("a synchronous algorithm needs receive_buffers >= num_workers")
+        self._use_uvloop = use_uvloop and uvloop is not None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._state: ServerState | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._loop_thread_id: int | None = None
+        self.port: int | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> int:
+        """Bind, start serving in a background thread, and return the bound port.
+
+        Raises:
+            OSError: if the address cannot be bound (the message names host and port).
+            RuntimeError: if the server was already started.
+        """
+        if self._thread is not None:
+            raise RuntimeError("the parameter server was already started")
+        ready = threading.Event()
+        failure: list[BaseException] = []
+        self._thread = threading.Thread(
+            target=self._run, args=(ready, failure), name="distkeras-parameter-server", daemon=True
+        )
+        self._thread.start()
+        ready.wait()
+        if failure:
+            self._thread.join()
+            raise failure[0]
+        assert self.port is not None
+        logger.info(
+            "parameter server (%s, %d workers) listening on %s:%d",
+            self.algorithm.name,
+            self.num_workers,
+            self.host,
+            self.port,
+        )
+        return self.port
+
+    def _run(self, ready: threading.Event, failure: list[BaseException]) -> None:
+        loop = uvloop.new_event_loop() if self._use_uvloop else asyncio.new_event_loop()
+        self._loop = loop
+        self._loop_thread_id = threading.get_ident()
+        asyncio.set_event_loop(loop)
+        try:
+            state = ServerState(
+                self._initial,
+                self.layout,
+                self.algorithm,
+                self.num_workers,
+                self._secret,
+                self.limits,
+                loop,
+            )
+            self._state = state
+            try:
+                self._server = loop.run_until_complete(
+                    loop.create_server(
+                        lambda: Connection(state), self.host, self._requested_port, ssl=self._ssl
+                    )
+                )
+            except OSError as exc:
+                reason = "already in use" if exc.errno == errno.EADDRINUSE else str(exc)
+                raise OSError(
+                    exc.errno, f"cannot listen on {self.host}:{self._requested_port}: {reason}"
+                ) from exc
+            self.port = self._server.sockets[0].getsockname()[1]
+            loop.call_later(SWEEP_INTERVAL, self._sweep)
+        except BaseException as exc:
+            failure.append(exc)
+            ready.set()
+            loop.close()
+            return
+        ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            self._close_everything(loop)
+
+    def _sweep(self) -> None:
+        assert self._state is not None and self._loop is not None
+        self._state.sweep()
+        self._loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _close_everything(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._state is not None:
+            for conn in list(self._state.connections):
+                conn.abort()
+        # Let connection_lost callbacks and the listener's close run before the loop closes.
+        for _ in range(3):
+            loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Close the listener and every connection, stop the thread, and return.
+
+        Idempotent. The port is free when this returns.
+        """
+        thread, loop = self._thread, self._loop
+        if thread is None or loop is None or not thread.is_alive():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed in between
+            loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout)
+        if thread.is_alive():  # pragma: no cover - would be a bug; never hang the caller
+            logger.error("parameter server thread did not stop within %gs", timeout)
+
+    def __enter__(self) -> ParameterServer:
+        if self._thread is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        """Whether the server thread is serving."""
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- reading the state from other threads ------------------------------------------
+
+    def _call(self, fn: Callable[[], T], timeout: float = 30.0) -> T:
+        """Run ``fn`` on the server's loop (or directly when the loop is not running)."""
+        loop = self._loop
+        if (
+            loop is None
+            or not self.running
+            or loop.is_closed()
+            or threading.get_ident() == self._loop_thread_id
+        ):
+            return fn()
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        try:
+            loop.call_soon_threadsafe(run)
+        except RuntimeError:  # stopped in between
+            return fn()
+        return future.result(timeout)
+
+    def _require_state(self) -> ServerState:
+        if self._state is None:
+            raise RuntimeError("the parameter server has not been started")
+        return self._state
+
+    @property
+    def center_flat(self) -> np.ndarray:
+        """A copy of the center as one flat float32 vector."""
+        if self._state is None:
+            return self._initial.copy()
+        state = self._state
+
+        def copy() -> np.ndarray:
+            return state.center.array.copy()
+
+        return self._call(copy)
+
+    @property
+    def center(self) -> list[np.ndarray]:
+        """A copy of the center as a weight list (``keras_model.set_weights`` accepts it)."""
+        return self.layout.unflatten(self.center_flat)
+
+    @property
+    def version(self) -> int:
+        """Number of updates applied (a synchronous round counts once)."""
+        return self._state.version if self._state is not None else 0
+
+    def stats(self) -> ServerStats:
+        """A consistent snapshot of the server's statistics."""
+        state = self._require_state()
+
+        def snap() -> ServerStats:
+            state.stats.center_buffers = state.center.buffers
+            state.stats.receive_buffers = state.receive.created
+            return state.stats.snapshot()
+
+        return self._call(snap)
+
+    @property
+    def failure(self) -> str | None:
+        """Why the run failed (a synchronous round timed out, a worker died), or None."""
+        return self._state.failure if self._state is not None else None
+
+    def raise_for_failure(self) -> None:
+        """Raise :class:`RoundFailedError` if the run failed."""
+        if self.failure is not None:
+            raise RoundFailedError(self.failure)

@@ -1,0 +1,95 @@
+"""Statistics the parameter server keeps, for progress bars, histories and benchmarks."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """What the server knows about one worker.
+
+    Attributes:
+        worker: the worker id.
+        attempt: the latest Spark task attempt seen.
+        commits: commits applied (duplicates excluded).
+        duplicates: commits recognised as resent and not applied again.
+        pulls: centers sent (pull and commit_pull).
+        bytes_in: bytes received from this worker.
+        staleness_last: staleness of its latest commit.
+        staleness_max: largest staleness of its commits.
+        staleness_total: sum of its commits' staleness (mean = total / commits).
+        last_metrics: the metrics of its latest report.
+        reports: number of reports.
+        last_seen: ``time.time()`` of its latest message.
+        finished: whether it said goodbye.
+    """
+
+    worker: int
+    attempt: int = 0
+    commits: int = 0
+    duplicates: int = 0
+    pulls: int = 0
+    bytes_in: int = 0
+    staleness_last: int = 0
+    staleness_max: int = 0
+    staleness_total: int = 0
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    reports: int = 0
+    last_seen: float = 0.0
+    finished: bool = False
+
+    @property
+    def last_loss(self) -> float | None:
+        """The loss of the latest report, if any."""
+        return self.last_metrics.get("loss")
+
+
+@dataclass(slots=True)
+class ServerStats:
+    """A snapshot of the server's counters.
+
+    Attributes:
+        version: number of updates applied to the center (a synchronous round counts once).
+        commits: commits applied, over all workers.
+        rounds: synchronous rounds completed.
+        bytes_in: bytes received.
+        bytes_out: bytes sent.
+        connections: connections open now.
+        connections_total: connections accepted since start.
+        rejected: connections closed for a protocol, authentication or limit error.
+        center_buffers: model-sized buffers holding center versions.
+        receive_buffers: model-sized buffers for receiving commits.
+        started: ``time.time()`` when the server started.
+        workers: per-worker statistics.
+    """
+
+    version: int = 0
+    commits: int = 0
+    rounds: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    connections: int = 0
+    connections_total: int = 0
+    rejected: int = 0
+    center_buffers: int = 0
+    receive_buffers: int = 0
+    started: float = field(default_factory=time.time)
+    workers: dict[int, WorkerStats] = field(default_factory=dict)
+
+    def worker(self, worker: int) -> WorkerStats:
+        """The statistics of ``worker``, created on first use."""
+        stats = self.workers.get(worker)
+        if stats is None:
+            stats = self.workers[worker] = WorkerStats(worker)
+        return stats
+
+    def snapshot(self) -> ServerStats:
+        """A deep copy, safe to read from another thread."""
+        return replace(
+            self,
+            workers={
+                k: replace(w, last_metrics=dict(w.last_metrics)) for k, w in self.workers.items()
+            },
+        )
