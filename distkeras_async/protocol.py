@@ -205,6 +205,10 @@ def _spec_from_wire(item: object) -> TensorSpec:
         raise RemoteProtocolError(f"unsupported dtype {dtype!r:.40}; allowed: {sorted(DTYPES)}")
     if not (isinstance(shape, list) and len(shape) <= MAX_NDIM and all(_is_int(d) for d in shape)):
         raise RemoteProtocolError(f"invalid tensor shape {shape!r:.80}")
+    # numpy refuses a shape whose non-zero dims overflow its index type even when another
+    # dim is 0 (so the tensor is empty and passes the payload limit): reject it here.
+    if math.prod(d for d in shape if d) * DTYPES[dtype].itemsize > _MAX_INT:
+        raise RemoteProtocolError(f"tensor shape {shape!r:.80} is too large")
     return TensorSpec(dtype, tuple(shape))
 
 
@@ -278,7 +282,8 @@ def encode(message: Message) -> list[bytes | memoryview]:
             raise LocalProtocolError(f"{name} must be a non-negative int")
     _check_fields(message.op, message.fields, LocalProtocolError)
     _check_tensor_count(message.op, len(message.tensors), LocalProtocolError)
-    arrays = [np.ascontiguousarray(t) for t in message.tensors]
+    # ascontiguousarray turns a 0-d array into shape (1,); reshape back to keep the shape.
+    arrays = [np.ascontiguousarray(t).reshape(np.shape(t)) for t in message.tensors]
     header = {
         "v": PROTOCOL_VERSION,
         "op": message.op.value,
@@ -288,7 +293,10 @@ def encode(message: Message) -> list[bytes | memoryview]:
         "t": [TensorSpec.of(a).to_wire() for a in arrays],
         "f": dict(message.fields),
     }
-    packed = msgpack.packb(header, use_bin_type=True)
+    try:
+        packed = msgpack.packb(header, use_bin_type=True)
+    except (OverflowError, TypeError, ValueError) as exc:  # ints beyond 64 bits, surrogates
+        raise LocalProtocolError(f"message cannot be packed ({exc})") from None
     if len(packed) > MAX_HEADER_BYTES:
         raise LocalProtocolError(f"header of {len(packed)} bytes exceeds {MAX_HEADER_BYTES}")
     buffers: list[bytes | memoryview] = [PREFIX.pack(len(packed)) + packed]

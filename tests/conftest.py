@@ -1,0 +1,126 @@
+"""Shared fixtures: real servers on 127.0.0.1 that are always stopped."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from distkeras_async import ParameterServer, ParameterServerClient, new_secret
+from distkeras_async.protocol import FrameDecoder, Message, encode_bytes
+
+
+@pytest.fixture
+def secret() -> bytes:
+    return new_secret()
+
+
+@pytest.fixture
+def make_server(secret: bytes) -> Iterator[Callable[..., ParameterServer]]:
+    """Start a ParameterServer on 127.0.0.1:0; every one is stopped at teardown."""
+    servers: list[ParameterServer] = []
+
+    def make(weights: Any = None, algorithm: Any = "downpour", **kwargs: Any) -> ParameterServer:
+        if weights is None:
+            weights = [np.zeros((2, 3), np.float32), np.zeros(4, np.float32)]
+        kwargs.setdefault("num_workers", 2)
+        kwargs.setdefault("secret", secret)
+        server = ParameterServer(weights, algorithm, **kwargs)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def connect(secret: bytes) -> Iterator[Callable[..., ParameterServerClient]]:
+    """Connect clients; every one is closed at teardown."""
+    clients: list[ParameterServerClient] = []
+
+    def make(server: ParameterServer, worker: int = 0, **kwargs: Any) -> ParameterServerClient:
+        assert server.port is not None
+        kwargs.setdefault("timeout", 20.0)
+        client = ParameterServerClient(
+            "127.0.0.1", server.port, kwargs.pop("secret", secret), worker, **kwargs
+        )
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+class RawPeer:
+    """A raw socket speaking the protocol by hand, to send what a real client never would."""
+
+    def __init__(self, port: int, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.decoder = FrameDecoder()
+
+    def send(self, message: Message) -> None:
+        self.sock.sendall(encode_bytes(message))
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def receive(self) -> Message | None:
+        """The next message, or None if the server closed the connection first."""
+        while (message := self.decoder.next_message()) is None:
+            try:
+                data = self.sock.recv(1 << 16)
+            except ConnectionResetError:
+                return None
+            if not data:
+                return None
+            self.decoder.receive_data(data)
+        return message
+
+    def closed_by_server(self) -> bool:
+        """Whether the server closes the connection (reads until EOF, discarding messages)."""
+        try:
+            while True:
+                data = self.sock.recv(1 << 16)
+                if not data:
+                    return True
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def raw_peer() -> Iterator[Callable[[int], RawPeer]]:
+    peers: list[RawPeer] = []
+
+    def make(port: int, timeout: float = 10.0) -> RawPeer:
+        peer = RawPeer(port, timeout)
+        peers.append(peer)
+        return peer
+
+    yield make
+    for peer in peers:
+        peer.close()
+
+
+def handshake(peer: RawPeer, secret: bytes, worker: int = 0, attempt: int = 0) -> Message:
+    """Complete the handshake by hand; returns the welcome."""
+    from distkeras_async import auth
+    from distkeras_async.protocol import Op
+
+    challenge = peer.receive()
+    assert challenge is not None and challenge.op is Op.CHALLENGE
+    proof = auth.client_proof(secret, challenge.fields["nonce"], worker, attempt)
+    peer.send(Message(Op.HELLO, worker, attempt, 0, {"proof": proof, "nonce": auth.new_nonce()}))
+    welcome = peer.receive()
+    assert welcome is not None and welcome.op is Op.WELCOME, welcome
+    return welcome

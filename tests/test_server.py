@@ -1,0 +1,476 @@
+"""The parameter server and client over real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import handshake
+
+from distkeras_async import (
+    AuthenticationError,
+    ConnectionClosedError,
+    HyperparameterError,
+    ParameterServer,
+    ParameterServerClient,
+    RoundFailedError,
+    ServerError,
+    UnknownAlgorithmError,
+    auth,
+)
+from distkeras_async.protocol import Message, Op, encode_bytes
+
+N = 10  # parameters of the default test model: (2, 3) + (4,)
+
+
+def ones(value: float = 1.0, n: int = N) -> np.ndarray:
+    return np.full(n, value, np.float32)
+
+
+# --------------------------------------------------------------------------- basics
+
+
+def test_pull_commit_commit_pull_report(make_server, connect):
+    weights = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(4, np.float32)]
+    server = make_server(weights)
+    client = connect(server)
+    assert client.num_params == N
+    assert client.algorithm_name == "downpour"
+    assert client.hyperparameters == {"communication_window": 5}
+    np.testing.assert_array_equal(client.pull(), [0, 1, 2, 3, 4, 5, 1, 1, 1, 1])
+    client.commit(ones(0.5))
+    assert client.version == 1
+    out = np.empty(N, np.float32)
+    result = client.commit_pull(ones(2.0), out=out)
+    assert result is out
+    np.testing.assert_array_equal(out, np.array([0, 1, 2, 3, 4, 5, 1, 1, 1, 1]) + 2.5)
+    client.report({"loss": 0.25, "accuracy": 0.5})
+    center = server.center
+    assert [c.shape for c in center] == [(2, 3), (4,)]
+    np.testing.assert_array_equal(center[1], [3.5] * 4)
+    stats = server.stats()
+    assert stats.version == 2 and stats.commits == 2
+    assert stats.workers[0].commits == 2
+    assert stats.workers[0].pulls == 2
+    assert stats.workers[0].last_loss == 0.25
+    assert stats.bytes_in > 2 * N * 4 and stats.bytes_out > 2 * N * 4
+
+
+def test_center_keeps_each_tensors_dtype(make_server):
+    weights = [np.ones((2, 2), np.float64), np.zeros(3, np.float16)]
+    server = make_server(weights)
+    center = server.center
+    assert [c.dtype for c in center] == [np.float64, np.float16]
+
+
+def test_constructor_validates(secret):
+    weights = [np.zeros(3, np.float32)]
+    with pytest.raises(ValueError, match="num_workers"):
+        ParameterServer(weights, "downpour", num_workers=0, secret=secret)
+    with pytest.raises(ValueError, match="secret"):
+        ParameterServer(weights, "downpour", num_workers=1, secret=b"short")
+    with pytest.raises(UnknownAlgorithmError, match="downpour"):
+        ParameterServer(weights, "nope", num_workers=1, secret=secret)
+    with pytest.raises(HyperparameterError, match="communication_window"):
+        ParameterServer(weights, "downpour", num_workers=1, secret=secret, communication_window=0)
+    with pytest.raises(ValueError, match="round_timeout"):
+        ParameterServer(weights, "easgd", num_workers=1, secret=secret, round_timeout=0)
+    with pytest.raises(TypeError, match="floating-point"):
+        ParameterServer([np.zeros(3, np.int32)], "downpour", num_workers=1, secret=secret)
+
+
+def test_busy_port_gives_a_clear_error(make_server, secret):
+    server = make_server()
+    other = ParameterServer([np.zeros(3, np.float32)], "downpour", num_workers=1, secret=secret,
+                            port=server.port)
+    with pytest.raises(OSError, match=f"127.0.0.1:{server.port}.*already in use"):
+        other.start()
+
+
+def test_stop_is_bounded_frees_the_port_and_leaves_no_thread(secret):
+    server = ParameterServer([np.zeros(1000, np.float32)], "downpour", num_workers=4, secret=secret)
+    port = server.start()
+    clients = [ParameterServerClient("127.0.0.1", port, secret, i, timeout=5) for i in range(3)]
+    clients[0].pull()
+    began = time.monotonic()
+    server.stop()
+    assert time.monotonic() - began < 5
+    assert not server.running
+    assert not [t for t in threading.enumerate() if t.name == "distkeras-parameter-server"]
+    # The port is free at once.
+    with socket.create_server(("127.0.0.1", port)):
+        pass
+    for client in clients:
+        with pytest.raises((ConnectionClosedError, OSError)):
+            client.pull()
+    server.stop()  # idempotent
+
+
+# --------------------------------------------------------------------------- authentication
+
+
+def test_wrong_secret_is_rejected_and_changes_nothing(make_server, connect):
+    server = make_server()
+    with pytest.raises(AuthenticationError):
+        connect(server, secret=auth.new_secret())
+    assert server.stats().rejected == 1
+    assert server.version == 0
+
+
+def test_tensors_before_handshake_are_refused_before_allocation(make_server, raw_peer):
+    server = make_server()
+    peer = raw_peer(server.port)
+    assert peer.receive().op is Op.CHALLENGE
+    peer.send(Message(Op.COMMIT, tensors=(ones(),)))
+    reply = peer.receive()
+    assert reply is not None and reply.op is Op.ERROR
+    assert "handshake" in reply.fields["message"]
+    assert peer.closed_by_server()
+    stats = server.stats()
+    assert stats.receive_buffers == 0 and stats.version == 0
+
+
+def test_replayed_proof_from_another_connection_fails(make_server, raw_peer, secret):
+    server = make_server()
+    first = raw_peer(server.port)
+    challenge = first.receive()
+    proof = auth.client_proof(secret, challenge.fields["nonce"], 0, 0)
+    second = raw_peer(server.port)
+    second.receive()
+    second.send(Message(Op.HELLO, 0, 0, 0, {"proof": proof, "nonce": auth.new_nonce()}))
+    reply = second.receive()
+    assert reply.op is Op.ERROR and reply.fields["message"] == "authentication failed"
+    # The proof is bound to the worker id too: relabelling it fails on its own connection.
+    first.send(Message(Op.HELLO, 1, 0, 0, {"proof": proof, "nonce": auth.new_nonce()}))
+    assert first.receive().op is Op.ERROR
+
+
+def test_client_rejects_an_impostor_server(secret):
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def impostor() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(encode_bytes(Message(Op.CHALLENGE, fields={"nonce": auth.new_nonce()})))
+            conn.recv(4096)
+            conn.sendall(encode_bytes(Message(Op.WELCOME, fields={
+                "proof": bytes(32), "layout": [["float32", [3]]], "algorithm": "downpour",
+                "hyperparameters": {}, "version": 0, "num_workers": 1, "synchronous": False,
+                "round_timeout": 10.0,
+            })))
+            conn.recv(4096)
+
+    thread = threading.Thread(target=impostor, daemon=True)
+    thread.start()
+    with pytest.raises(AuthenticationError, match="prove"):
+        ParameterServerClient("127.0.0.1", port, secret, 0, timeout=5)
+    thread.join(5)
+    listener.close()
+
+
+def test_worker_id_out_of_range(make_server, connect):
+    server = make_server(num_workers=2)
+    with pytest.raises(ServerError, match="out of range"):
+        connect(server, worker=2)
+
+
+# --------------------------------------------------------------------------- bad commits
+
+
+@pytest.mark.parametrize(
+    ("size", "reason"), [(N - 1, "10 elements"), (N + 1, "exceeds the limit of 40")]
+)
+def test_layout_mismatch_is_rejected_and_center_untouched(make_server, raw_peer, secret, size, reason):
+    server = make_server()
+    peer = raw_peer(server.port)
+    handshake(peer, secret)
+    peer.send(Message(Op.COMMIT, 0, 0, 1, tensors=(ones(n=size),)))
+    reply = peer.receive()
+    assert reply.op is Op.ERROR and reason in reply.fields["message"]
+    assert peer.closed_by_server()
+    assert server.version == 0
+    np.testing.assert_array_equal(server.center_flat, np.zeros(N))
+
+
+def test_wrong_dtype_is_rejected(make_server, raw_peer, secret):
+    server = make_server()
+    peer = raw_peer(server.port)
+    handshake(peer, secret)
+    peer.send(Message(Op.COMMIT, 0, 0, 1, tensors=(np.ones(N, np.float64),)))
+    assert peer.receive().op is Op.ERROR
+    assert server.version == 0
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_update_is_rejected(make_server, connect, bad):
+    server = make_server()
+    client = connect(server)
+    update = ones()
+    update[3] = bad
+    with pytest.raises(ServerError, match="NaN or infinity"):
+        client.commit(update)
+    assert server.version == 0
+    np.testing.assert_array_equal(server.center_flat, np.zeros(N))
+
+
+def test_huge_but_finite_update_is_accepted(make_server, connect):
+    server = make_server()
+    client = connect(server)
+    client.commit(ones(3e30))  # its dot product overflows; the exact check accepts it
+    assert server.version == 1
+
+
+def test_unexpected_op_closes_the_connection(make_server, raw_peer, secret):
+    server = make_server()
+    peer = raw_peer(server.port)
+    handshake(peer, secret)
+    peer.send(Message(Op.CENTER, 0, 0, 1, {"version": 0}, tensors=(ones(),)))
+    reply = peer.receive()
+    assert reply.op is Op.ERROR
+    assert server.version == 0
+
+
+def test_garbage_after_handshake_closes_only_that_connection(make_server, raw_peer, connect, secret):
+    server = make_server()
+    good = connect(server, worker=1)
+    peer = raw_peer(server.port)
+    handshake(peer, secret)
+    peer.send_raw(b"\x05\x00\x00\x00not msgpack at all")
+    reply = peer.receive()
+    assert reply.op is Op.ERROR and "msgpack" in reply.fields["message"]
+    good.commit(ones())
+    assert server.version == 1
+
+
+# --------------------------------------------------------------------------- identity of commits
+
+
+def test_resent_commit_is_applied_once(make_server, raw_peer, secret):
+    server = make_server()
+    peer = raw_peer(server.port)
+    handshake(peer, secret)
+    frame = Message(Op.COMMIT, 0, 0, 7, tensors=(ones(),))
+    peer.send(frame)
+    first = peer.receive()
+    peer.send(frame)
+    second = peer.receive()
+    assert first.op is Op.ACK and not first.fields.get("duplicate")
+    assert second.op is Op.ACK and second.fields["duplicate"] is True
+    np.testing.assert_array_equal(server.center_flat, ones())
+    stats = server.stats()
+    assert stats.commits == 1 and stats.workers[0].duplicates == 1
+
+
+def test_retried_task_continues_and_stale_attempt_is_refused(make_server, connect):
+    server = make_server()
+    first = connect(server, worker=0, attempt=0)
+    first.commit(ones())
+    retry = connect(server, worker=0, attempt=1)
+    # The retry's sequence numbers start again at 0: a new attempt is a new identity.
+    retry.commit(ones())
+    np.testing.assert_array_equal(server.center_flat, ones(2.0))
+    with pytest.raises((ServerError, ConnectionClosedError)):
+        first.commit(ones())  # replaced by the newer attempt
+    with pytest.raises(ServerError, match="stale"):
+        connect(server, worker=0, attempt=0)
+    np.testing.assert_array_equal(server.center_flat, ones(2.0))
+
+
+# --------------------------------------------------------------------------- staleness
+
+
+def test_staleness_is_counted_per_worker(make_server, connect):
+    server = make_server(algorithm="dynsgd")
+    a, b = connect(server, 0), connect(server, 1)
+    a.pull()
+    b.pull()
+    a.commit(ones(1.0))  # staleness 0 -> +1
+    a.commit(ones(1.0))  # a has not pulled since: staleness 1 -> +0.5
+    b.commit(ones(3.0))  # b pulled at version 0, version is 2: staleness 2 -> +1
+    np.testing.assert_allclose(server.center_flat, ones(2.5))
+    stats = server.stats()
+    assert stats.workers[0].staleness_max == 1 and stats.workers[1].staleness_last == 2
+
+
+# --------------------------------------------------------------------------- synchronous rounds
+
+
+def _in_threads(fns):
+    results: dict[int, object] = {}
+
+    def run(i, fn):
+        try:
+            results[i] = fn()
+        except Exception as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i, fn)) for i, fn in enumerate(fns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+        assert not t.is_alive()
+    return [results[i] for i in range(len(fns))]
+
+
+def test_synchronous_round_answers_everyone_with_the_new_center(make_server, connect):
+    server = make_server(algorithm="averaging", num_workers=3)
+    clients = [connect(server, i) for i in range(3)]
+    for c in clients:
+        c.pull()
+    outs = _in_threads([lambda c=c, i=i: c.commit_pull(ones(float(i))) for i, c in enumerate(clients)])
+    for out in outs:
+        np.testing.assert_array_equal(out, ones(1.0))
+    assert server.version == 1 and server.stats().rounds == 1
+    outs = _in_threads([lambda c=c, i=i: c.commit_pull(ones(3.0 * i)) for i, c in enumerate(clients)])
+    for out in outs:
+        np.testing.assert_array_equal(out, ones(3.0))  # nothing carried over from round 1
+    assert server.version == 2
+
+
+def test_round_continues_without_a_worker_that_finished(make_server, connect):
+    server = make_server(algorithm="averaging", num_workers=2)
+    a, b = connect(server, 0), connect(server, 1)
+    results = _in_threads([lambda: a.commit_pull(ones(4.0)), lambda: b.close()])
+    np.testing.assert_array_equal(results[0], ones(4.0))
+    assert server.failure is None
+
+
+def test_round_timeout_fails_every_worker_and_the_driver(make_server, connect):
+    server = make_server(algorithm="averaging", num_workers=2, round_timeout=0.5)
+    a = connect(server, 0)
+    began = time.monotonic()
+    with pytest.raises(ServerError, match=r"timed out.*\[1\] did not commit"):
+        a.commit_pull(ones())
+    assert time.monotonic() - began < 10
+    with pytest.raises(RoundFailedError, match="timed out"):
+        server.raise_for_failure()
+    # A failed run refuses everything afterwards, with the same reason.
+    with pytest.raises(ServerError, match="timed out"):
+        connect(server, 1)
+    np.testing.assert_array_equal(server.center_flat, np.zeros(N))
+
+
+def test_worker_dying_mid_round_fails_the_round(make_server, connect, raw_peer, secret):
+    server = make_server(algorithm="easgd", num_workers=2, round_timeout=60)
+    a = connect(server, 0)
+    peer = raw_peer(server.port)
+    handshake(peer, secret, worker=1)
+    result = _in_threads([lambda: a.commit_pull(ones(0.1)), lambda: (time.sleep(0.3), peer.close())])  # ok: let worker 0 enter the round first
+    assert isinstance(result[0], ServerError)
+    assert "worker 1 disconnected" in str(result[0])
+    assert server.failure is not None
+
+
+def test_worker_reported_error_fails_a_synchronous_run(make_server, connect):
+    server = make_server(algorithm="averaging", num_workers=2)
+    a, b = connect(server, 0), connect(server, 1)
+    b.report_error("ValueError: bad batch")
+    with pytest.raises(ServerError, match="bad batch"):
+        a.commit_pull(ones())
+
+
+def test_committing_twice_in_one_round_is_an_error(make_server, raw_peer, secret, connect):
+    server = make_server(algorithm="averaging", num_workers=2)
+    peer = raw_peer(server.port)
+    handshake(peer, secret, worker=0)
+    peer.send(Message(Op.COMMIT, 0, 0, 1, tensors=(ones(),)))
+    peer.send(Message(Op.COMMIT, 0, 0, 2, tensors=(ones(),)))
+    b = connect(server, 1)
+    results = _in_threads([lambda: b.commit_pull(ones(3.0))])
+    np.testing.assert_array_equal(results[0], ones(2.0))
+    # The second commit is queued behind the first (replies stay in order); it joins round 2.
+    ack = peer.receive()
+    assert ack.op is Op.ACK and ack.fields["version"] == 1
+
+
+# --------------------------------------------------------------------------- limits
+
+
+def test_too_many_connections(make_server, raw_peer):
+    server = make_server(max_connections=2)
+    peers = [raw_peer(server.port) for _ in range(2)]
+    for p in peers:
+        assert p.receive().op is Op.CHALLENGE
+    third = raw_peer(server.port)
+    reply = third.receive()
+    assert reply.op is Op.ERROR and "too many connections" in reply.fields["message"]
+
+
+def test_handshake_timeout_closes_silent_connections(make_server, raw_peer):
+    server = make_server(handshake_timeout=0.5)
+    peer = raw_peer(server.port)
+    assert peer.receive().op is Op.CHALLENGE
+    reply = peer.receive()
+    assert reply.op is Op.ERROR and "handshake" in reply.fields["message"]
+
+
+def test_idle_timeout(make_server, connect):
+    server = make_server(idle_timeout=0.5)
+    client = connect(server)
+    client.pull()
+    deadline = time.monotonic() + 10
+    while server.stats().connections and time.monotonic() < deadline:
+        time.sleep(0.05)  # ok: polling the server's state, bounded by the deadline
+    assert server.stats().connections == 0
+    with pytest.raises((ServerError, ConnectionClosedError, OSError)):
+        client.pull()
+
+
+def test_slow_frame_times_out(make_server, raw_peer, secret):
+    server = make_server(frame_timeout=0.5)
+    peer = raw_peer(server.port)
+    handshake(peer, secret)
+    frame = encode_bytes(Message(Op.COMMIT, 0, 0, 1, tensors=(ones(),)))
+    peer.send_raw(frame[:10])  # and never the rest
+    reply = peer.receive()
+    assert reply.op is Op.ERROR and "not completed" in reply.fields["message"]
+    assert server.version == 0
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+def test_many_clients_exact_sum(make_server, connect):
+    workers, commits = 8, 40
+    server = make_server(weights=[np.zeros(1000, np.float32)], num_workers=workers)
+    clients = [connect(server, i) for i in range(workers)]
+
+    def work(i):
+        client = clients[i]
+        for k in range(commits):
+            delta = np.full(1000, float(i + 1), np.float32)
+            if k % 2:
+                client.commit(delta)
+            else:
+                client.commit_pull(delta)
+        return True
+
+    assert all(r is True for r in _in_threads([lambda i=i: work(i) for i in range(workers)]))
+    expected = commits * sum(range(1, workers + 1))
+    np.testing.assert_array_equal(server.center_flat, np.full(1000, expected, np.float32))
+    stats = server.stats()
+    assert stats.commits == workers * commits == stats.version
+    assert stats.receive_buffers == 1  # the pool stayed bounded under contention
+
+
+def test_a_center_being_sent_is_never_modified(make_server, connect, raw_peer, secret):
+    """A slow reader gets the center as it was when it asked, even while others commit."""
+    n = 4_000_000  # 16 MB: more than loopback buffers absorb, so the send stays pending
+    server = make_server(weights=[np.zeros(n, np.float32)], num_workers=2)
+    slow = raw_peer(server.port, timeout=30)
+    handshake(slow, secret, worker=0)
+    slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    slow.send(Message(Op.PULL, 0, 0, 1))
+    fast = connect(server, worker=1)
+    for _ in range(3):
+        fast.commit(np.ones(n, np.float32))
+    center = slow.receive()
+    assert center.op is Op.CENTER and center.fields["version"] == 0
+    assert not center.tensors[0].any()  # all zeros: not a torn mix of versions
+    np.testing.assert_array_equal(fast.pull()[:5], [3.0] * 5)
+    assert server.stats().center_buffers == 2
