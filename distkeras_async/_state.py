@@ -337,6 +337,7 @@ class ServerState:
             self.receive.release(pending.buffer)
             raise RemoteProtocolError(f"worker {worker} committed twice in one synchronous round")
         self._round[worker] = pending
+        self.stats.round_waiting = len(self._round)
         pending.connection.wait_for_reply()
         if len(self._round) == 1:
             self._round_timer = self.loop.call_later(
@@ -347,6 +348,7 @@ class ServerState:
     def _maybe_complete_round(self) -> None:
         if self._round and self.live <= set(self._round):
             round_, self._round = self._round, {}
+            self.stats.round_waiting = 0
             if self._round_timer is not None:
                 self._round_timer.cancel()
                 self._round_timer = None
@@ -405,5 +407,6 @@ class ServerState:
         for pending in self._round.values():
             self.receive.release(pending.buffer)
         self._round.clear()
+        self.stats.round_waiting = 0
         for conn in list(self.connections):
             conn.fail(reason)

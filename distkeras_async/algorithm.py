@@ -106,7 +106,10 @@ class Hyperparameter:
                 raise HyperparameterError(
                     f"hyperparameter {name!r} must be a number, got {value!r}"
                 )
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:
+                value = math.inf
             if not math.isfinite(value):
                 raise HyperparameterError(f"hyperparameter {name!r} must be finite, got {value!r}")
         elif not isinstance(value, self.kind):

@@ -54,6 +54,7 @@ class ServerStats:
         version: number of updates applied to the center (a synchronous round counts once).
         commits: commits applied, over all workers.
         rounds: synchronous rounds completed.
+        round_waiting: workers whose commit waits in the current synchronous round.
         bytes_in: bytes received.
         bytes_out: bytes sent.
         connections: connections open now.
@@ -68,6 +69,7 @@ class ServerStats:
     version: int = 0
     commits: int = 0
     rounds: int = 0
+    round_waiting: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
     connections: int = 0

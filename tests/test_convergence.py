@@ -59,8 +59,12 @@ def test_algorithm_converges_on_least_squares(name):
     secret = new_secret()
     hyper = HYPERPARAMETERS[name]
     server = ParameterServer(
-        [np.zeros(FEATURES, np.float32)], name, num_workers=WORKERS, secret=secret,
-        round_timeout=60, **hyper,
+        [np.zeros(FEATURES, np.float32)],
+        name,
+        num_workers=WORKERS,
+        secret=secret,
+        round_timeout=60,
+        **hyper,
     )
     port = server.start()
     errors: list[BaseException] = []
@@ -78,7 +82,11 @@ def test_algorithm_converges_on_least_squares(name):
             algorithm = registry.get(name)(**hyper)
             with ParameterServerClient("127.0.0.1", port, secret, i, timeout=60) as client:
                 histories[i] = run_worker(
-                    LinearModel(FEATURES, 0.05), algorithm, client, batches, worker_id=i,
+                    LinearModel(FEATURES, 0.05),
+                    algorithm,
+                    client,
+                    batches,
+                    worker_id=i,
                     on_exchange=client.report,
                 )
         except BaseException as exc:
@@ -100,6 +108,9 @@ def test_algorithm_converges_on_least_squares(name):
     initial_error = float(np.linalg.norm(w_true))
     final_error = float(np.linalg.norm(center - w_true))
     assert final_error < 0.05 * initial_error, (name, final_error, initial_error)
-    assert stats.commits >= WORKERS * (EPOCHS * ROWS // WORKERS // BATCH) // hyper["communication_window"]
+    assert (
+        stats.commits
+        >= WORKERS * (EPOCHS * ROWS // WORKERS // BATCH) // hyper["communication_window"]
+    )
     assert all(stats.workers[i].last_loss is not None for i in range(WORKERS))
     assert all(len(histories[i]) == EPOCHS * (ROWS // WORKERS // BATCH + 1) for i in range(WORKERS))

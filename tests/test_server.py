@@ -84,8 +84,9 @@ def test_constructor_validates(secret):
 
 def test_busy_port_gives_a_clear_error(make_server, secret):
     server = make_server()
-    other = ParameterServer([np.zeros(3, np.float32)], "downpour", num_workers=1, secret=secret,
-                            port=server.port)
+    other = ParameterServer(
+        [np.zeros(3, np.float32)], "downpour", num_workers=1, secret=secret, port=server.port
+    )
     with pytest.raises(OSError, match=f"127.0.0.1:{server.port}.*already in use"):
         other.start()
 
@@ -157,11 +158,23 @@ def test_client_rejects_an_impostor_server(secret):
         with conn:
             conn.sendall(encode_bytes(Message(Op.CHALLENGE, fields={"nonce": auth.new_nonce()})))
             conn.recv(4096)
-            conn.sendall(encode_bytes(Message(Op.WELCOME, fields={
-                "proof": bytes(32), "layout": [["float32", [3]]], "algorithm": "downpour",
-                "hyperparameters": {}, "version": 0, "num_workers": 1, "synchronous": False,
-                "round_timeout": 10.0,
-            })))
+            conn.sendall(
+                encode_bytes(
+                    Message(
+                        Op.WELCOME,
+                        fields={
+                            "proof": bytes(32),
+                            "layout": [["float32", [3]]],
+                            "algorithm": "downpour",
+                            "hyperparameters": {},
+                            "version": 0,
+                            "num_workers": 1,
+                            "synchronous": False,
+                            "round_timeout": 10.0,
+                        },
+                    )
+                )
+            )
             conn.recv(4096)
 
     thread = threading.Thread(target=impostor, daemon=True)
@@ -184,7 +197,9 @@ def test_worker_id_out_of_range(make_server, connect):
 @pytest.mark.parametrize(
     ("size", "reason"), [(N - 1, "10 elements"), (N + 1, "exceeds the limit of 40")]
 )
-def test_layout_mismatch_is_rejected_and_center_untouched(make_server, raw_peer, secret, size, reason):
+def test_layout_mismatch_is_rejected_and_center_untouched(
+    make_server, raw_peer, secret, size, reason
+):
     server = make_server()
     peer = raw_peer(server.port)
     handshake(peer, secret)
@@ -234,7 +249,9 @@ def test_unexpected_op_closes_the_connection(make_server, raw_peer, secret):
     assert server.version == 0
 
 
-def test_garbage_after_handshake_closes_only_that_connection(make_server, raw_peer, connect, secret):
+def test_garbage_after_handshake_closes_only_that_connection(
+    make_server, raw_peer, connect, secret
+):
     server = make_server()
     good = connect(server, worker=1)
     peer = raw_peer(server.port)
@@ -322,11 +339,15 @@ def test_synchronous_round_answers_everyone_with_the_new_center(make_server, con
     clients = [connect(server, i) for i in range(3)]
     for c in clients:
         c.pull()
-    outs = _in_threads([lambda c=c, i=i: c.commit_pull(ones(float(i))) for i, c in enumerate(clients)])
+    outs = _in_threads(
+        [lambda c=c, i=i: c.commit_pull(ones(float(i))) for i, c in enumerate(clients)]
+    )
     for out in outs:
         np.testing.assert_array_equal(out, ones(1.0))
     assert server.version == 1 and server.stats().rounds == 1
-    outs = _in_threads([lambda c=c, i=i: c.commit_pull(ones(3.0 * i)) for i, c in enumerate(clients)])
+    outs = _in_threads(
+        [lambda c=c, i=i: c.commit_pull(ones(3.0 * i)) for i, c in enumerate(clients)]
+    )
     for out in outs:
         np.testing.assert_array_equal(out, ones(3.0))  # nothing carried over from round 1
     assert server.version == 2
@@ -335,7 +356,7 @@ def test_synchronous_round_answers_everyone_with_the_new_center(make_server, con
 def test_round_continues_without_a_worker_that_finished(make_server, connect):
     server = make_server(algorithm="averaging", num_workers=2)
     a, b = connect(server, 0), connect(server, 1)
-    results = _in_threads([lambda: a.commit_pull(ones(4.0)), lambda: b.close()])
+    results = _in_threads([lambda: a.commit_pull(ones(4.0)), b.close])
     np.testing.assert_array_equal(results[0], ones(4.0))
     assert server.failure is None
 
@@ -355,12 +376,24 @@ def test_round_timeout_fails_every_worker_and_the_driver(make_server, connect):
     np.testing.assert_array_equal(server.center_flat, np.zeros(N))
 
 
+def wait_until(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)  # ok: polling the server's state, bounded by the deadline
+
+
 def test_worker_dying_mid_round_fails_the_round(make_server, connect, raw_peer, secret):
     server = make_server(algorithm="easgd", num_workers=2, round_timeout=60)
     a = connect(server, 0)
     peer = raw_peer(server.port)
     handshake(peer, secret, worker=1)
-    result = _in_threads([lambda: a.commit_pull(ones(0.1)), lambda: (time.sleep(0.3), peer.close())])  # ok: let worker 0 enter the round first
+
+    def die_once_worker_0_waits() -> None:
+        wait_until(lambda: server.stats().round_waiting == 1)
+        peer.close()
+
+    result = _in_threads([lambda: a.commit_pull(ones(0.1)), die_once_worker_0_waits])
     assert isinstance(result[0], ServerError)
     assert "worker 1 disconnected" in str(result[0])
     assert server.failure is not None
@@ -413,10 +446,7 @@ def test_idle_timeout(make_server, connect):
     server = make_server(idle_timeout=0.5)
     client = connect(server)
     client.pull()
-    deadline = time.monotonic() + 10
-    while server.stats().connections and time.monotonic() < deadline:
-        time.sleep(0.05)  # ok: polling the server's state, bounded by the deadline
-    assert server.stats().connections == 0
+    wait_until(lambda: server.stats().connections == 0)
     with pytest.raises((ServerError, ConnectionClosedError, OSError)):
         client.pull()
 

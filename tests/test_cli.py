@@ -1,0 +1,65 @@
+"""The distkeras-async command line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from distkeras_async import registry
+from distkeras_async.cli import main
+
+
+def test_algorithms_lists_every_algorithm_with_hyperparameters(capsys):
+    assert main(["algorithms"]) == 0
+    out = capsys.readouterr().out
+    for name in registry.available():
+        assert name in out
+    assert "communication_window" in out and "momentum" in out and "rho" in out
+    assert "synchronous" in out and "asynchronous" in out
+
+
+def test_algorithms_json(capsys):
+    assert main(["algorithms", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["eamsgd"]["hyperparameters"]["momentum"] == 0.9
+    assert data["easgd"]["synchronous"] is True
+    assert data["downpour"]["synchronous"] is False
+    assert data["downpour"]["class"].endswith("Downpour")
+
+
+def test_bench_wire_json(capsys):
+    argv = ["bench", "wire", "--params", "20000", "--workers", "2", "--duration", "0.3"]
+    assert main([*argv, "--repeats", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["params"] == 20000 and result["workers"] == 2
+    assert result["round_trips_per_s"] > 0 and result["baseline_round_trips_per_s"] > 0
+    assert result["ratio"] == pytest.approx(
+        result["round_trips_per_s"] / result["baseline_round_trips_per_s"]
+    )
+
+
+def test_bench_wire_text(capsys):
+    assert main(["bench", "wire", "--params", "1e4", "--duration", "0.2", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "raw-socket baseline" in out and "ratio" in out
+
+
+def test_bad_arguments_exit_with_usage(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "wire", "--params", "0"])
+    assert info.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_installed_console_script():
+    exe = shutil.which("distkeras-async")
+    cmd = [exe] if exe else [sys.executable, "-m", "distkeras_async.cli"]
+    done = subprocess.run(
+        [*cmd, "algorithms"], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "downpour" in done.stdout
