@@ -22,7 +22,7 @@ from distkeras_async.errors import (
     UnknownAlgorithmError,
 )
 from distkeras_async.layout import Layout
-from distkeras_async.loop import LocalModel, run_worker
+from distkeras_async.loop import LocalModel, StepRecord, WorkerSession, run_worker
 from distkeras_async.rules import AsyncElasticAlgorithm, DeltaAlgorithm, ElasticAlgorithm
 from distkeras_async.server import ParameterServer
 from distkeras_async.stats import ServerStats, WorkerStats
@@ -52,8 +52,10 @@ __all__ = [
     "ServerError",
     "ServerHandle",
     "ServerStats",
+    "StepRecord",
     "UnknownAlgorithmError",
     "UpdateMeta",
+    "WorkerSession",
     "WorkerStats",
     "__version__",
     "new_secret",

@@ -44,6 +44,69 @@ class StepRecord:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+class WorkerSession:
+    """The exchange schedule of one worker, driven step by step.
+
+    :func:`run_worker` drives it from a plain loop; the Keras worker drives it from a
+    ``model.fit`` callback, so local steps run at ``fit``'s own speed. Either way the rule's
+    ``worker_start`` runs first, ``worker_exchange`` after every
+    ``algorithm.communication_window`` local steps, and ``worker_finish`` once at the end when
+    local steps remain uncommitted (or no exchange happened), so no local work is lost.
+
+    Args:
+        model: the local model (only ``get_flat``/``set_flat`` are used here).
+        algorithm: this worker's instance of the algorithm (its own state).
+        server: the parameter server connection.
+        worker_id: recorded in the history.
+        on_exchange: called with the latest metrics after each exchange (e.g. to report them).
+    """
+
+    def __init__(
+        self,
+        model: LocalModel,
+        algorithm: Algorithm,
+        server: ServerHandle,
+        *,
+        worker_id: int = 0,
+        on_exchange: Callable[[Mapping[str, float]], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.algorithm = algorithm
+        self.server = server
+        self.worker_id = worker_id
+        self.on_exchange = on_exchange
+        self.history: list[StepRecord] = []
+        self.exchanges = 0
+        self._pending = 0
+        self._metrics: Mapping[str, float] = {}
+
+    def start(self) -> None:
+        """Run the rule's ``worker_start`` and adopt the weights it returns."""
+        self.model.set_flat(self.algorithm.worker_start(self.model.get_flat(), self.server))
+
+    def step_done(self, metrics: Mapping[str, float]) -> None:
+        """Record a finished local step; exchange when the window is full."""
+        self._metrics = metrics
+        self.history.append(
+            StepRecord(self.worker_id, len(self.history), time.time(), dict(metrics))
+        )
+        self._pending += 1
+        if self._pending >= self.algorithm.communication_window:
+            self.model.set_flat(self.algorithm.worker_exchange(self.model.get_flat(), self.server))
+            self._pending = 0
+            self.exchanges += 1
+            if self.on_exchange is not None:
+                self.on_exchange(metrics)
+
+    def finish(self) -> None:
+        """Commit what remains (``worker_finish``), unless the last step just exchanged."""
+        if self._pending or not self.exchanges:
+            self.model.set_flat(self.algorithm.worker_finish(self.model.get_flat(), self.server))
+            self._pending = 0
+            if self.on_exchange is not None and self._metrics:
+                self.on_exchange(self._metrics)
+
+
 def run_worker(
     model: LocalModel,
     algorithm: Algorithm,
@@ -55,11 +118,9 @@ def run_worker(
 ) -> list[StepRecord]:
     """Train ``model`` on ``batches`` under ``algorithm``'s worker rule.
 
-    The rule's ``worker_start`` runs first, ``worker_exchange`` every
-    ``algorithm.communication_window`` steps, and ``worker_finish`` once after the last step
-    when local steps remain uncommitted, so no local work is lost. Algorithms that act on every
-    step (EAMSGD) get each step through ``worker_step``; the others' steps run without
-    flattening the weights.
+    Algorithms that act on every step (EAMSGD) get each step through ``worker_step``; the
+    others' steps run without flattening the weights. See :class:`WorkerSession` for the
+    exchange schedule.
 
     Args:
         model: the local model.
@@ -72,14 +133,10 @@ def run_worker(
     Returns:
         The history: one record per local step.
     """
-    model.set_flat(algorithm.worker_start(model.get_flat(), server))
-    window = algorithm.communication_window
+    session = WorkerSession(model, algorithm, server, worker_id=worker_id, on_exchange=on_exchange)
+    session.start()
     every_step = algorithm.acts_every_step()
-    history: list[StepRecord] = []
-    pending = 0
-    exchanged = False
-    metrics: Mapping[str, float] = {}
-    for iteration, batch in enumerate(batches):
+    for batch in batches:
         if every_step:
             box: list[Mapping[str, float]] = []
 
@@ -94,15 +151,6 @@ def run_worker(
             metrics = box[-1] if box else {}
         else:
             metrics = model.train_step(batch)
-        history.append(StepRecord(worker_id, iteration, time.time(), dict(metrics)))
-        pending += 1
-        if pending == window:
-            model.set_flat(algorithm.worker_exchange(model.get_flat(), server))
-            pending, exchanged = 0, True
-            if on_exchange is not None:
-                on_exchange(metrics)
-    if pending or not exchanged:
-        model.set_flat(algorithm.worker_finish(model.get_flat(), server))
-        if on_exchange is not None and metrics:
-            on_exchange(metrics)
-    return history
+        session.step_done(metrics)
+    session.finish()
+    return session.history

@@ -378,6 +378,9 @@ _PREFIX, _HEADER, _PAYLOAD, _WAIT, _BROKEN = range(5)
 
 # While waiting for a payload buffer, bytes that still arrive are staged in chunks this big.
 _STAGING_CHUNK = 64 * 1024
+# Bytes staged beyond the waiting frame's payload (a pipelined next frame). A transport
+# pauses reading while the decoder waits, so only the rest of one read can arrive.
+_MAX_STAGED_EXTRA = 1024 * 1024
 
 
 def _default_allocate(header: FrameHeader) -> memoryview:
@@ -465,14 +468,14 @@ class FrameDecoder:
             self._stage_view.release()
             self._stage_view = None
             del self._staged[len(self._staged) - _STAGING_CHUNK + nbytes :]
-            if len(self._staged) > self._header_payload_size():
-                self._fail("more bytes than the frame's payload arrived before it was processed")
+            if len(self._staged) > self._header_payload_size() + _MAX_STAGED_EXTRA:
+                self._fail("too many bytes arrived while the frame waited for a payload buffer")
             return
         self._filled += nbytes
         try:
             while self._filled == self._target.nbytes and self._state != _WAIT:
                 self._advance()
-        except RemoteProtocolError:
+        except (RemoteProtocolError, LocalProtocolError):
             self._state = _BROKEN
             raise
 
@@ -484,9 +487,12 @@ class FrameDecoder:
         staged = self._staged
         self._staged = bytearray()
         self._state = _PAYLOAD
-        if staged:
-            self._target[: len(staged)] = staged
-        self.buffer_updated(len(staged))
+        take = min(len(staged), self._target.nbytes)
+        if take:
+            self._target[:take] = staged[:take]
+        self.buffer_updated(take)
+        if len(staged) > take:  # a pipelined next frame: decode it now
+            self.receive_data(memoryview(staged)[take:])
 
     def next_message(self) -> Message | None:
         """The next complete message, or ``None`` if more bytes are needed."""

@@ -674,12 +674,21 @@ def test_provide_payload_buffer_misuse_is_a_local_error() -> None:
     assert got.tensors[0].tolist() == [0, 1, 2, 3]
 
 
-def test_extra_bytes_while_waiting_for_buffer_are_rejected() -> None:
-    # While the allocator defers, the decoder stages at most the frame's own payload.
+def test_pipelined_frame_while_waiting_for_buffer_is_decoded_afterwards() -> None:
+    # While the allocator defers, a pipelined next frame is staged and decoded in order.
     decoder = FrameDecoder(allocate=lambda h: None)
     data = encode_bytes(make_message(Op.COMMIT, tensors=(np.arange(4, dtype=np.float32),)))
-    with pytest.raises(RemoteProtocolError):
-        decoder.receive_data(data + b"\x01")
+    decoder.receive_data(data + encode_bytes(make_message(Op.BYE)))
+    assert decoder.waiting_for_buffer
+    decoder.provide_payload_buffer(memoryview(bytearray(16)))
+    assert [m.op for m in drain(decoder)] == [Op.COMMIT, Op.BYE]
+
+
+def test_unbounded_bytes_while_waiting_for_buffer_are_rejected() -> None:
+    decoder = FrameDecoder(allocate=lambda h: None)
+    data = encode_bytes(make_message(Op.COMMIT, tensors=(np.arange(4, dtype=np.float32),)))
+    with pytest.raises(RemoteProtocolError, match="too many bytes"):
+        decoder.receive_data(data + bytes(2 * 1024 * 1024))
     assert_poisoned(decoder)
 
 

@@ -1,0 +1,225 @@
+"""The Keras side of one worker: what runs inside a Spark task.
+
+:func:`train_worker` rebuilds the model from its :class:`~distkeras_async.serialization.ModelSpec`,
+connects to the parameter server, and trains its partition under the algorithm's worker rule.
+For every algorithm that does not act on each step, the local steps run inside
+``model.fit`` and the exchanges happen in a callback, so a worker pays no per-step overhead
+that ``model.fit`` does not pay itself. Algorithms that act on every step (EAMSGD's Nesterov
+momentum) run through :func:`~distkeras_async.loop.run_worker` with ``train_on_batch``.
+
+This module imports Keras lazily and never imports pyspark: ``spark.py`` calls it with plain
+numpy arrays and ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from distkeras_async import registry
+from distkeras_async.algorithm import Algorithm
+from distkeras_async.client import ParameterServerClient
+from distkeras_async.errors import DistKerasError
+from distkeras_async.layout import Layout
+from distkeras_async.loop import StepRecord, WorkerSession, run_worker
+from distkeras_async.serialization import ModelSpec, build_model
+
+logger = logging.getLogger(__name__)
+
+
+class LayoutMismatchError(DistKerasError):
+    """The model rebuilt on a worker does not have the driver model's weight layout."""
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """Everything a worker needs, as plain values (it travels inside the Spark job).
+
+    Attributes:
+        model_spec: JSON of the :class:`ModelSpec`.
+        algorithm: a registered algorithm name, or an Algorithm class.
+        hyperparameters: the algorithm's hyperparameters.
+        host: the parameter server's address.
+        port: the parameter server's port.
+        secret: this run's secret.
+        num_epoch: passes over the partition.
+        batch_size: samples per local step.
+        shuffle: reshuffle the partition every epoch.
+        features: feature column names (one per model input).
+        labels: label column names (one per model output).
+        worker_threads: TensorFlow threads per worker (None: the task's cores).
+        timeout: seconds any parameter server call may take.
+        custom_objects: custom Keras classes and functions, by name.
+    """
+
+    model_spec: str
+    algorithm: str | type[Algorithm]
+    hyperparameters: Mapping[str, Any]
+    host: str
+    port: int
+    secret: bytes
+    num_epoch: int = 1
+    batch_size: int = 32
+    shuffle: bool = False
+    features: tuple[str, ...] = ("features",)
+    labels: tuple[str, ...] = ("label",)
+    worker_threads: int | None = None
+    timeout: float = 120.0
+    custom_objects: Mapping[str, Any] = field(default_factory=dict)
+
+    def make_algorithm(self) -> Algorithm:
+        """A fresh instance of the plan's algorithm for this worker."""
+        return registry.resolve(self.algorithm, **self.hyperparameters)
+
+
+def limit_threads(threads: int | None) -> None:
+    """Limit TensorFlow's thread pools to ``threads`` so co-located workers do not fight.
+
+    TensorFlow accepts this only before its runtime starts; in a Spark Python worker that
+    already ran a task it is too late, and the limit set by that first task stays.
+    """
+    if not threads:
+        return
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(threads))
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", str(min(threads, 2)))
+    try:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+    except (ImportError, RuntimeError) as exc:  # runtime already initialised
+        logger.debug("could not set TensorFlow threads: %s", exc)
+
+
+class KerasLocalModel:
+    """A Keras model as a :class:`~distkeras_async.loop.LocalModel` (flat float32 weights)."""
+
+    def __init__(self, model: Any, layout: Layout) -> None:
+        self.model = model
+        self.layout = layout
+
+    def get_flat(self) -> np.ndarray:
+        """The model's weights as one new flat float32 vector."""
+        return self.layout.flatten(self.model.get_weights())
+
+    def set_flat(self, flat: np.ndarray) -> None:
+        """Assign a flat float32 vector to the model's weights."""
+        self.model.set_weights(self.layout.unflatten(flat))
+
+    def train_step(self, batch: tuple[Any, Any]) -> Mapping[str, float]:
+        """One optimizer step with ``train_on_batch``."""
+        x, y = batch
+        logs = self.model.train_on_batch(x, y, return_dict=True)
+        return {k: float(v) for k, v in logs.items()}
+
+
+def _fit_callback(session: WorkerSession) -> Any:
+    import keras
+
+    class ExchangeCallback(keras.callbacks.Callback):  # type: ignore[misc]
+        """Drives the worker session from inside ``model.fit``."""
+
+        def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
+            session.step_done({k: float(v) for k, v in (logs or {}).items()})
+
+    return ExchangeCallback()
+
+
+def _batches(
+    x: Sequence[np.ndarray], y: Sequence[np.ndarray], plan: WorkerPlan, seed: int
+) -> Iterator[tuple[Any, Any]]:
+    rows = len(x[0]) if x else 0
+    rng = np.random.default_rng(seed)
+    for _ in range(plan.num_epoch):
+        order = rng.permutation(rows) if plan.shuffle else np.arange(rows)
+        for start in range(0, rows, plan.batch_size):
+            index = order[start : start + plan.batch_size]
+            yield _pack([a[index] for a in x]), _pack([a[index] for a in y])
+
+
+def _pack(arrays: Sequence[np.ndarray]) -> Any:
+    return arrays[0] if len(arrays) == 1 else list(arrays)
+
+
+def _shape_for(arrays: Sequence[np.ndarray], shapes: Sequence[Any], what: str) -> list[np.ndarray]:
+    """Reshape each column to its model input/output shape when the sizes agree."""
+    out = []
+    for array, shape in zip(arrays, shapes, strict=True):
+        dims = tuple(shape[1:]) if shape is not None else ()
+        if dims and None not in dims and array.ndim >= 1:
+            target = (len(array), *[int(d) for d in dims])
+            if int(np.prod(target[1:])) == int(np.prod(array.shape[1:])):
+                array = array.reshape(target)
+        out.append(array)
+    return out
+
+
+def train_worker(
+    plan: WorkerPlan,
+    worker_id: int,
+    attempt: int,
+    x: Sequence[np.ndarray],
+    y: Sequence[np.ndarray],
+    task_cores: int = 1,
+) -> list[StepRecord]:
+    """Train one worker's partition; returns its per-step history.
+
+    Args:
+        plan: the run's plan.
+        worker_id: this worker's id (the Spark partition id).
+        attempt: the Spark task attempt number.
+        x: one array per feature column, rows aligned.
+        y: one array per label column, rows aligned.
+        task_cores: the cores Spark gave this task (the default thread limit).
+
+    Raises:
+        LayoutMismatchError: if the rebuilt model's weights differ from the server's layout.
+    """
+    limit_threads(plan.worker_threads or task_cores)
+    spec = ModelSpec.from_json(plan.model_spec)
+    model = build_model(spec, plan.custom_objects)
+    algorithm = plan.make_algorithm()
+    layout = Layout.of(model.get_weights())
+    rows = len(x[0]) if x else 0
+    with ParameterServerClient(
+        plan.host, plan.port, plan.secret, worker_id, attempt, timeout=plan.timeout
+    ) as client:
+        if client.layout != layout:
+            raise LayoutMismatchError(
+                f"worker {worker_id} rebuilt a model with {layout.size} parameters in "
+                f"{len(layout.specs)} tensors, but the server holds {client.layout.size} in "
+                f"{len(client.layout.specs)}: pass the same custom_objects everywhere"
+            )
+        local = KerasLocalModel(model, layout)
+        samples = 0
+
+        def report(metrics: Mapping[str, float]) -> None:
+            client.report({**metrics, "samples": float(samples)})
+
+        xs = _shape_for(x, [tuple(t.shape) for t in model.inputs] if rows else [None] * len(x), "x")
+        ys = list(y)
+        if algorithm.acts_every_step() or rows == 0:
+            batches = _batches(xs, ys, plan, seed=worker_id)
+            history = run_worker(
+                local, algorithm, client, batches, worker_id=worker_id, on_exchange=report
+            )
+            return history
+        session = WorkerSession(local, algorithm, client, worker_id=worker_id, on_exchange=report)
+        session.start()
+        samples = rows * plan.num_epoch
+        model.fit(
+            _pack(xs),
+            _pack(ys),
+            batch_size=plan.batch_size,
+            epochs=plan.num_epoch,
+            shuffle=plan.shuffle,
+            verbose=0,
+            callbacks=[_fit_callback(session)],
+        )
+        session.finish()
+        return session.history
