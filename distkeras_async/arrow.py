@@ -68,7 +68,7 @@ def batches_to_numpy(
     """Read every batch of a partition and return one dense array per requested column."""
     collected = list(batches)
     table = pa.Table.from_batches(collected) if collected else None
-    out = []
+    out: list[np.ndarray] = []
     for name in columns:
         if table is None or table.num_rows == 0:
             out.append(np.zeros((0,), dtype))

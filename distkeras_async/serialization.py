@@ -9,6 +9,7 @@ by name through ``custom_objects`` on each side, as ``keras.models.load_model`` 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -90,7 +91,8 @@ def serialize_optimizer(optimizer: Any) -> dict[str, Any]:
         config = keras.optimizers.serialize(instance)
     except Exception as exc:
         raise SerializationError(
-            f"worker_optimizer {optimizer!r} is not a Keras optimizer name, instance or config: {exc}"
+            f"worker_optimizer {optimizer!r} is not a Keras optimizer name, instance or "
+            f"config: {exc}"
         ) from exc
     return dict(json.loads(json.dumps(config)))
 
@@ -131,12 +133,26 @@ def describe_model(
     )
 
 
+def expand_custom_objects(custom_objects: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``custom_objects`` plus each object under its Keras registered name ("package>Class").
+
+    A config names a registered class by its registered name, and a Spark worker process
+    never ran the registering decorator: call this on the driver, where it did run.
+    """
+    keras = _keras()
+    objects = dict(custom_objects or {})
+    for obj in list(objects.values()):
+        with contextlib.suppress(Exception):
+            objects.setdefault(keras.saving.get_registered_name(obj), obj)
+    return objects
+
+
 def build_model(
     spec: ModelSpec, custom_objects: Mapping[str, Any] | None = None, *, compile: bool = True
 ) -> Any:
     """Rebuild the model from its spec (new, randomly initialised weights) and compile it."""
     keras = _keras()
-    with keras.saving.custom_object_scope(dict(custom_objects or {})):
+    with keras.saving.custom_object_scope(expand_custom_objects(custom_objects)):
         model = keras.saving.deserialize_keras_object(spec.model)
         if compile:
             model.compile(

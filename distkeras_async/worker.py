@@ -146,16 +146,26 @@ def _pack(arrays: Sequence[np.ndarray]) -> Any:
     return arrays[0] if len(arrays) == 1 else list(arrays)
 
 
-def _shape_for(arrays: Sequence[np.ndarray], shapes: Sequence[Any], what: str) -> list[np.ndarray]:
-    """Reshape each column to its model input/output shape when the sizes agree."""
+def _input_shapes(model: Any, count: int) -> list[Any]:
+    """The model's input shapes, or None each where the model does not declare them."""
+    try:
+        shapes = [tuple(t.shape) for t in model.inputs]
+    except (AttributeError, TypeError, ValueError):  # subclassed models have no `inputs`
+        return [None] * count
+    return shapes if len(shapes) == count else [None] * count
+
+
+def _shape_for(arrays: Sequence[np.ndarray], shapes: Sequence[Any]) -> list[np.ndarray]:
+    """Reshape each column to its model input shape (e.g. images) when the sizes agree."""
     out = []
     for array, shape in zip(arrays, shapes, strict=True):
         dims = tuple(shape[1:]) if shape is not None else ()
+        reshaped = array
         if dims and None not in dims and array.ndim >= 1:
             target = (len(array), *[int(d) for d in dims])
             if int(np.prod(target[1:])) == int(np.prod(array.shape[1:])):
-                array = array.reshape(target)
-        out.append(array)
+                reshaped = array.reshape(target)
+        out.append(reshaped)
     return out
 
 
@@ -201,7 +211,7 @@ def train_worker(
         def report(metrics: Mapping[str, float]) -> None:
             client.report({**metrics, "samples": float(samples)})
 
-        xs = _shape_for(x, [tuple(t.shape) for t in model.inputs] if rows else [None] * len(x), "x")
+        xs = _shape_for(x, _input_shapes(model, len(x)) if rows else [None] * len(x))
         ys = list(y)
         if algorithm.acts_every_step() or rows == 0:
             batches = _batches(xs, ys, plan, seed=worker_id)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -124,3 +126,60 @@ def handshake(peer: RawPeer, secret: bytes, worker: int = 0, attempt: int = 0) -
     welcome = peer.receive()
     assert welcome is not None and welcome.op is Op.WELCOME, welcome
     return welcome
+
+
+# --------------------------------------------------------------------------- Spark and Keras
+
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[Any]:
+    """One embedded local[2] Spark session for the whole test run, loopback only."""
+    pyspark_sql = pytest.importorskip("pyspark.sql")
+    from distkeras_async.spark import FAST_BARRIER_CONF
+
+    builder = (
+        pyspark_sql.SparkSession.builder.master("local[2]")
+        .appName("distkeras-async-tests")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.python.worker.reuse", "true")
+        .config("spark.executorEnv.PYSPARK_PYTHON", sys.executable)
+    )
+    for key, value in FAST_BARRIER_CONF.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def digits(spark: Any) -> tuple[Any, Any]:
+    """scikit-learn's bundled digits as (train, test) DataFrames: vector features, one-hot label."""
+    from pyspark.ml.linalg import Vectors
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    x = (data.data / 16.0).astype(float)
+    y = data.target
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=0.2, random_state=0, stratify=y
+    )
+
+    def frame(xs: Any, ys: Any) -> Any:
+        rows = [
+            (Vectors.dense(f), Vectors.dense(np.eye(10)[int(t)]), int(t))
+            for f, t in zip(xs, ys, strict=True)
+        ]
+        return spark.createDataFrame(rows, ["features", "label", "label_index"])
+
+    return frame(x_train, y_train).cache(), frame(x_test, y_test).cache()

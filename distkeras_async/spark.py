@@ -1,0 +1,169 @@
+"""Spark glue: DataFrame -> partitions -> workers -> history rows back on the driver.
+
+The only module that imports pyspark. In the style of Spark's own TorchDistributor, the
+per-task function captures nothing but plain values (the :class:`WorkerPlan`), imports what
+runs on executors inside itself, and returns its results as Arrow rows. Synchronous
+algorithms run as a barrier stage, so every worker is scheduled at once or the job fails;
+the slot count is checked first, so a cluster that is too small fails in seconds rather
+than after Spark's default ten minutes of retries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pyarrow as pa
+from pyspark.ml.functions import vector_to_array
+from pyspark.ml.linalg import VectorUDT
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F  # noqa: N812 - Spark's own convention
+from pyspark.sql import types as T  # noqa: N812
+
+from distkeras_async.errors import DistKerasError
+from distkeras_async.worker import WorkerPlan
+
+logger = logging.getLogger(__name__)
+
+HISTORY_SCHEMA = "worker int, iteration long, timestamp double, metrics map<string,double>"
+
+# Spark settings that make a barrier stage with too few slots fail fast instead of
+# retrying for ten minutes; they must be set before the SparkContext starts.
+FAST_BARRIER_CONF = {
+    "spark.scheduler.barrier.maxConcurrentTasksCheck.interval": "1s",
+    "spark.scheduler.barrier.maxConcurrentTasksCheck.maxFailures": "3",
+}
+
+
+class InsufficientSlotsError(DistKerasError):
+    """The cluster cannot run every worker of a synchronous algorithm at once."""
+
+
+class WorkerFailedError(DistKerasError):
+    """A worker failed; the message carries its error and traceback."""
+
+
+def driver_host(spark: SparkSession) -> str:
+    """The address executors use to reach the driver (``spark.driver.host``)."""
+    return str(spark.conf.get("spark.driver.host", "127.0.0.1"))
+
+
+def available_slots(spark: SparkSession) -> int:
+    """How many tasks the cluster can run at once (for ``local[N]``: N)."""
+    sc = spark.sparkContext
+    cpus_per_task = int(sc.getConf().get("spark.task.cpus", "1"))
+    return max(1, int(sc.defaultParallelism) // max(1, cpus_per_task))
+
+
+def check_barrier_slots(spark: SparkSession, num_workers: int) -> None:
+    """Fail at once if a barrier stage of ``num_workers`` tasks cannot be scheduled.
+
+    Raises:
+        InsufficientSlotsError: naming the slots available and the workers asked for.
+    """
+    slots = available_slots(spark)
+    if num_workers > slots:
+        raise InsufficientSlotsError(
+            f"a synchronous algorithm runs all {num_workers} workers at once, but the cluster "
+            f"has {slots} task slot(s) (master {spark.sparkContext.master!r}); lower "
+            f"num_workers to {slots} or add executors/cores"
+        )
+
+
+def _as_float_column(df: DataFrame, name: str) -> Column:
+    if name not in df.columns:
+        raise KeyError(f"column {name!r} is not in the DataFrame (have {df.columns})")
+    kind = df.schema[name].dataType
+    if isinstance(kind, VectorUDT):
+        return vector_to_array(F.col(name), "float32").alias(name)
+    if isinstance(kind, T.ArrayType):
+        return F.col(name).alias(name)
+    if isinstance(kind, T.NumericType | T.BooleanType):
+        return F.col(name).cast("float").alias(name)
+    raise TypeError(
+        f"column {name!r} has type {kind.simpleString()}; expected a vector, an array or a number"
+    )
+
+
+def prepare(
+    df: DataFrame,
+    columns: Sequence[str],
+    num_partitions: int,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+) -> DataFrame:
+    """Select ``columns`` as numeric/array columns and spread the rows over the partitions.
+
+    Vector columns become ``array<float>`` in Spark itself (``vector_to_array``), so workers
+    receive plain Arrow lists; ``shuffle`` also randomises which rows go to which worker.
+    """
+    selected = df.select(*[_as_float_column(df, c) for c in dict.fromkeys(columns)])
+    if shuffle:
+        selected = selected.orderBy(F.rand(seed))
+    return selected.repartition(num_partitions)
+
+
+def _history_batch(records: Sequence[Any]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pydict(
+        {
+            "worker": pa.array([r.worker for r in records], pa.int32()),
+            "iteration": pa.array([r.iteration for r in records], pa.int64()),
+            "timestamp": pa.array([r.timestamp for r in records], pa.float64()),
+            "metrics": pa.array(
+                [list(r.metrics.items()) for r in records], pa.map_(pa.string(), pa.float64())
+            ),
+        }
+    )
+
+
+def run_workers(
+    spark: SparkSession, df: DataFrame, plan: WorkerPlan, num_workers: int, *, barrier: bool
+) -> list[dict[str, Any]]:
+    """Run one worker per partition of ``df``; return every worker's history rows.
+
+    Raises:
+        InsufficientSlotsError: for a barrier stage larger than the cluster.
+        WorkerFailedError: if a worker raised (its message and traceback included).
+    """
+    if barrier:
+        check_barrier_slots(spark, num_workers)
+    features, labels = plan.features, plan.labels
+
+    def task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        # Runs on an executor: import there, use only the plain values captured above.
+        from pyspark import TaskContext
+
+        from distkeras_async.arrow import batches_to_numpy
+        from distkeras_async.worker import train_worker
+
+        context = TaskContext.get()
+        assert context is not None
+        arrays = batches_to_numpy(batches, [*features, *labels])
+        x, y = arrays[: len(features)], arrays[len(features) :]
+        history = train_worker(
+            plan, context.partitionId(), context.attemptNumber(), x, y, task_cores=context.cpus()
+        )
+        yield _history_batch(history)
+
+    try:
+        rows = df.mapInArrow(task, HISTORY_SCHEMA, barrier=barrier).collect()
+    except Exception as exc:
+        if type(exc).__module__.startswith(("pyspark", "py4j")):
+            raise WorkerFailedError(f"a worker failed:\n{_worker_traceback(exc)}") from exc
+        raise
+    return [row.asDict() for row in rows]
+
+
+def _worker_traceback(exc: BaseException) -> str:
+    text = str(exc)
+    # PySpark puts the executor's Python traceback in the message; keep that part.
+    # and then the JVM's stack, which says nothing about the worker's error.
+    start = text.find("Traceback (most recent call last)")
+    text = text[start:] if start >= 0 else text
+    for jvm in ("\n\tat ", " SQLSTATE:"):
+        end = text.find(jvm)
+        if end > 0:
+            text = text[:end]
+    return text.rstrip()

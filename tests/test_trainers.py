@@ -1,0 +1,298 @@
+"""End-to-end training on Spark local[2] with real Keras: scikit-learn's digits, an MLP."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+pytest.importorskip("pyspark")
+
+from distkeras_async import trainers  # noqa: E402
+from distkeras_async.errors import AlgorithmError, RoundFailedError  # noqa: E402
+from distkeras_async.spark import InsufficientSlotsError, WorkerFailedError  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def mlp() -> keras.Model:
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+
+
+def accuracy(model: keras.Model, test_df) -> float:
+    rows = test_df.select("features", "label_index").collect()
+    x = np.array([r.features.toArray() for r in rows], np.float32)
+    y = np.array([r.label_index for r in rows])
+    return float((model.predict(x, verbose=0).argmax(axis=1) == y).mean())
+
+
+def adam(lr: float = 0.001) -> keras.optimizers.Optimizer:
+    return keras.optimizers.Adam(learning_rate=lr)
+
+
+COMMON = {"master_port": 0, "progress": False}
+
+# Hyperparameters per trainer that reach >= 0.90 on digits (documented in docs/trainers.md);
+# the classic defaults (e.g. AsynchronousEASGD's rho=0.01 with batches of 1000) are tuned for
+# large data sets and move far too little on 1,437 training rows.
+TRAINERS = {
+    "SingleTrainer": lambda m: trainers.SingleTrainer(
+        m, adam(), "categorical_crossentropy", num_epoch=8, **COMMON
+    ),
+    "EASGD": lambda m: trainers.EASGD(
+        m,
+        adam(),
+        "categorical_crossentropy",
+        num_workers=2,
+        rho=5.0,
+        learning_rate=0.1,
+        num_epoch=20,
+        communication_window=5,
+        **COMMON,
+    ),
+    "AsynchronousEASGD": lambda m: trainers.AsynchronousEASGD(
+        m,
+        adam(),
+        "categorical_crossentropy",
+        num_workers=2,
+        batch_size=32,
+        communication_window=5,
+        rho=5.0,
+        learning_rate=0.1,
+        num_epoch=20,
+        **COMMON,
+    ),
+    "AsynchronousEAMSGD": lambda m: trainers.AsynchronousEAMSGD(
+        m,
+        keras.optimizers.SGD(learning_rate=0.05),
+        "categorical_crossentropy",
+        num_workers=2,
+        batch_size=32,
+        communication_window=5,
+        rho=5.0,
+        learning_rate=0.1,
+        momentum=0.9,
+        num_epoch=15,
+        **COMMON,
+    ),
+    "DOWNPOUR": lambda m: trainers.DOWNPOUR(
+        m,
+        adam(),
+        "categorical_crossentropy",
+        num_workers=2,
+        batch_size=32,
+        communication_window=5,
+        num_epoch=10,
+        **COMMON,
+    ),
+    "ADAG": lambda m: trainers.ADAG(
+        m,
+        adam(0.01),
+        "categorical_crossentropy",
+        num_workers=2,
+        batch_size=32,
+        communication_window=4,
+        num_epoch=10,
+        **COMMON,
+    ),
+    "DynSGD": lambda m: trainers.DynSGD(
+        m,
+        adam(),
+        "categorical_crossentropy",
+        num_workers=2,
+        batch_size=32,
+        communication_window=5,
+        num_epoch=10,
+        **COMMON,
+    ),
+    "AveragingTrainer": lambda m: trainers.AveragingTrainer(
+        m,
+        adam(),
+        "categorical_crossentropy",
+        num_epoch=10,
+        batch_size=32,
+        num_workers=2,
+        communication_window=10,
+        **COMMON,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(TRAINERS))
+def test_trainer_reaches_90_percent_on_digits(name, digits):
+    train_df, test_df = digits
+    model = mlp()
+    before = [w.copy() for w in model.get_weights()]
+    trainer = TRAINERS[name](model)
+    trained = trainer.train(train_df)
+    acc = accuracy(trained, test_df)
+    assert acc >= 0.90, f"{name}: test accuracy {acc:.3f}"
+    # The caller's model is untouched; a new model is returned.
+    assert trained is not model
+    for w, b in zip(model.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(w, b)
+    history = trainer.get_history()
+    workers = 1 if name == "SingleTrainer" else 2
+    assert {h["worker"] for h in history} == set(range(workers))
+    assert all({"loss", "accuracy", "iteration", "timestamp"} <= set(h) for h in history)
+    averaged = trainer.get_averaged_history()
+    assert averaged[-1]["loss"] < averaged[0]["loss"]
+    assert trainer.get_training_time() > 0
+    stats = trainer.get_parameter_server_stats()
+    assert stats is not None and stats.commits >= workers
+    print(f"{name}: accuracy {acc:.3f}, {trainer.get_training_time():.1f} s")
+
+
+def exploding_loss(y_true, y_pred):
+    raise ValueError("boom from the worker's loss")
+
+
+@pytest.fixture
+def ship_this_module():
+    """Spark workers cannot import the tests: send this module's functions by value."""
+    import sys
+
+    from pyspark import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield
+    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.mark.parametrize("trainer_class", [trainers.DOWNPOUR, trainers.AveragingTrainer])
+def test_worker_exception_reaches_the_driver(trainer_class, digits, ship_this_module):
+    train_df, _ = digits
+    trainer = trainer_class(
+        mlp(),
+        "adam",
+        exploding_loss,
+        num_workers=2,
+        custom_objects={"exploding_loss": exploding_loss},
+        **COMMON,
+    )
+    with pytest.raises((WorkerFailedError, RoundFailedError), match="boom from the worker's loss"):
+        trainer.train(train_df)
+
+
+def test_barrier_slot_shortage_fails_fast(digits):
+    train_df, _ = digits
+    trainer = trainers.EASGD(mlp(), "adam", "categorical_crossentropy", num_workers=3, **COMMON)
+    began = time.monotonic()
+    with pytest.raises(InsufficientSlotsError, match=r"3 workers.*2 task slot"):
+        trainer.train(train_df)
+    assert time.monotonic() - began < 30
+
+
+def test_synchronous_algorithm_needs_the_synchronized_trainer():
+    with pytest.raises(AlgorithmError, match="SynchronizedDistributedTrainer"):
+        trainers.AsynchronousDistributedTrainer(
+            mlp(), "adam", "categorical_crossentropy", algorithm="easgd"
+        )
+    with pytest.raises(AlgorithmError, match="AsynchronousDistributedTrainer"):
+        trainers.SynchronizedDistributedTrainer(
+            mlp(), "adam", "categorical_crossentropy", algorithm="downpour"
+        )
+
+
+def test_bad_arguments_are_named_at_construction():
+    with pytest.raises(ValueError, match="num_workers"):
+        trainers.DOWNPOUR(mlp(), "adam", "categorical_crossentropy", num_workers=0)
+    with pytest.raises(ValueError, match="worker_optimizer"):
+        trainers.DOWNPOUR(mlp(), "no-such-optimizer", "categorical_crossentropy")
+    with pytest.raises(ValueError, match="built"):
+        trainers.DOWNPOUR(keras.Sequential([keras.layers.Dense(3)]), "adam", "mse")
+    with pytest.raises(ValueError, match="communication_window"):
+        trainers.DOWNPOUR(mlp(), "adam", "mse", communication_window=0)
+
+
+def test_busy_master_port_is_named(digits):
+    import socket
+
+    train_df, _ = digits
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        trainer = trainers.DOWNPOUR(
+            mlp(), "adam", "categorical_crossentropy", master_port=port, progress=False
+        )
+        with pytest.raises(OSError, match=f"{port}.*already in use.*master_port=0"):
+            trainer.train(train_df)
+
+
+def test_array_columns_and_a_multi_input_functional_model(spark):
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = (data.data / 16.0).astype(float)
+    rows = [(x[i, :32].tolist(), x[i, 32:].tolist(), int(data.target[i])) for i in range(len(x))]
+    df = spark.createDataFrame(rows, "top array<double>, bottom array<double>, digit int")
+    keras.utils.set_random_seed(0)
+    top, bottom = keras.Input((32,), name="top"), keras.Input((32,), name="bottom")
+    hidden = keras.layers.Dense(64, activation="relu")(keras.layers.Concatenate()([top, bottom]))
+    model = keras.Model([top, bottom], keras.layers.Dense(10, activation="softmax")(hidden))
+    trainer = trainers.DOWNPOUR(
+        model,
+        "adam",
+        "sparse_categorical_crossentropy",
+        num_workers=2,
+        batch_size=32,
+        features_col=["top", "bottom"],
+        label_col="digit",
+        num_epoch=5,
+        **COMMON,
+    )
+    trained = trainer.train(df, shuffle=True)
+    predictions = trained.predict([x[:, :32], x[:, 32:]], verbose=0).argmax(axis=1)
+    assert (predictions == data.target).mean() > 0.9
+
+
+def test_sparse_vectors_optimizer_config_and_subclassed_model(spark):
+    from pyspark.ml.linalg import Vectors
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = data.data / 16.0
+    rows = [
+        (Vectors.sparse(64, {j: float(v) for j, v in enumerate(r) if v}), float(t))
+        for r, t in zip(x, data.target, strict=True)
+    ]
+    df = spark.createDataFrame(rows, ["features", "label"])
+
+    @keras.saving.register_keras_serializable(package="tests")
+    class Classifier(keras.Model):
+        def __init__(self, units=32, **kwargs):
+            super().__init__(**kwargs)
+            self.units = units
+            self.hidden = keras.layers.Dense(units, activation="relu")
+            self.out = keras.layers.Dense(10, activation="softmax")
+
+        def call(self, inputs):
+            return self.out(self.hidden(inputs))
+
+        def get_config(self):
+            return {**super().get_config(), "units": self.units}
+
+    keras.utils.set_random_seed(0)
+    model = Classifier()
+    model(np.zeros((1, 64), np.float32))
+    optimizer_config = keras.optimizers.serialize(keras.optimizers.Adam(learning_rate=0.01))
+    trainer = trainers.DynSGD(
+        model,
+        optimizer_config,
+        "sparse_categorical_crossentropy",
+        num_workers=2,
+        num_epoch=5,
+        custom_objects={"Classifier": Classifier},
+        **COMMON,
+    )
+    trained = trainer.train(df)
+    assert isinstance(trained, Classifier)
+    assert (trained.predict(x, verbose=0).argmax(axis=1) == data.target).mean() > 0.9
