@@ -185,6 +185,9 @@ class Algorithm:
     def validate(self) -> None:
         """Check constraints between hyperparameters; raise HyperparameterError if violated."""
 
+    def validate_workers(self, num_workers: int) -> None:
+        """Check constraints that depend on the number of workers (the server calls this)."""
+
     @property
     def settings(self) -> dict[str, Any]:
         """The hyperparameter values, as sent to workers in the server's welcome."""

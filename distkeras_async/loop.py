@@ -58,7 +58,8 @@ class WorkerSession:
         algorithm: this worker's instance of the algorithm (its own state).
         server: the parameter server connection.
         worker_id: recorded in the history.
-        on_exchange: called with the latest metrics after each exchange (e.g. to report them).
+        on_exchange: called after each exchange with the latest metrics plus ``steps``, the
+            number of local steps so far (e.g. to report them).
     """
 
     def __init__(
@@ -96,7 +97,7 @@ class WorkerSession:
             self._pending = 0
             self.exchanges += 1
             if self.on_exchange is not None:
-                self.on_exchange(metrics)
+                self.on_exchange({**metrics, "steps": float(len(self.history))})
 
     def finish(self) -> None:
         """Commit what remains (``worker_finish``), unless the last step just exchanged."""
@@ -104,7 +105,7 @@ class WorkerSession:
             self.model.set_flat(self.algorithm.worker_finish(self.model.get_flat(), self.server))
             self._pending = 0
             if self.on_exchange is not None and self._metrics:
-                self.on_exchange(self._metrics)
+                self.on_exchange({**self._metrics, "steps": float(len(self.history))})
 
 
 def run_worker(

@@ -111,6 +111,7 @@ class ParameterServer:
             if not value > 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")
         self.algorithm = registry.resolve(algorithm, **hyperparameters)
+        self.algorithm.validate_workers(num_workers)
         self.layout = Layout.of(weights)
         if self.layout.size == 0:
             raise ValueError("the model has no weights to train")

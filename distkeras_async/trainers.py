@@ -213,6 +213,7 @@ class DistributedTrainer(Trainer):
         self.algorithm = algorithm
         self.hyperparameters = dict(hyperparameters)
         probe = registry.resolve(algorithm, **hyperparameters)  # validates now, on the driver
+        probe.validate_workers(self.num_workers)
         if self.synchronous is not None and probe.synchronous != self.synchronous:
             kind = "synchronous" if probe.synchronous else "asynchronous"
             other = (

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,26 +97,86 @@ def limit_threads(threads: int | None) -> None:
         logger.debug("could not set TensorFlow threads: %s", exc)
 
 
+def _backend_variables(model: Any) -> list[Any] | None:
+    """The TensorFlow variables behind ``model.weights`` (``get_weights`` order), if any."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return None
+    variables = [getattr(w, "value", None) for w in model.weights]
+    if not all(hasattr(v, "assign") and hasattr(v, "numpy") for v in variables):
+        return None
+    return variables
+
+
 class KerasLocalModel:
-    """A Keras model as a :class:`~distkeras_async.loop.LocalModel` (flat float32 weights)."""
+    """A Keras model as a :class:`~distkeras_async.loop.LocalModel` (flat float32 weights).
+
+    On TensorFlow it assigns the backend variables directly: ``model.set_weights`` took 490 us
+    for the digits MLP's four tensors and ``assign(..., read_value=False)`` 170 us (measured
+    here), which is most of an exchange's cost when a local step takes 2 ms.
+    """
 
     def __init__(self, model: Any, layout: Layout) -> None:
         self.model = model
         self.layout = layout
+        self._variables = _backend_variables(model)
 
     def get_flat(self) -> np.ndarray:
         """The model's weights as one new flat float32 vector."""
-        return self.layout.flatten(self.model.get_weights())
+        if self._variables is None:
+            return self.layout.flatten(self.model.get_weights())
+        return self.layout.flatten([v.numpy() for v in self._variables])
 
     def set_flat(self, flat: np.ndarray) -> None:
         """Assign a flat float32 vector to the model's weights."""
-        self.model.set_weights(self.layout.unflatten(flat))
+        if self._variables is None:
+            self.model.set_weights(self.layout.unflatten(flat))
+            return
+        for variable, view in zip(self._variables, self.layout.views(flat), strict=True):
+            value = (
+                view
+                if view.dtype == variable.dtype.as_numpy_dtype
+                else view.astype(variable.dtype.as_numpy_dtype)
+            )
+            variable.assign(value, read_value=False)
 
     def train_step(self, batch: tuple[Any, Any]) -> Mapping[str, float]:
         """One optimizer step with ``train_on_batch``."""
         x, y = batch
         logs = self.model.train_on_batch(x, y, return_dict=True)
         return {k: float(v) for k, v in logs.items()}
+
+
+class _Reporter:
+    """Reports the latest metrics (and samples seen) to the server for its progress bar.
+
+    A report is a round trip (0.27 ms measured on loopback); after every exchange that is a
+    few percent of a small model's step time for a progress bar that refreshes twice a
+    second, so it is sent at most every ``REPORT_INTERVAL`` seconds.
+    """
+
+    REPORT_INTERVAL = 0.5
+
+    def __init__(self, client: ParameterServerClient, batch_size: int) -> None:
+        self.client = client
+        self.batch_size = batch_size
+        self.latest: dict[str, float] = {}
+        self.sent_at = 0.0
+
+    def __call__(self, metrics: Mapping[str, float]) -> None:
+        self.latest = dict(metrics)
+        now = time.monotonic()
+        if now - self.sent_at >= self.REPORT_INTERVAL:
+            self.flush(now)
+
+    def flush(self, now: float | None = None) -> None:
+        """Send the latest metrics now."""
+        if not self.latest:
+            return
+        steps = self.latest.get("steps", 0.0)
+        self.client.report({**self.latest, "samples": steps * self.batch_size})
+        self.sent_at = time.monotonic() if now is None else now
 
 
 def _fit_callback(session: WorkerSession) -> Any:
@@ -206,10 +267,7 @@ def train_worker(
                 f"{len(client.layout.specs)}: pass the same custom_objects everywhere"
             )
         local = KerasLocalModel(model, layout)
-        samples = 0
-
-        def report(metrics: Mapping[str, float]) -> None:
-            client.report({**metrics, "samples": float(samples)})
+        report = _Reporter(client, plan.batch_size)
 
         xs = _shape_for(x, _input_shapes(model, len(x)) if rows else [None] * len(x))
         ys = list(y)
@@ -218,10 +276,10 @@ def train_worker(
             history = run_worker(
                 local, algorithm, client, batches, worker_id=worker_id, on_exchange=report
             )
+            report.flush()
             return history
         session = WorkerSession(local, algorithm, client, worker_id=worker_id, on_exchange=report)
         session.start()
-        samples = rows * plan.num_epoch
         model.fit(
             _pack(xs),
             _pack(ys),
@@ -232,4 +290,5 @@ def train_worker(
             callbacks=[_fit_callback(session)],
         )
         session.finish()
+        report.flush()
         return session.history

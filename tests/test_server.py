@@ -78,6 +78,8 @@ def test_constructor_validates(secret):
         ParameterServer(weights, "downpour", num_workers=1, secret=secret, communication_window=0)
     with pytest.raises(ValueError, match="round_timeout"):
         ParameterServer(weights, "easgd", num_workers=1, secret=secret, round_timeout=0)
+    with pytest.raises(HyperparameterError, match="num_workers"):
+        ParameterServer(weights, "easgd", num_workers=4, secret=secret, learning_rate=0.1)
     with pytest.raises(TypeError, match="floating-point"):
         ParameterServer([np.zeros(3, np.int32)], "downpour", num_workers=1, secret=secret)
 

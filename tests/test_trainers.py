@@ -296,3 +296,28 @@ def test_sparse_vectors_optimizer_config_and_subclassed_model(spark):
     trained = trainer.train(df)
     assert isinstance(trained, Classifier)
     assert (trained.predict(x, verbose=0).argmax(axis=1) == data.target).mean() > 0.9
+
+
+def test_progress_bar_and_center_snapshots(digits, capsys):
+    train_df, _ = digits
+    trainer = trainers.DOWNPOUR(
+        mlp(),
+        "adam",
+        "categorical_crossentropy",
+        num_workers=2,
+        batch_size=32,
+        communication_window=5,
+        num_epoch=6,
+        master_port=0,
+        progress=True,
+        snapshot_interval=0.2,
+    )
+    trained = trainer.train(train_df)
+    err = capsys.readouterr().err
+    assert "DOWNPOUR" in err and "updates" in err and "samples/s" in err
+    snapshots = trainer.get_center_snapshots()
+    assert len(snapshots) >= 2
+    times = [t for t, _ in snapshots]
+    assert times == sorted(times)
+    for got, want in zip(snapshots[-1][1], trained.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
