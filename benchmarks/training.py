@@ -33,6 +33,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
+from distkeras_async.spark import warm_up
+
 
 def spark_session(cores: int) -> Any:
     from pyspark.sql import SparkSession
@@ -53,49 +55,10 @@ def spark_session(cores: int) -> Any:
     return session
 
 
-def digits(spark: Any) -> tuple[Any, np.ndarray, np.ndarray]:
-    from pyspark.ml.linalg import Vectors
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    data = load_digits()
-    x = data.data / 16.0
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, data.target, test_size=0.2, random_state=0, stratify=data.target
-    )
-    rows = [
-        (Vectors.dense(f), Vectors.dense(np.eye(10)[int(t)]))
-        for f, t in zip(x_train, y_train, strict=True)
-    ]
-    df = spark.createDataFrame(rows, ["features", "label"]).cache()
-    df.count()
-    return df, x_test.astype(np.float32), y_test
-
-
 def mlp() -> Any:
-    import keras
+    from distkeras_async.datasets import digits_mlp
 
-    return keras.Sequential(
-        [
-            keras.Input((64,)),
-            keras.layers.Dense(64, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
-    )
-
-
-def warm_up(df: Any, workers: int) -> None:
-    """Start every Python worker and import TensorFlow in it, so no timing pays for that."""
-
-    def task(batches: Iterator[Any]) -> Iterator[Any]:
-        import keras  # noqa: F401 - the import is the point
-        import pyarrow as pa
-
-        for _ in batches:
-            pass
-        yield pa.RecordBatch.from_pydict({"ok": pa.array([1], pa.int32())})
-
-    df.repartition(workers).mapInArrow(task, "ok int", barrier=True).collect()
+    return digits_mlp(seed=None)
 
 
 # --------------------------------------------------------------------------- throughput
@@ -173,42 +136,39 @@ def throughput(spark: Any, df: Any, repeats: int, epochs: int, batch_size: int) 
 
 
 def trainer_for(name: str, workers: int, epochs: int) -> Any:
-    import keras
+    """The demo's documented settings for each trainer (docs/trainers.md)."""
+    from distkeras_async.demo import make_trainer
 
-    from distkeras_async import trainers as t
+    return make_trainer(name, mlp(), workers, epochs, progress=False, snapshot_interval=0.25)
 
-    common = {"master_port": 0, "progress": False, "snapshot_interval": 0.25}
-    loss = "categorical_crossentropy"
-    if name == "SingleTrainer":
-        return t.SingleTrainer(mlp(), "adam", loss, num_epoch=epochs, **common)
-    hyper: dict[str, Any] = {
-        # Synchronous EASGD needs beta = workers * learning_rate * rho <= 1.
-        "EASGD": {
-            "rho": 5.0,
-            "learning_rate": min(0.1, 0.9 / (5.0 * workers)),
-            "communication_window": 5,
-        },
-        "AsynchronousEASGD": {"rho": 5.0, "learning_rate": 0.1, "communication_window": 5},
-        "AsynchronousEAMSGD": {"rho": 5.0, "learning_rate": 0.1, "communication_window": 5},
-        "DOWNPOUR": {"communication_window": 5},
-        "ADAG": {"communication_window": 4},
-        "DynSGD": {"communication_window": 5},
-        "AveragingTrainer": {"communication_window": 10},
-    }[name]
-    optimizer: Any = keras.optimizers.Adam(learning_rate=0.01 if name == "ADAG" else 0.001)
-    if name == "AsynchronousEAMSGD":
-        optimizer = keras.optimizers.SGD(learning_rate=0.05)
-    cls = getattr(t, name)
-    return cls(
-        mlp(),
-        optimizer,
-        loss,
-        num_workers=workers,
-        batch_size=32,
-        num_epoch=epochs,
-        **hyper,
-        **common,
-    )
+
+def one_run(
+    df: Any,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    target: float,
+    epochs: int,
+    name: str,
+    workers: int,
+    evaluator: Any,
+) -> tuple[float | None, float, float]:
+    """(seconds to target or None, final accuracy, training time) of one training run."""
+    trainer = trainer_for(name, workers, epochs)
+    trainer.train(df)
+    reached = None
+    final = 0.0
+    for seconds, weights in trainer.get_center_snapshots():
+        evaluator.set_weights(weights)
+        final = float((evaluator.predict(x_test, verbose=0).argmax(1) == y_test).mean())
+        if reached is None and final >= target:
+            reached = seconds
+    return reached, final, trainer.get_training_time()
+
+
+def median_or_none(values: list[float | None]) -> float | None:
+    """The median, counting a run that never reached the target as infinitely slow."""
+    ordered = sorted(values, key=lambda v: float("inf") if v is None else v)
+    return ordered[len(ordered) // 2]
 
 
 def time_to_accuracy(
@@ -219,29 +179,27 @@ def time_to_accuracy(
     epochs: int,
     names: list[str],
     worker_counts: list[int],
+    repeats: int,
 ) -> list[dict[str, Any]]:
     results = []
     evaluator = mlp()
     for name in names:
         for workers in [1] if name == "SingleTrainer" else worker_counts:
-            trainer = trainer_for(name, workers, epochs)
-            trainer.train(df)
-            reached = None
-            final = 0.0
-            for seconds, weights in trainer.get_center_snapshots():
-                evaluator.set_weights(weights)
-                final = float((evaluator.predict(x_test, verbose=0).argmax(1) == y_test).mean())
-                if reached is None and final >= target:
-                    reached = seconds
+            runs = [
+                one_run(df, x_test, y_test, target, epochs, name, workers, evaluator)
+                for _ in range(repeats)
+            ]
             result = {
                 "benchmark": "time_to_accuracy",
                 "trainer": name,
                 "workers": workers,
                 "target": target,
-                "seconds_to_target": reached,
-                "final_accuracy": final,
-                "training_time_s": trainer.get_training_time(),
                 "epochs": epochs,
+                "repeats": repeats,
+                "seconds_to_target": median_or_none([r[0] for r in runs]),
+                "final_accuracy": statistics.median(r[1] for r in runs),
+                "training_time_s": statistics.median(r[2] for r in runs),
+                "runs": runs,
             }
             print(json.dumps(result), flush=True)
             results.append(result)
@@ -251,7 +209,7 @@ def time_to_accuracy(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", choices=["throughput", "accuracy"])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--target", type=float, default=0.95)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
@@ -271,14 +229,24 @@ def main() -> None:
     )
     args = parser.parse_args()
     spark = spark_session(max(args.workers))
-    df, x_test, y_test = digits(spark)
-    warm_up(df, max(args.workers))
+    from distkeras_async.datasets import digits
+
+    data = digits(spark)
+    df, x_test, y_test = data.train, data.x_test, data.y_test
+    warm_up(df, max(args.workers))  # TensorFlow imported in every Python worker first
     try:
         if args.only in (None, "throughput"):
             throughput(spark, df, args.repeats, args.epochs, 32)
         if args.only in (None, "accuracy"):
             rows = time_to_accuracy(
-                df, x_test, y_test, args.target, args.epochs, args.trainers, args.workers
+                df,
+                x_test,
+                y_test,
+                args.target,
+                args.epochs,
+                args.trainers,
+                args.workers,
+                args.repeats,
             )
             print()
             print(

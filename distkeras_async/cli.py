@@ -2,6 +2,8 @@
 
 Subcommands:
 
+* ``demo`` -- train digits on an embedded Spark with a trainer (or ``--all``) and print a table;
+* ``serve`` -- a standalone parameter server for a ``.keras`` model;
 * ``algorithms`` -- list the registered algorithms with their hyperparameters and defaults;
 * ``bench wire`` -- ``commit_pull`` round trips per second against a raw-socket ceiling.
 """
@@ -10,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from distkeras_async import registry
-from distkeras_async.errors import AlgorithmError
+from distkeras_async import auth, registry
+from distkeras_async.errors import AlgorithmError, DistKerasError
 
 
 def _cmd_algorithms(args: argparse.Namespace) -> int:
@@ -66,6 +70,105 @@ def _cmd_bench_wire(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from distkeras_async.demo import TRAINER_NAMES, run_demo
+
+    names = TRAINER_NAMES if args.all else [args.trainer]
+    run_demo(
+        names,
+        args.workers,
+        args.epochs,
+        port=args.port,
+        progress=False if args.no_progress else None,
+        plot_path=args.plot,
+    )
+    return 0
+
+
+SECRET_ENV = "DISTKERAS_ASYNC_SECRET"  # noqa: S105 - the variable's name, not a secret
+
+
+def read_secret(secret_file: str | None) -> bytes:
+    """The run's secret, hex-encoded in ``secret_file`` or in $DISTKERAS_ASYNC_SECRET.
+
+    Raises:
+        ValueError: if neither is given or the value is not hex of at least 16 bytes.
+    """
+    if secret_file:
+        with open(secret_file, encoding="ascii") as handle:
+            text, origin = handle.read().strip(), secret_file
+    else:
+        text, origin = os.environ.get(SECRET_ENV, "").strip(), f"${SECRET_ENV}"
+        if not text:
+            raise ValueError(f"give the secret with --secret-file or ${SECRET_ENV} (hex)")
+    try:
+        secret = bytes.fromhex(text)
+    except ValueError:
+        raise ValueError(f"the secret in {origin} is not hexadecimal") from None
+    return auth.check_secret(secret)
+
+
+def _parse_settings(items: Sequence[str]) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        try:
+            settings[key] = json.loads(value)  # numbers, booleans; never eval
+        except json.JSONDecodeError:
+            settings[key] = value
+    return settings
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from distkeras_async.server import ParameterServer
+
+    secret = read_secret(args.secret_file)
+    import keras  # after the cheap checks: importing TensorFlow takes seconds
+    model = keras.saving.load_model(args.model, compile=False)
+    algorithm = registry.resolve(args.algorithm, **_parse_settings(args.set))
+    server = ParameterServer(
+        model.get_weights(),
+        algorithm,
+        num_workers=args.workers,
+        secret=secret,
+        host=args.host,
+        port=args.port,
+        round_timeout=args.round_timeout,
+    )
+    port = server.start()
+    print(
+        f"listening on {args.host}:{port} ({server.algorithm!r}, {args.workers} workers)",
+        flush=True,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.2):
+            stats = server.stats()
+            finished = sum(w.finished for w in stats.workers.values())
+            if server.failure or (args.exit_when_done and finished >= args.workers):
+                break
+    finally:
+        weights = server.center
+        stats = server.stats()
+        server.stop()
+    print(f"stopped after {stats.version} updates from {len(stats.workers)} worker(s)", flush=True)
+    if args.output:
+        model.set_weights(weights)
+        model.save(args.output)
+        print(f"trained weights saved to {args.output}", flush=True)
+    if server.failure:
+        print(f"distkeras-async: the run failed: {server.failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``distkeras-async`` command."""
     parser = argparse.ArgumentParser(
@@ -73,6 +176,37 @@ def build_parser() -> argparse.ArgumentParser:
         description="Distributed Keras training on Spark through an asyncio parameter server.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train digits on an embedded Spark and compare trainers")
+    demo.add_argument("--trainer", default="DOWNPOUR", help="trainer class name (default DOWNPOUR)")
+    demo.add_argument("--all", action="store_true", help="run every trainer in turn")
+    demo.add_argument("--workers", type=_positive_int, default=2, help="workers (default 2)")
+    demo.add_argument("--epochs", type=_positive_int, help="epochs (default: per trainer)")
+    demo.add_argument("--port", type=int, default=0, help="parameter server port (0: any free)")
+    demo.add_argument("--plot", metavar="PATH", help="write a PNG of loss and accuracy")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo.set_defaults(func=_cmd_demo)
+
+    serve = sub.add_parser("serve", help="a standalone parameter server for a .keras model")
+    serve.add_argument("--model", required=True, help="the initial model (.keras file)")
+    serve.add_argument("--algorithm", default="downpour", help="registered algorithm name")
+    serve.add_argument("--workers", type=_positive_int, required=True, help="number of workers")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=0, help="port (0: any free)")
+    serve.add_argument("--secret-file", help=f"file with the hex secret (else ${SECRET_ENV})")
+    serve.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an algorithm hyperparameter (repeatable)",
+    )
+    serve.add_argument("--round-timeout", type=float, default=300.0)
+    serve.add_argument("--output", help="save the trained model here (.keras) on exit")
+    serve.add_argument(
+        "--exit-when-done", action="store_true", help="stop once every worker has said goodbye"
+    )
+    serve.set_defaults(func=_cmd_serve)
 
     algos = sub.add_parser("algorithms", help="list registered algorithms and hyperparameters")
     algos.add_argument("--json", action="store_true", help="print JSON")
@@ -105,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (AlgorithmError, OSError, ValueError) as exc:
+    except (DistKerasError, OSError, ValueError, TypeError) as exc:
         print(f"distkeras-async: error: {exc}", file=sys.stderr)
         return 2
 

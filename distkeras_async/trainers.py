@@ -154,6 +154,9 @@ class DistributedTrainer(Trainer):
         round_timeout: seconds a synchronous round waits for its slowest worker.
         snapshot_interval: if set, record the center every this many seconds during training
             (see :meth:`get_center_snapshots`), e.g. to plot accuracy against wall time.
+        worker_class: a :class:`~distkeras_async.worker.KerasWorker` subclass that customises
+            what each worker does (data preparation, local step); see
+            ``docs/custom-worker.md``.
         **hyperparameters: the algorithm's hyperparameters (``communication_window``, ...).
     """
 
@@ -181,6 +184,7 @@ class DistributedTrainer(Trainer):
         worker_threads: int | None = None,
         round_timeout: float = 300.0,
         snapshot_interval: float | None = None,
+        worker_class: type[Any] | None = None,
         **hyperparameters: Any,
     ) -> None:
         super().__init__(
@@ -209,6 +213,12 @@ class DistributedTrainer(Trainer):
         if snapshot_interval is not None and not snapshot_interval > 0:
             raise ValueError(f"snapshot_interval must be positive, got {snapshot_interval!r}")
         self.snapshot_interval = snapshot_interval
+        if worker_class is not None:
+            from distkeras_async.worker import KerasWorker
+
+            if not (isinstance(worker_class, type) and issubclass(worker_class, KerasWorker)):
+                raise TypeError(f"worker_class must subclass KerasWorker, got {worker_class!r}")
+        self.worker_class = worker_class
         self.snapshots: list[tuple[float, list[Any]]] = []
         self.algorithm = algorithm
         self.hyperparameters = dict(hyperparameters)
@@ -275,6 +285,7 @@ class DistributedTrainer(Trainer):
             worker_threads=self.worker_threads,
             timeout=max(120.0, self.round_timeout + 30),
             custom_objects=self.custom_objects,
+            worker_class=self.worker_class,
         )
         show = attached_to_terminal() if self.progress is None else self.progress
         try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +56,7 @@ class WorkerPlan:
         worker_threads: TensorFlow threads per worker (None: the task's cores).
         timeout: seconds any parameter server call may take.
         custom_objects: custom Keras classes and functions, by name.
+        worker_class: the :class:`KerasWorker` (sub)class each worker runs.
     """
 
     model_spec: str
@@ -72,6 +73,7 @@ class WorkerPlan:
     worker_threads: int | None = None
     timeout: float = 120.0
     custom_objects: Mapping[str, Any] = field(default_factory=dict)
+    worker_class: type[KerasWorker] | None = None
 
     def make_algorithm(self) -> Algorithm:
         """A fresh instance of the plan's algorithm for this worker."""
@@ -117,9 +119,15 @@ class KerasLocalModel:
     here), which is most of an exchange's cost when a local step takes 2 ms.
     """
 
-    def __init__(self, model: Any, layout: Layout) -> None:
+    def __init__(
+        self,
+        model: Any,
+        layout: Layout,
+        step: Callable[[tuple[Any, Any]], Mapping[str, float]] | None = None,
+    ) -> None:
         self.model = model
         self.layout = layout
+        self._step = step
         self._variables = _backend_variables(model)
 
     def get_flat(self) -> np.ndarray:
@@ -142,7 +150,9 @@ class KerasLocalModel:
             variable.assign(value, read_value=False)
 
     def train_step(self, batch: tuple[Any, Any]) -> Mapping[str, float]:
-        """One optimizer step with ``train_on_batch``."""
+        """One optimizer step (``train_on_batch`` unless another step was given)."""
+        if self._step is not None:
+            return self._step(batch)
         x, y = batch
         logs = self.model.train_on_batch(x, y, return_dict=True)
         return {k: float(v) for k, v in logs.items()}
@@ -230,6 +240,126 @@ def _shape_for(arrays: Sequence[np.ndarray], shapes: Sequence[Any]) -> list[np.n
     return out
 
 
+class KerasWorker:
+    """What one worker does with its partition; subclass it to customise a worker.
+
+    Override any of these hooks; the exchange schedule, the parameter server protocol and
+    error reporting stay the library's (see ``docs/custom-worker.md``):
+
+    * :meth:`build_model` -- rebuild the model (e.g. to add a regulariser on the worker);
+    * :meth:`prepare` -- turn the partition's numpy arrays into model inputs/targets
+      (e.g. augmentation, normalisation, reshaping);
+    * :meth:`train_step` -- one local step on a batch (e.g. gradient clipping, a custom
+      loss); overriding it runs the worker through ``train_on_batch`` instead of ``fit``;
+    * :meth:`batches` -- the order and size of local batches; overriding it also leaves
+      ``fit`` for a plain loop.
+
+    Pass the subclass as ``worker_class=`` to any trainer. It travels to the executors with
+    the Spark job, so define it in an importable module (or register it by value).
+
+    Args:
+        plan: the run's plan.
+        worker_id: this worker's id (the Spark partition id).
+        attempt: the Spark task attempt number.
+        task_cores: the cores Spark gave this task (the default thread limit).
+    """
+
+    def __init__(self, plan: WorkerPlan, worker_id: int, attempt: int, task_cores: int = 1) -> None:
+        self.plan = plan
+        self.worker_id = worker_id
+        self.attempt = attempt
+        self.task_cores = task_cores
+
+    # -- hooks -------------------------------------------------------------------------
+
+    def build_model(self) -> Any:
+        """The compiled model, rebuilt from the plan's spec with new random weights."""
+        return build_model(ModelSpec.from_json(self.plan.model_spec), self.plan.custom_objects)
+
+    def prepare(
+        self, model: Any, x: Sequence[np.ndarray], y: Sequence[np.ndarray]
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Model inputs and targets from the partition's columns (default: reshape to inputs)."""
+        rows = len(x[0]) if x else 0
+        shapes = _input_shapes(model, len(x)) if rows else [None] * len(x)
+        return _shape_for(x, shapes), list(y)
+
+    def train_step(self, model: Any, batch: tuple[Any, Any]) -> Mapping[str, float]:
+        """One local optimizer step on ``batch`` = (inputs, targets); returns its metrics."""
+        inputs, targets = batch
+        logs = model.train_on_batch(inputs, targets, return_dict=True)
+        return {k: float(v) for k, v in logs.items()}
+
+    def batches(
+        self, x: Sequence[np.ndarray], y: Sequence[np.ndarray]
+    ) -> Iterator[tuple[Any, Any]]:
+        """The local batches of every epoch (reshuffled each epoch when the plan says so)."""
+        return _batches(x, y, self.plan, seed=self.worker_id)
+
+    # -- the run -----------------------------------------------------------------------
+
+    def uses_fit(self, algorithm: Algorithm) -> bool:
+        """Whether local steps can run inside ``model.fit`` (no per-step hook is needed)."""
+        own = type(self)
+        return (
+            not algorithm.acts_every_step()
+            and own.train_step is KerasWorker.train_step
+            and own.batches is KerasWorker.batches
+        )
+
+    def run(self, x: Sequence[np.ndarray], y: Sequence[np.ndarray]) -> list[StepRecord]:
+        """Train the partition under the plan's algorithm; returns the per-step history.
+
+        Raises:
+            LayoutMismatchError: if the rebuilt model's weights differ from the server's.
+        """
+        plan = self.plan
+        limit_threads(plan.worker_threads or self.task_cores)
+        model = self.build_model()
+        algorithm = plan.make_algorithm()
+        layout = Layout.of(model.get_weights())
+        with ParameterServerClient(
+            plan.host, plan.port, plan.secret, self.worker_id, self.attempt, timeout=plan.timeout
+        ) as client:
+            if client.layout != layout:
+                raise LayoutMismatchError(
+                    f"worker {self.worker_id} rebuilt a model with {layout.size} parameters in "
+                    f"{len(layout.specs)} tensors, but the server holds {client.layout.size} in "
+                    f"{len(client.layout.specs)}: pass the same custom_objects everywhere"
+                )
+            local = KerasLocalModel(model, layout, step=lambda batch: self.train_step(model, batch))
+            report = _Reporter(client, plan.batch_size)
+            xs, ys = self.prepare(model, x, y)
+            rows = len(xs[0]) if xs else 0
+            if rows == 0 or not self.uses_fit(algorithm):
+                history = run_worker(
+                    local,
+                    algorithm,
+                    client,
+                    self.batches(xs, ys),
+                    worker_id=self.worker_id,
+                    on_exchange=report,
+                )
+                report.flush()
+                return history
+            session = WorkerSession(
+                local, algorithm, client, worker_id=self.worker_id, on_exchange=report
+            )
+            session.start()
+            model.fit(
+                _pack(xs),
+                _pack(ys),
+                batch_size=plan.batch_size,
+                epochs=plan.num_epoch,
+                shuffle=plan.shuffle,
+                verbose=0,
+                callbacks=[_fit_callback(session)],
+            )
+            session.finish()
+            report.flush()
+            return session.history
+
+
 def train_worker(
     plan: WorkerPlan,
     worker_id: int,
@@ -238,57 +368,6 @@ def train_worker(
     y: Sequence[np.ndarray],
     task_cores: int = 1,
 ) -> list[StepRecord]:
-    """Train one worker's partition; returns its per-step history.
-
-    Args:
-        plan: the run's plan.
-        worker_id: this worker's id (the Spark partition id).
-        attempt: the Spark task attempt number.
-        x: one array per feature column, rows aligned.
-        y: one array per label column, rows aligned.
-        task_cores: the cores Spark gave this task (the default thread limit).
-
-    Raises:
-        LayoutMismatchError: if the rebuilt model's weights differ from the server's layout.
-    """
-    limit_threads(plan.worker_threads or task_cores)
-    spec = ModelSpec.from_json(plan.model_spec)
-    model = build_model(spec, plan.custom_objects)
-    algorithm = plan.make_algorithm()
-    layout = Layout.of(model.get_weights())
-    rows = len(x[0]) if x else 0
-    with ParameterServerClient(
-        plan.host, plan.port, plan.secret, worker_id, attempt, timeout=plan.timeout
-    ) as client:
-        if client.layout != layout:
-            raise LayoutMismatchError(
-                f"worker {worker_id} rebuilt a model with {layout.size} parameters in "
-                f"{len(layout.specs)} tensors, but the server holds {client.layout.size} in "
-                f"{len(client.layout.specs)}: pass the same custom_objects everywhere"
-            )
-        local = KerasLocalModel(model, layout)
-        report = _Reporter(client, plan.batch_size)
-
-        xs = _shape_for(x, _input_shapes(model, len(x)) if rows else [None] * len(x))
-        ys = list(y)
-        if algorithm.acts_every_step() or rows == 0:
-            batches = _batches(xs, ys, plan, seed=worker_id)
-            history = run_worker(
-                local, algorithm, client, batches, worker_id=worker_id, on_exchange=report
-            )
-            report.flush()
-            return history
-        session = WorkerSession(local, algorithm, client, worker_id=worker_id, on_exchange=report)
-        session.start()
-        model.fit(
-            _pack(xs),
-            _pack(ys),
-            batch_size=plan.batch_size,
-            epochs=plan.num_epoch,
-            shuffle=plan.shuffle,
-            verbose=0,
-            callbacks=[_fit_callback(session)],
-        )
-        session.finish()
-        report.flush()
-        return session.history
+    """Train one worker's partition with the plan's worker class; returns its history."""
+    worker = (plan.worker_class or KerasWorker)(plan, worker_id, attempt, task_cores)
+    return worker.run(x, y)

@@ -162,24 +162,9 @@ def spark() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def digits(spark: Any) -> tuple[Any, Any]:
-    """scikit-learn's bundled digits as (train, test) DataFrames: vector features, one-hot label."""
-    from pyspark.ml.linalg import Vectors
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+def digits(spark: Any) -> Any:
+    """scikit-learn's bundled digits: a training DataFrame (vector features, one-hot label,
+    label_index) and a numpy test set with ``accuracy(model)``."""
+    from distkeras_async.datasets import digits as load
 
-    data = load_digits()
-    x = (data.data / 16.0).astype(float)
-    y = data.target
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=0.2, random_state=0, stratify=y
-    )
-
-    def frame(xs: Any, ys: Any) -> Any:
-        rows = [
-            (Vectors.dense(f), Vectors.dense(np.eye(10)[int(t)]), int(t))
-            for f, t in zip(xs, ys, strict=True)
-        ]
-        return spark.createDataFrame(rows, ["features", "label", "label_index"])
-
-    return frame(x_train, y_train).cache(), frame(x_test, y_test).cache()
+    return load(spark)

@@ -11,6 +11,8 @@ keras = pytest.importorskip("keras")
 pytest.importorskip("pyspark")
 
 from distkeras_async import trainers  # noqa: E402
+from distkeras_async.datasets import digits_mlp  # noqa: E402
+from distkeras_async.demo import TRAINER_NAMES, make_trainer  # noqa: E402
 from distkeras_async.errors import AlgorithmError, RoundFailedError  # noqa: E402
 from distkeras_async.spark import InsufficientSlotsError, WorkerFailedError  # noqa: E402
 
@@ -18,123 +20,20 @@ pytestmark = pytest.mark.slow
 
 
 def mlp() -> keras.Model:
-    keras.utils.set_random_seed(0)
-    return keras.Sequential(
-        [
-            keras.Input((64,)),
-            keras.layers.Dense(64, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
-    )
-
-
-def accuracy(model: keras.Model, test_df) -> float:
-    rows = test_df.select("features", "label_index").collect()
-    x = np.array([r.features.toArray() for r in rows], np.float32)
-    y = np.array([r.label_index for r in rows])
-    return float((model.predict(x, verbose=0).argmax(axis=1) == y).mean())
-
-
-def adam(lr: float = 0.001) -> keras.optimizers.Optimizer:
-    return keras.optimizers.Adam(learning_rate=lr)
+    return digits_mlp()
 
 
 COMMON = {"master_port": 0, "progress": False}
 
-# Hyperparameters per trainer that reach >= 0.90 on digits (documented in docs/trainers.md);
-# the classic defaults (e.g. AsynchronousEASGD's rho=0.01 with batches of 1000) are tuned for
-# large data sets and move far too little on 1,437 training rows.
-TRAINERS = {
-    "SingleTrainer": lambda m: trainers.SingleTrainer(
-        m, adam(), "categorical_crossentropy", num_epoch=8, **COMMON
-    ),
-    "EASGD": lambda m: trainers.EASGD(
-        m,
-        adam(),
-        "categorical_crossentropy",
-        num_workers=2,
-        rho=5.0,
-        learning_rate=0.1,
-        num_epoch=20,
-        communication_window=5,
-        **COMMON,
-    ),
-    "AsynchronousEASGD": lambda m: trainers.AsynchronousEASGD(
-        m,
-        adam(),
-        "categorical_crossentropy",
-        num_workers=2,
-        batch_size=32,
-        communication_window=5,
-        rho=5.0,
-        learning_rate=0.1,
-        num_epoch=20,
-        **COMMON,
-    ),
-    "AsynchronousEAMSGD": lambda m: trainers.AsynchronousEAMSGD(
-        m,
-        keras.optimizers.SGD(learning_rate=0.05),
-        "categorical_crossentropy",
-        num_workers=2,
-        batch_size=32,
-        communication_window=5,
-        rho=5.0,
-        learning_rate=0.1,
-        momentum=0.9,
-        num_epoch=15,
-        **COMMON,
-    ),
-    "DOWNPOUR": lambda m: trainers.DOWNPOUR(
-        m,
-        adam(),
-        "categorical_crossentropy",
-        num_workers=2,
-        batch_size=32,
-        communication_window=5,
-        num_epoch=10,
-        **COMMON,
-    ),
-    "ADAG": lambda m: trainers.ADAG(
-        m,
-        adam(0.01),
-        "categorical_crossentropy",
-        num_workers=2,
-        batch_size=32,
-        communication_window=4,
-        num_epoch=10,
-        **COMMON,
-    ),
-    "DynSGD": lambda m: trainers.DynSGD(
-        m,
-        adam(),
-        "categorical_crossentropy",
-        num_workers=2,
-        batch_size=32,
-        communication_window=5,
-        num_epoch=10,
-        **COMMON,
-    ),
-    "AveragingTrainer": lambda m: trainers.AveragingTrainer(
-        m,
-        adam(),
-        "categorical_crossentropy",
-        num_epoch=10,
-        batch_size=32,
-        num_workers=2,
-        communication_window=10,
-        **COMMON,
-    ),
-}
 
-
-@pytest.mark.parametrize("name", list(TRAINERS))
+@pytest.mark.parametrize("name", TRAINER_NAMES)
 def test_trainer_reaches_90_percent_on_digits(name, digits):
-    train_df, test_df = digits
+    # The demo's documented settings per trainer (docs/trainers.md), with 2 workers.
     model = mlp()
     before = [w.copy() for w in model.get_weights()]
-    trainer = TRAINERS[name](model)
-    trained = trainer.train(train_df)
-    acc = accuracy(trained, test_df)
+    trainer = make_trainer(name, model, workers=2, progress=False)
+    trained = trainer.train(digits.train)
+    acc = digits.accuracy(trained)
     assert acc >= 0.90, f"{name}: test accuracy {acc:.3f}"
     # The caller's model is untouched; a new model is returned.
     assert trained is not model
@@ -170,7 +69,7 @@ def ship_this_module():
 
 @pytest.mark.parametrize("trainer_class", [trainers.DOWNPOUR, trainers.AveragingTrainer])
 def test_worker_exception_reaches_the_driver(trainer_class, digits, ship_this_module):
-    train_df, _ = digits
+    train_df = digits.train
     trainer = trainer_class(
         mlp(),
         "adam",
@@ -184,7 +83,7 @@ def test_worker_exception_reaches_the_driver(trainer_class, digits, ship_this_mo
 
 
 def test_barrier_slot_shortage_fails_fast(digits):
-    train_df, _ = digits
+    train_df = digits.train
     trainer = trainers.EASGD(mlp(), "adam", "categorical_crossentropy", num_workers=3, **COMMON)
     began = time.monotonic()
     with pytest.raises(InsufficientSlotsError, match=r"3 workers.*2 task slot"):
@@ -217,7 +116,7 @@ def test_bad_arguments_are_named_at_construction():
 def test_busy_master_port_is_named(digits):
     import socket
 
-    train_df, _ = digits
+    train_df = digits.train
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
         trainer = trainers.DOWNPOUR(
@@ -299,7 +198,7 @@ def test_sparse_vectors_optimizer_config_and_subclassed_model(spark):
 
 
 def test_progress_bar_and_center_snapshots(digits, capsys):
-    train_df, _ = digits
+    train_df = digits.train
     trainer = trainers.DOWNPOUR(
         mlp(),
         "adam",

@@ -1,0 +1,148 @@
+"""`distkeras-async demo` and `distkeras-async serve`, run as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from distkeras_async import ParameterServerClient
+
+CLI = [sys.executable, "-m", "distkeras_async.cli"]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600):
+    environment = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", **(env or {})}
+    return subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_demo_trains_prints_the_table_and_plots(tmp_path):
+    png = tmp_path / "demo.png"
+    done = run_cli("demo", "--epochs", "2", "--no-progress", "--plot", str(png))
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = done.stdout[done.stdout.index("trainer") :]
+    header, _, *rows = table.splitlines()
+    assert header.split() == ["trainer", "workers", "wall", "s", "updates", "samples/s", "accuracy"]
+    assert rows[0].split()[:2] == ["SingleTrainer", "1"]  # the baseline row comes first
+    assert rows[1].split()[:2] == ["DOWNPOUR", "2"]
+    for row in rows[:2]:
+        assert 0.0 < float(row.split()[-1]) <= 1.0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def one_line_error(done) -> str:
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+def test_demo_without_java_explains_in_one_line(tmp_path):
+    env = {"PATH": str(tmp_path), "JAVA_HOME": ""}
+    line = one_line_error(run_cli("demo", env=env, timeout=120))
+    assert "Java was not found" in line and "JAVA_HOME" in line
+
+
+def test_demo_with_an_old_java_explains_in_one_line(tmp_path):
+    java = tmp_path / "java"
+    java.write_text("#!/bin/sh\necho 'openjdk version \"11.0.2\" 2019-01-15' >&2\n")
+    java.chmod(0o755)
+    line = one_line_error(run_cli("demo", env={"PATH": str(tmp_path), "JAVA_HOME": ""}))
+    assert "Java 11" in line and "too old" in line and "17" in line
+
+
+def test_demo_on_a_busy_port_explains_in_one_line():
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        line = one_line_error(run_cli("demo", "--port", str(port), timeout=120))
+    assert f"port {port}" in line and "already in use" in line
+
+
+@pytest.fixture
+def saved_model(tmp_path) -> Path:
+    keras = pytest.importorskip("keras")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    path = tmp_path / "model.keras"
+    model.save(path)
+    return path
+
+
+def test_serve_runs_a_standalone_parameter_server(tmp_path, saved_model, secret):
+    keras = pytest.importorskip("keras")
+    (tmp_path / "secret").write_text(secret.hex())
+    output = tmp_path / "trained.keras"
+    process = subprocess.Popen(
+        [
+            *CLI,
+            "serve",
+            "--model",
+            str(saved_model),
+            "--workers",
+            "1",
+            "--secret-file",
+            str(tmp_path / "secret"),
+            "--set",
+            "communication_window=3",
+            "--exit-when-done",
+            "--output",
+            str(output),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("listening on 127.0.0.1:"), process.stderr.read()
+        port = int(line.split()[2].rsplit(":", 1)[1])
+        with ParameterServerClient("127.0.0.1", port, secret, 0, timeout=20) as client:
+            assert client.hyperparameters["communication_window"] == 3
+            center = client.pull()
+            client.commit(np.ones_like(center))
+        assert process.wait(60) == 0
+    finally:
+        process.kill()
+    initial = keras.saving.load_model(saved_model).get_weights()
+    trained = keras.saving.load_model(output).get_weights()
+    for before, after in zip(initial, trained, strict=True):
+        np.testing.assert_allclose(after, before + 1.0, rtol=1e-6)
+
+
+def test_serve_needs_a_valid_secret(saved_model, tmp_path):
+    line = one_line_error(
+        run_cli(
+            "serve",
+            "--model",
+            str(saved_model),
+            "--workers",
+            "1",
+            env={"DISTKERAS_ASYNC_SECRET": ""},
+            timeout=120,
+        )
+    )
+    assert "DISTKERAS_ASYNC_SECRET" in line
+    line = one_line_error(
+        run_cli(
+            "serve",
+            "--model",
+            str(saved_model),
+            "--workers",
+            "1",
+            env={"DISTKERAS_ASYNC_SECRET": "not hex"},
+            timeout=120,
+        )
+    )
+    assert "not hexadecimal" in line
