@@ -229,23 +229,29 @@ class ServerState:
                     "version": self.version,
                     "num_workers": self.num_workers,
                     "synchronous": self.algorithm.synchronous,
+                    # A new client of the same worker and attempt continues the numbering,
+                    # so its commits are not mistaken for resends of its predecessor's.
+                    "next_seq": self._last_seq.get((worker, attempt), -1) + 1,
                     "round_timeout": self.limits.round_timeout,
                 },
             )
         )
 
-    def send_center(self, conn: Connection) -> None:
+    def send_center(self, conn: Connection, duplicate: bool = False) -> None:
         """Reply with the current center; the worker has now seen this version."""
         conn.pulled_version = self.version
         if conn.worker is not None:
             self.stats.worker(conn.worker).pulls += 1
         current = self.center.current
-        message = Message(Op.CENTER, fields={"version": self.version}, tensors=(current.array,))
+        fields: dict[str, object] = {"version": self.version}
+        if duplicate:
+            fields["duplicate"] = True
+        message = Message(Op.CENTER, fields=fields, tensors=(current.array,))
         conn.send(message, center=current)
 
     def _reply_commit(self, conn: Connection, message: Message, duplicate: bool = False) -> None:
         if message.op is Op.COMMIT_PULL:
-            self.send_center(conn)
+            self.send_center(conn, duplicate)
         else:
             fields: dict[str, object] = {"version": self.version}
             if duplicate:

@@ -129,6 +129,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     secret = read_secret(args.secret_file)
     import keras  # after the cheap checks: importing TensorFlow takes seconds
+
     model = keras.saving.load_model(args.model, compile=False)
     algorithm = registry.resolve(args.algorithm, **_parse_settings(args.set))
     server = ParameterServer(

@@ -129,6 +129,7 @@ class ParameterServerClient:
         self.num_workers: int = fields["num_workers"]
         self.round_timeout: float = float(fields["round_timeout"])
         self.synchronous_rounds: bool = fields["synchronous"]
+        self._seq = max(self._seq, fields["next_seq"])
 
     @property
     def num_params(self) -> int:
@@ -233,8 +234,8 @@ class ParameterServerClient:
             raise
 
     def _allocate(self, header: FrameHeader) -> memoryview:
-        if header.op is not Op.CENTER:
-            raise RemoteProtocolError(f"unexpected tensors in a {header.op.value!r} reply")
+        if header.op is not Op.CENTER or not hasattr(self, "layout"):
+            raise RemoteProtocolError(f"unexpected tensors in a {header.op.value!r} message")
         expected = self.layout.flat_spec()
         if header.specs != (expected,):
             raise RemoteProtocolError("the server sent a center that does not match the layout")
@@ -259,6 +260,8 @@ class ParameterServerClient:
             self._out = None
         assert result is not None
         self.version = reply.fields["version"]
+        if reply.fields.get("duplicate"):
+            self.duplicates += 1
         return result
 
     def _receive(self, expected: Op) -> Message:

@@ -227,15 +227,15 @@ def plot(results: Sequence[Result], path: str) -> None:
                 alpha=0.85,
                 linewidth=1.2,
                 linestyle=("-", "--", ":", "-.")[w % 4],
-                label=f"{r.trainer} (worker {w})" if len(workers) > 1 else r.trainer,
+                label=r.trainer if w == workers[0] else None,
             )
     left.set(
         xlabel="local step",
-        ylabel="training loss (running epoch mean)",
+        ylabel="training loss (fit: running epoch mean)",
         yscale="log",
-        title="Loss per worker",
+        title="Loss per worker (solid: worker 0, dashed: worker 1, dotted: worker 2)",
     )
-    left.legend(fontsize="small", ncol=2)
+    left.legend(fontsize="small", ncol=2, loc="upper right")
     names = [f"{r.trainer}\n({r.workers} w)" for r in results]
     bars = right.bar(
         names, [r.accuracy for r in results], color=[colors(i % 10) for i in range(len(results))]

@@ -141,6 +141,7 @@ _FIELDS: Mapping[Op, Mapping[str, tuple[_Check, bool]]] = {
         "version": (_is_int, True),
         "num_workers": (_is_int, True),
         "synchronous": (lambda v: type(v) is bool, True),
+        "next_seq": (_is_int, True),
         "round_timeout": (_is_number, True),
     },
     Op.PULL: {},
@@ -149,7 +150,7 @@ _FIELDS: Mapping[Op, Mapping[str, tuple[_Check, bool]]] = {
     Op.REPORT: {"metrics": (_is_metrics, True)},
     Op.ERROR: {"message": (_is_text, True)},
     Op.BYE: {},
-    Op.CENTER: {"version": (_is_int, True)},
+    Op.CENTER: {"version": (_is_int, True), "duplicate": (lambda v: type(v) is bool, False)},
     Op.ACK: {"version": (_is_int, True), "duplicate": (lambda v: type(v) is bool, False)},
 }
 

@@ -152,6 +152,8 @@ class DistributedTrainer(Trainer):
         master_host: the address workers connect to (default: ``spark.driver.host``).
         secret: the run's shared secret (default: a fresh random one per run).
         round_timeout: seconds a synchronous round waits for its slowest worker.
+        idle_timeout: seconds a worker may stay silent between exchanges before the server
+            drops it (a worker computing a long communication window is silent).
         snapshot_interval: if set, record the center every this many seconds during training
             (see :meth:`get_center_snapshots`), e.g. to plot accuracy against wall time.
         worker_class: a :class:`~distkeras_async.worker.KerasWorker` subclass that customises
@@ -183,6 +185,7 @@ class DistributedTrainer(Trainer):
         progress: bool | None = None,
         worker_threads: int | None = None,
         round_timeout: float = 300.0,
+        idle_timeout: float = 3600.0,
         snapshot_interval: float | None = None,
         worker_class: type[Any] | None = None,
         **hyperparameters: Any,
@@ -210,6 +213,9 @@ class DistributedTrainer(Trainer):
         if not round_timeout > 0:
             raise ValueError(f"round_timeout must be positive, got {round_timeout!r}")
         self.round_timeout = float(round_timeout)
+        if not idle_timeout > 0:
+            raise ValueError(f"idle_timeout must be positive, got {idle_timeout!r}")
+        self.idle_timeout = float(idle_timeout)
         if snapshot_interval is not None and not snapshot_interval > 0:
             raise ValueError(f"snapshot_interval must be positive, got {snapshot_interval!r}")
         self.snapshot_interval = snapshot_interval
@@ -220,7 +226,9 @@ class DistributedTrainer(Trainer):
                 raise TypeError(f"worker_class must subclass KerasWorker, got {worker_class!r}")
         self.worker_class = worker_class
         self.snapshots: list[tuple[float, list[Any]]] = []
-        self.algorithm = algorithm
+        # Workers get the class, not the name: a class registered at run time in a notebook
+        # exists only in the driver's registry, and Spark ships the class to the executors.
+        self.algorithm = registry.get(algorithm) if isinstance(algorithm, str) else algorithm
         self.hyperparameters = dict(hyperparameters)
         probe = registry.resolve(algorithm, **hyperparameters)  # validates now, on the driver
         probe.validate_workers(self.num_workers)
@@ -262,6 +270,7 @@ class DistributedTrainer(Trainer):
             host=host,
             port=self.master_port,
             round_timeout=self.round_timeout,
+            idle_timeout=self.idle_timeout,
             **self.hyperparameters,
         )
         try:
@@ -654,8 +663,9 @@ class DynSGD(AsynchronousDistributedTrainer):
 class AveragingTrainer(SynchronizedDistributedTrainer):
     """Synchronous model averaging every ``communication_window`` steps.
 
-    Distributed Keras averaged once, at the end; ``communication_window`` larger than the
-    steps of an epoch reproduces that, and shorter windows (the default) average periodically.
+    Distributed Keras averaged once, at the end; a ``communication_window`` larger than a
+    worker's steps over the whole run reproduces that (keep ``idle_timeout`` above the run's
+    duration), and shorter windows (the default) average periodically.
     """
 
     def __init__(

@@ -250,7 +250,9 @@ class KerasWorker:
     * :meth:`prepare` -- turn the partition's numpy arrays into model inputs/targets
       (e.g. augmentation, normalisation, reshaping);
     * :meth:`train_step` -- one local step on a batch (e.g. gradient clipping, a custom
-      loss); overriding it runs the worker through ``train_on_batch`` instead of ``fit``;
+      loss); overriding it runs the worker through ``train_on_batch`` instead of ``fit``
+      (the history then holds each step's own metrics, where ``fit`` reports running means
+      over the epoch);
     * :meth:`batches` -- the order and size of local batches; overriding it also leaves
       ``fit`` for a plain loop.
 
@@ -327,10 +329,10 @@ class KerasWorker:
                     f"{len(layout.specs)} tensors, but the server holds {client.layout.size} in "
                     f"{len(client.layout.specs)}: pass the same custom_objects everywhere"
                 )
-            local = KerasLocalModel(model, layout, step=lambda batch: self.train_step(model, batch))
-            report = _Reporter(client, plan.batch_size)
             xs, ys = self.prepare(model, x, y)
             rows = len(xs[0]) if xs else 0
+            local = KerasLocalModel(model, layout, step=lambda batch: self.train_step(model, batch))
+            report = _Reporter(client, plan.batch_size)
             if rows == 0 or not self.uses_fit(algorithm):
                 history = run_worker(
                     local,

@@ -50,6 +50,7 @@ VALID_FIELDS: dict[Op, dict[str, Any]] = {
         "version": 12,
         "num_workers": 4,
         "synchronous": False,
+        "next_seq": 3,
         "round_timeout": 2.5,
     },
     Op.PULL: {},
@@ -1247,6 +1248,7 @@ FIELD_STRATEGIES: dict[Op, st.SearchStrategy[dict[str, Any]]] = {
             "version": ids,
             "num_workers": ids,
             "synchronous": st.booleans(),
+            "next_seq": ids,
             "round_timeout": numbers,
         }
     ),

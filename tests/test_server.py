@@ -16,6 +16,7 @@ from distkeras_async import (
     HyperparameterError,
     ParameterServer,
     ParameterServerClient,
+    RemoteProtocolError,
     RoundFailedError,
     ServerError,
     UnknownAlgorithmError,
@@ -172,6 +173,7 @@ def test_client_rejects_an_impostor_server(secret):
                             "version": 0,
                             "num_workers": 1,
                             "synchronous": False,
+                            "next_seq": 0,
                             "round_timeout": 10.0,
                         },
                     )
@@ -506,3 +508,49 @@ def test_a_center_being_sent_is_never_modified(make_server, connect, raw_peer, s
     assert not center.tensors[0].any()  # all zeros: not a torn mix of versions
     np.testing.assert_array_equal(fast.pull()[:5], [3.0] * 5)
     assert server.stats().center_buffers == 2
+
+
+def test_a_new_client_of_the_same_worker_and_attempt_is_not_mistaken_for_resends(
+    make_server, connect
+):
+    server = make_server()
+    first = connect(server, worker=0)
+    for _ in range(3):
+        first.commit(ones())
+    first.close()
+    second = connect(server, worker=0)  # same worker, same attempt, a new process say
+    second.commit(ones())
+    assert second.duplicates == 0
+    np.testing.assert_array_equal(server.center_flat, ones(4.0))
+
+
+def test_resent_commit_pull_is_flagged_and_applied_once(make_server, raw_peer, secret):
+    server = make_server()
+    peer = raw_peer(server.port)
+    handshake(peer, secret)
+    frame = Message(Op.COMMIT_PULL, 0, 0, 3, tensors=(ones(),))
+    peer.send(frame)
+    first = peer.receive()
+    peer.send(frame)
+    second = peer.receive()
+    assert first.op is Op.CENTER and "duplicate" not in first.fields
+    assert second.op is Op.CENTER and second.fields["duplicate"] is True
+    np.testing.assert_array_equal(second.tensors[0], ones())
+
+
+def test_client_rejects_tensors_before_the_welcome(secret):
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def rogue() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(encode_bytes(Message(Op.CENTER, fields={"version": 0}, tensors=(ones(),))))
+            conn.recv(4096)
+
+    thread = threading.Thread(target=rogue, daemon=True)
+    thread.start()
+    with pytest.raises(RemoteProtocolError, match="unexpected tensors"):
+        ParameterServerClient("127.0.0.1", port, secret, 0, timeout=5)
+    thread.join(5)
+    listener.close()
