@@ -95,12 +95,19 @@ class Connection(asyncio.BufferedProtocol):
         return False  # close our side too
 
     def pause_writing(self) -> None:
+        # Backpressure: a peer that does not read its replies gets no more requests handled,
+        # so it can hold at most one center version and queue nothing on the server.
         if self.write_blocked_since is None:
             self.write_blocked_since = time.monotonic()
+            if self.transport is not None:
+                self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_blocked_since = None
         self._unhold()
+        if not self.awaiting and not self.closed and self.transport is not None:
+            self.transport.resume_reading()
+            self.process_inbox()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None:
@@ -153,7 +160,7 @@ class Connection(asyncio.BufferedProtocol):
         except ProtocolError as exc:
             self.fail(str(exc))
             return
-        if not self.awaiting and self.transport is not None:
+        if not self.awaiting and self.write_blocked_since is None and self.transport is not None:
             self.transport.resume_reading()
 
     def _collect(self) -> None:
@@ -167,7 +174,12 @@ class Connection(asyncio.BufferedProtocol):
 
     def process_inbox(self) -> None:
         """Handle queued requests in order, stopping at one whose reply must wait."""
-        while self.inbox and not self.awaiting and not self.closed:
+        while (
+            self.inbox
+            and not self.awaiting
+            and not self.closed
+            and self.write_blocked_since is None
+        ):
             message, buffer = self.inbox.popleft()
             try:
                 self.state.handle(self, message, buffer)
@@ -186,8 +198,8 @@ class Connection(asyncio.BufferedProtocol):
     def reply_sent(self) -> None:
         """The parked request was answered: read and handle the next ones."""
         self.awaiting = False
-        if self.closed or self.transport is None:
-            return
+        if self.closed or self.transport is None or self.write_blocked_since is not None:
+            return  # resume_writing resumes reading once the reply has drained
         self.transport.resume_reading()
         self.process_inbox()
 

@@ -21,6 +21,7 @@ from distkeras_async import auth
 from distkeras_async._buffers import Buffer, BufferPool, CenterStore
 from distkeras_async._connection import Connection
 from distkeras_async.algorithm import Algorithm, UpdateMeta
+from distkeras_async.checkpoint import Checkpointer
 from distkeras_async.errors import AuthenticationError, RemoteProtocolError
 from distkeras_async.layout import Layout
 from distkeras_async.protocol import Message, Op
@@ -77,6 +78,9 @@ class ServerState:
         secret: bytes,
         limits: Limits,
         loop: asyncio.AbstractEventLoop,
+        *,
+        version: int = 0,
+        checkpointer: Checkpointer | None = None,
     ) -> None:
         self.layout = layout
         self.algorithm = algorithm
@@ -86,8 +90,9 @@ class ServerState:
         self._secret = secret
         self.center = CenterStore(center, limits.center_buffers)
         self.receive = BufferPool(layout.size, limits.receive_buffers)
-        self.stats = ServerStats()
-        self.version = 0
+        self.stats = ServerStats(version=version)
+        self.version = version
+        self.checkpointer = checkpointer
         self.failure: str | None = None
         self.connections: set[Connection] = set()
         self._active: dict[int, Connection] = {}
@@ -131,6 +136,7 @@ class ServerState:
 
     def sweep(self) -> None:
         """Close connections that are idle, stuck mid-frame, or not reading their replies."""
+        self.maybe_checkpoint()
         now = time.monotonic()
         lim = self.limits
         for conn in list(self.connections):
@@ -320,12 +326,24 @@ class ServerState:
         self.receive.release(pending.buffer)
         self._count_commit(meta)
         self.version += 1
-        self.stats.version = self.version
+        self._after_update()
         conn = pending.connection
         self._reply_commit(conn, pending.message)
         if conn.awaiting:
             conn.reply_sent()
         return True
+
+    def _after_update(self) -> None:
+        self.stats.version = self.version
+        self.maybe_checkpoint()
+
+    def maybe_checkpoint(self) -> None:
+        """Start writing a checkpoint if one is due (a copy of the center, in a thread)."""
+        checkpointer = self.checkpointer
+        if checkpointer is None or not checkpointer.due(self.version, time.monotonic()):
+            return
+        checkpointer.start(self.version, time.monotonic())
+        self.loop.run_in_executor(None, checkpointer.write, self.center.array.copy(), self.version)
 
     def _count_commit(self, meta: UpdateMeta) -> None:
         self.stats.commits += 1
@@ -375,7 +393,7 @@ class ServerState:
             self.receive.release(p.buffer)
             self._count_commit(p.meta)
         self.version += 1
-        self.stats.version = self.version
+        self._after_update()
         self.stats.rounds += 1
         for p in members:
             self._reply_commit(p.connection, p.message)

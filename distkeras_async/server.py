@@ -19,6 +19,7 @@ import concurrent.futures
 import contextlib
 import errno
 import logging
+import os
 import ssl
 import threading
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from distkeras_async import auth, registry
 from distkeras_async._connection import Connection
 from distkeras_async._state import Limits, ServerState
 from distkeras_async.algorithm import Algorithm
+from distkeras_async.checkpoint import Checkpoint, Checkpointer, load_checkpoint, save_checkpoint
 from distkeras_async.errors import RoundFailedError
 from distkeras_async.layout import Layout
 from distkeras_async.stats import ServerStats
@@ -71,6 +73,12 @@ class ParameterServer:
             whole round).
         center_buffers: model-sized buffers for the center and versions still being sent.
         use_uvloop: use uvloop when it is installed.
+        checkpoint_path: write the center here (atomically) every ``checkpoint_every``
+            updates and/or every ``checkpoint_interval`` seconds.
+        checkpoint_every: updates between checkpoints.
+        checkpoint_interval: seconds between checkpoints.
+        resume_from: start from this checkpoint's center and version instead of ``weights``
+            (which must have the same layout).
         **hyperparameters: the algorithm's hyperparameters when ``algorithm`` is a name/class.
     """
 
@@ -93,6 +101,10 @@ class ParameterServer:
         receive_buffers: int | None = None,
         center_buffers: int = 2,
         use_uvloop: bool = True,
+        checkpoint_path: str | os.PathLike[str] | None = None,
+        checkpoint_every: int | None = None,
+        checkpoint_interval: float | None = None,
+        resume_from: str | os.PathLike[str] | None = None,
         **hyperparameters: Any,
     ) -> None:
         if isinstance(weights, np.ndarray):
@@ -116,6 +128,23 @@ class ParameterServer:
         if self.layout.size == 0:
             raise ValueError("the model has no weights to train")
         self._initial = self.layout.flatten(weights)
+        self._initial_version = 0
+        if resume_from is not None:
+            resumed = load_checkpoint(resume_from, self.layout)
+            self._initial, self._initial_version = resumed.center, resumed.version
+            logger.info("resuming from %s at version %d", resume_from, resumed.version)
+        self.checkpointer: Checkpointer | None = None
+        if checkpoint_path is not None:
+            if checkpoint_every is None and checkpoint_interval is None:
+                raise ValueError("give checkpoint_every and/or checkpoint_interval")
+            self.checkpointer = Checkpointer(
+                checkpoint_path,
+                self.layout,
+                self.algorithm.name,
+                self.algorithm.settings,
+                every=checkpoint_every,
+                interval=checkpoint_interval,
+            )
         self.num_workers = num_workers
         self.host = host
         self._requested_port = port
@@ -187,6 +216,8 @@ class ParameterServer:
                 self._secret,
                 self.limits,
                 loop,
+                version=self._initial_version,
+                checkpointer=self.checkpointer,
             )
             self._state = state
             try:
@@ -224,9 +255,11 @@ class ParameterServer:
         if self._state is not None:
             for conn in list(self._state.connections):
                 conn.abort()
-        # Let connection_lost callbacks and the listener's close run before the loop closes.
+        # Let connection_lost callbacks and the listener's close run before the loop closes,
+        # and wait for a checkpoint being written (the default executor's threads).
         for _ in range(3):
             loop.run_until_complete(asyncio.sleep(0))
+        loop.run_until_complete(loop.shutdown_default_executor())
         loop.close()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -304,10 +337,35 @@ class ParameterServer:
         """A copy of the center as a weight list (``keras_model.set_weights`` accepts it)."""
         return self.layout.unflatten(self.center_flat)
 
+    def checkpoint(self, path: str | os.PathLike[str] | None = None) -> int:
+        """Write the current center to ``path`` (default: ``checkpoint_path``) now.
+
+        Returns:
+            The version written.
+        """
+        target: str | os.PathLike[str] | None = path
+        if target is None and self.checkpointer is not None:
+            target = self.checkpointer.path
+        if target is None:
+            raise ValueError("no checkpoint path: pass one, or construct with checkpoint_path")
+        state = self._state
+
+        def snapshot() -> tuple[np.ndarray, int]:
+            if state is None:
+                return self._initial.copy(), self._initial_version
+            return state.center.array.copy(), state.version
+
+        center, version = self._call(snapshot)
+        save_checkpoint(
+            target,
+            Checkpoint(center, version, self.layout, self.algorithm.name, self.algorithm.settings),
+        )
+        return version
+
     @property
     def version(self) -> int:
         """Number of updates applied (a synchronous round counts once)."""
-        return self._state.version if self._state is not None else 0
+        return self._state.version if self._state is not None else self._initial_version
 
     def stats(self) -> ServerStats:
         """A consistent snapshot of the server's statistics."""

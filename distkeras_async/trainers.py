@@ -113,7 +113,7 @@ class Trainer:
         self.training_time = 0.0
         self.parameter_server_stats: ServerStats | None = None
 
-    def train(self, dataframe: Any, shuffle: bool = False) -> Any:
+    def train(self, dataframe: Any, shuffle: bool = False, resume_from: str | None = None) -> Any:
         """Train on ``dataframe`` and return a new trained Keras model."""
         raise NotImplementedError
 
@@ -156,6 +156,11 @@ class DistributedTrainer(Trainer):
             drops it (a worker computing a long communication window is silent).
         snapshot_interval: if set, record the center every this many seconds during training
             (see :meth:`get_center_snapshots`), e.g. to plot accuracy against wall time.
+        checkpoint_path: write the center there (atomically) every ``checkpoint_every``
+            updates and/or ``checkpoint_interval`` seconds, and at the end of the run;
+            ``train(df, resume_from=checkpoint_path)`` continues from it.
+        checkpoint_every: updates between checkpoints.
+        checkpoint_interval: seconds between checkpoints.
         worker_class: a :class:`~distkeras_async.worker.KerasWorker` subclass that customises
             what each worker does (data preparation, local step); see
             ``docs/custom-worker.md``.
@@ -188,6 +193,9 @@ class DistributedTrainer(Trainer):
         idle_timeout: float = 3600.0,
         snapshot_interval: float | None = None,
         worker_class: type[Any] | None = None,
+        checkpoint_path: str | None = None,
+        checkpoint_every: int | None = None,
+        checkpoint_interval: float | None = None,
         **hyperparameters: Any,
     ) -> None:
         super().__init__(
@@ -225,6 +233,11 @@ class DistributedTrainer(Trainer):
             if not (isinstance(worker_class, type) and issubclass(worker_class, KerasWorker)):
                 raise TypeError(f"worker_class must subclass KerasWorker, got {worker_class!r}")
         self.worker_class = worker_class
+        if checkpoint_path is not None and checkpoint_every is None and checkpoint_interval is None:
+            checkpoint_interval = 60.0
+        self.checkpoint_path = checkpoint_path
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_interval = checkpoint_interval
         self.snapshots: list[tuple[float, list[Any]]] = []
         # Workers get the class, not the name: a class registered at run time in a notebook
         # exists only in the driver's registry, and Spark ships the class to the executors.
@@ -245,8 +258,14 @@ class DistributedTrainer(Trainer):
         self.algorithm_name = probe.name
         self._synchronous_algorithm = probe.synchronous
 
-    def train(self, dataframe: Any, shuffle: bool = False) -> Any:
+    def train(self, dataframe: Any, shuffle: bool = False, resume_from: str | None = None) -> Any:
         """Train on ``dataframe`` and return a new trained Keras model.
+
+        Args:
+            dataframe: the training data.
+            shuffle: reshuffle rows between workers and within each worker every epoch.
+            resume_from: a checkpoint written by an earlier run (``checkpoint_path``): the
+                center starts from its weights and version instead of the model's.
 
         Raises:
             WorkerFailedError: if a worker failed (with its traceback).
@@ -271,6 +290,10 @@ class DistributedTrainer(Trainer):
             port=self.master_port,
             round_timeout=self.round_timeout,
             idle_timeout=self.idle_timeout,
+            checkpoint_path=self.checkpoint_path,
+            checkpoint_every=self.checkpoint_every,
+            checkpoint_interval=self.checkpoint_interval,
+            resume_from=resume_from,
             **self.hyperparameters,
         )
         try:
@@ -313,6 +336,8 @@ class DistributedTrainer(Trainer):
                         raise RoundFailedError(f"{server.failure}\n{exc}") from exc
                     raise
             server.raise_for_failure()
+            if self.checkpoint_path is not None:
+                server.checkpoint()
             weights = server.center
             self.parameter_server_stats = server.stats()
         finally:

@@ -1,0 +1,161 @@
+"""Checkpoints of the center variable: atomic on disk, no pickle, and checked on resume.
+
+A checkpoint is a ``.npz`` file holding the flat float32 center, the server version, the
+layout and the algorithm's name and hyperparameters (as JSON text). It is written to a
+temporary file in the same folder, flushed and fsync'ed, then renamed over the old one (and
+the folder fsync'ed), so a crash at any moment leaves either the previous checkpoint or the
+new one, never a torn file. It is read back with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distkeras_async.errors import DistKerasError
+from distkeras_async.layout import FLAT_DTYPE, Layout
+
+
+class CheckpointError(DistKerasError):
+    """A checkpoint is missing, unreadable, or does not fit this model."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The center at some version, with what it belongs to."""
+
+    center: np.ndarray
+    version: int
+    layout: Layout
+    algorithm: str
+    hyperparameters: dict[str, Any]
+
+
+def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> None:
+    """Write ``checkpoint`` to ``path`` atomically (temporary file, fsync, rename)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    meta = json.dumps(
+        {
+            "version": checkpoint.version,
+            "layout": checkpoint.layout.to_wire(),
+            "algorithm": checkpoint.algorithm,
+            "hyperparameters": checkpoint.hyperparameters,
+        }
+    )
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            np.savez(stream, center=checkpoint.center, meta=np.array(meta))
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    folder = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # make the rename itself durable
+    finally:
+        os.close(folder)
+
+
+def load_checkpoint(path: str | os.PathLike[str], layout: Layout | None = None) -> Checkpoint:
+    """Read a checkpoint; with ``layout``, check that it belongs to the same model.
+
+    Raises:
+        CheckpointError: if the file is missing or invalid, or the layout differs.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            center = np.array(data["center"], dtype=FLAT_DTYPE)
+            meta = json.loads(str(data["meta"]))
+        checkpoint = Checkpoint(
+            center=center,
+            version=int(meta["version"]),
+            layout=Layout.from_wire(meta["layout"]),
+            algorithm=str(meta["algorithm"]),
+            hyperparameters=dict(meta["hyperparameters"]),
+        )
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {path}") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path} is not a valid checkpoint: {exc}") from exc
+    if checkpoint.center.shape != (checkpoint.layout.size,):
+        raise CheckpointError(f"{path}: the center does not match its own layout")
+    if layout is not None and checkpoint.layout != layout:
+        raise CheckpointError(
+            f"{path} holds a model with {checkpoint.layout.size} parameters in "
+            f"{len(checkpoint.layout.specs)} tensors; this model has {layout.size} in "
+            f"{len(layout.specs)}"
+        )
+    return checkpoint
+
+
+class Checkpointer:
+    """Writes the server's center every ``every`` updates and/or every ``interval`` seconds.
+
+    Runs on the server's event loop: the center is copied there (a consistent version) and
+    written by a worker thread, so a slow disk never stalls the loop; one write at a time.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        layout: Layout,
+        algorithm: str,
+        hyperparameters: dict[str, Any],
+        *,
+        every: int | None = None,
+        interval: float | None = None,
+    ) -> None:
+        if every is not None and every < 1:
+            raise ValueError(f"checkpoint_every must be a positive number of updates, got {every}")
+        if interval is not None and not interval > 0:
+            raise ValueError(f"checkpoint_interval must be positive seconds, got {interval}")
+        self.path = Path(path)
+        self.layout = layout
+        self.algorithm = algorithm
+        self.hyperparameters = hyperparameters
+        self.every = every
+        self.interval = interval
+        self.written = 0
+        self.written_version = -1
+        self.error: BaseException | None = None
+        self._last_version = 0
+        self._last_time = 0.0
+        self._busy = False
+
+    def checkpoint(self, center: np.ndarray, version: int) -> Checkpoint:
+        """The checkpoint of a center copy at ``version``."""
+        return Checkpoint(center, version, self.layout, self.algorithm, self.hyperparameters)
+
+    def due(self, version: int, now: float) -> bool:
+        """Whether a checkpoint is due (and none is being written)."""
+        if self._busy or version == self.written_version:
+            return False
+        by_count = self.every is not None and version - self._last_version >= self.every
+        by_time = self.interval is not None and now - self._last_time >= self.interval
+        return by_count or by_time
+
+    def start(self, version: int, now: float) -> None:
+        """Record that a write of ``version`` begins (call on the loop)."""
+        self._busy = True
+        self._last_version, self._last_time = version, now
+
+    def write(self, center: np.ndarray, version: int) -> None:
+        """Write a center copy now (in the calling thread); remembers a failure."""
+        try:
+            save_checkpoint(self.path, self.checkpoint(center, version))
+            self.written += 1
+            self.written_version = version
+        except OSError as exc:
+            self.error = exc
+        finally:
+            self._busy = False
