@@ -27,6 +27,11 @@ logger = logging.getLogger("distkeras_async.server")
 
 _PAYLOAD_OPS = frozenset({Op.COMMIT, Op.COMMIT_PULL})
 
+# Requests a peer may queue before reading its replies. A worker sends one request and waits
+# for its reply, so any number will do; the bound keeps a flood of small requests from
+# growing the queue without limit.
+MAX_QUEUED_REQUESTS = 64
+
 
 class Connection(asyncio.BufferedProtocol):
     """The server side of one connection."""
@@ -95,12 +100,11 @@ class Connection(asyncio.BufferedProtocol):
         return False  # close our side too
 
     def pause_writing(self) -> None:
-        # Backpressure: a peer that does not read its replies gets no more requests handled,
-        # so it can hold at most one center version and queue nothing on the server.
+        # Backpressure: a peer that does not read its replies gets no more requests handled
+        # (process_inbox waits for resume_writing), so it holds at most one center version.
+        # Reading is not paused: TLS transports need to read to flush what they write.
         if self.write_blocked_since is None:
             self.write_blocked_since = time.monotonic()
-            if self.transport is not None:
-                self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_blocked_since = None
@@ -165,6 +169,10 @@ class Connection(asyncio.BufferedProtocol):
 
     def _collect(self) -> None:
         while (message := self.decoder.next_message()) is not None:
+            if len(self.inbox) >= MAX_QUEUED_REQUESTS:
+                raise RemoteProtocolError(
+                    f"more than {MAX_QUEUED_REQUESTS} requests sent without reading the replies"
+                )
             self.frame_started = None
             buffer = None
             if message.tensors:

@@ -160,14 +160,19 @@ class ServerState:
     # -- messages ----------------------------------------------------------------------
 
     def handle(self, conn: Connection, message: Message, buffer: Buffer | None) -> None:
-        """Act on one complete, validated message."""
+        """Act on one complete, validated message; ``buffer`` (a commit's) becomes ours."""
         if not conn.authenticated:
             self._handshake(conn, message)
             return
+        refusal = None
         if message.worker != conn.worker or message.attempt != conn.attempt:
-            raise RemoteProtocolError("worker id or attempt changed within a connection")
-        if self.failure is not None:
-            conn.fail(self.failure)
+            refusal = "worker id or attempt changed within a connection"
+        elif self.failure is not None:
+            refusal = self.failure
+        if refusal is not None:
+            if buffer is not None:  # a refused commit must not keep its pooled buffer
+                self.receive.release(buffer)
+            conn.fail(refusal)
             return
         stats = self.stats.worker(message.worker)
         stats.last_seen = time.time()
