@@ -28,8 +28,8 @@ class Buffer:
 
     __slots__ = ("array", "holds", "view")
 
-    def __init__(self, size: int) -> None:
-        self.array = np.empty(size, FLAT_DTYPE)
+    def __init__(self, size: int, array: np.ndarray | None = None) -> None:
+        self.array = np.empty(size, FLAT_DTYPE) if array is None else array
         self.view = self.array.data.cast("B")
         self.holds = 0
 
@@ -53,6 +53,13 @@ class BufferPool:
     def in_use(self) -> int:
         """Buffers handed out and not yet released."""
         return self.created - len(self._free)
+
+    def adopt(self, array: np.ndarray) -> Buffer:
+        """Count an existing flat float32 array as one of the pool's buffers (no copy)."""
+        if array.dtype != FLAT_DTYPE or array.shape != (self.size,) or not array.flags.c_contiguous:
+            raise ValueError("only a contiguous float32 vector of the pool's size can be adopted")
+        self.created += 1
+        return Buffer(self.size, array)
 
     def acquire(self) -> Buffer | None:
         """A free buffer, or ``None`` if ``limit`` buffers are in use."""
@@ -84,7 +91,8 @@ class CenterStore:
     """The center variable as one flat float32 buffer, copied on write while sends read it.
 
     Args:
-        initial: the initial flat center (copied).
+        initial: the initial flat center; it becomes the first center buffer (not copied),
+            so the caller must not keep using it.
         limit: how many center buffers may exist at once (the current one plus older versions
             still being sent). With the default of 2, a second update while an old version is
             still in flight waits until that send drains.
@@ -92,10 +100,7 @@ class CenterStore:
 
     def __init__(self, initial: np.ndarray, limit: int = 2) -> None:
         self._pool = BufferPool(initial.size, limit)
-        current = self._pool.acquire()
-        assert current is not None
-        np.copyto(current.array, initial)
-        self.current = current
+        self.current = self._pool.adopt(initial)
 
     @property
     def array(self) -> np.ndarray:

@@ -208,6 +208,8 @@ class ParameterServer:
         self._loop_thread_id = threading.get_ident()
         asyncio.set_event_loop(loop)
         try:
+            # The state adopts `_initial` as its first center buffer (no copy of the model);
+            # the server reads `_initial` itself only while no state exists.
             state = ServerState(
                 self._initial,
                 self.layout,

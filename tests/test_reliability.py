@@ -374,15 +374,14 @@ def test_many_clients_lose_and_duplicate_nothing(make_server, secret, algorithm)
 
 
 def test_a_flood_of_pipelined_requests_is_cut_off(make_server, raw_peer, secret):
-    server = make_server()
-    peer = raw_peer(server.port)
+    """Requests that queue up behind an unread reply are bounded, not buffered forever."""
+    server = make_server(weights=[np.zeros(4_000_000, np.float32)])
+    peer = raw_peer(server.port, timeout=30)
     handshake(peer, secret)
     peer.send_raw(b"".join(encode_bytes(Message(Op.PULL, 0, 0, s)) for s in range(1, 201)))
     replies = []
     while (reply := peer.receive()) is not None:
         replies.append(reply)
-    assert (
-        replies[-1].op is Op.ERROR
-        and "without reading the replies" in replies[-1].fields["message"]
-    )
+    assert replies[-1].op is Op.ERROR
+    assert "without reading the replies" in replies[-1].fields["message"]
     assert len(replies) < 200
