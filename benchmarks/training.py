@@ -37,22 +37,9 @@ from distkeras_async.spark import warm_up
 
 
 def spark_session(cores: int) -> Any:
-    from pyspark.sql import SparkSession
+    from distkeras_async.demo import start_spark
 
-    from distkeras_async.spark import FAST_BARRIER_CONF
-
-    builder = (
-        SparkSession.builder.master(f"local[{cores}]")
-        .appName("distkeras-async-training-benchmark")
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .config("spark.ui.enabled", "false")
-    )
-    for key, value in FAST_BARRIER_CONF.items():
-        builder = builder.config(key, value)
-    session = builder.getOrCreate()
-    session.sparkContext.setLogLevel("ERROR")
-    return session
+    return start_spark(cores)
 
 
 def mlp() -> Any:

@@ -114,6 +114,16 @@ def raw_peer() -> Iterator[Callable[[int], RawPeer]]:
         peer.close()
 
 
+def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Poll ``predicate`` until it holds; fail the test after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)  # ok: polling state another thread or process changes, bounded
+
+
 def handshake(peer: RawPeer, secret: bytes, worker: int = 0, attempt: int = 0) -> Message:
     """Complete the handshake by hand; returns the welcome."""
     from distkeras_async import auth

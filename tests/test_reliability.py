@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import handshake
+from conftest import handshake, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,13 +31,6 @@ pytestmark = pytest.mark.stress
 FUZZ_FRAMES = int(os.environ.get("DISTKERAS_FUZZ_FRAMES", "10000"))
 LOAD_COMMITS = int(os.environ.get("DISTKERAS_LOAD_COMMITS", "60"))
 N = 64  # parameters of the fuzzed model
-
-
-def wait_until(predicate, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)  # ok: polling the server's state, bounded by the deadline
 
 
 # --------------------------------------------------------------------------- fuzzing

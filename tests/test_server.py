@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import handshake
+from conftest import handshake, wait_until
 
 from distkeras_async import (
     AuthenticationError,
@@ -381,13 +381,6 @@ def test_round_timeout_fails_every_worker_and_the_driver(make_server, connect):
     with pytest.raises(ServerError, match="timed out"):
         connect(server, 1)
     np.testing.assert_array_equal(server.center_flat, np.zeros(N))
-
-
-def wait_until(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)  # ok: polling the server's state, bounded by the deadline
 
 
 def test_worker_dying_mid_round_fails_the_round(make_server, connect, raw_peer, secret):

@@ -1,0 +1,113 @@
+"""Checkpoints: atomic, pickle-free files of the center, written by the server, resumed from."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from conftest import wait_until
+
+from distkeras_async import ParameterServer, ParameterServerClient
+from distkeras_async.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
+from distkeras_async.layout import Layout
+
+LAYOUT = Layout.of([np.zeros((2, 3), np.float32), np.zeros(4, np.float32)])
+
+
+def test_round_trip_and_atomic_replacement(tmp_path):
+    path = tmp_path / "ckpt" / "center.npz"
+    first = Checkpoint(np.arange(10, dtype=np.float32), 7, LAYOUT, "downpour", {"w": 5})
+    save_checkpoint(path, first)
+    save_checkpoint(path, Checkpoint(np.ones(10, np.float32), 9, LAYOUT, "downpour", {"w": 5}))
+    loaded = load_checkpoint(path, LAYOUT)
+    assert loaded.version == 9 and loaded.algorithm == "downpour"
+    assert loaded.hyperparameters == {"w": 5} and loaded.layout == LAYOUT
+    np.testing.assert_array_equal(loaded.center, np.ones(10))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["center.npz"]  # no temp files
+
+
+def test_bad_checkpoints_are_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.npz")
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a zip file at all")
+    with pytest.raises(CheckpointError, match="not a valid checkpoint"):
+        load_checkpoint(garbage)
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, center=np.array([object()], dtype=object), meta=np.array("{}"))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(pickled)  # object arrays would need pickle: refused
+    good = tmp_path / "good.npz"
+    save_checkpoint(good, Checkpoint(np.zeros(10, np.float32), 1, LAYOUT, "downpour", {}))
+    other = Layout.of([np.zeros(10, np.float32)])
+    with pytest.raises(CheckpointError, match="10 parameters in 2 tensors"):
+        load_checkpoint(good, other)
+
+
+def test_server_checkpoints_every_n_updates_and_resumes(tmp_path, secret):
+    path = tmp_path / "center.npz"
+    weights = [np.zeros((2, 3), np.float32), np.zeros(4, np.float32)]
+    server = ParameterServer(
+        weights,
+        "downpour",
+        num_workers=1,
+        secret=secret,
+        checkpoint_path=path,
+        checkpoint_every=3,
+    )
+    port = server.start()
+    try:
+        with ParameterServerClient("127.0.0.1", port, secret, 0, timeout=10) as client:
+            for _ in range(7):
+                client.commit(np.ones(10, np.float32))
+        wait_until(lambda: path.exists() and load_checkpoint(path).version == 6)
+        assert server.checkpoint() == 7  # an explicit one, now
+    finally:
+        server.stop()
+    assert not [t for t in threading.enumerate() if "asyncio" in t.name or "ThreadPool" in t.name]
+    saved = load_checkpoint(path)
+    assert saved.version == 7
+    np.testing.assert_array_equal(saved.center, np.full(10, 7.0))
+
+    resumed = ParameterServer(weights, "downpour", num_workers=1, secret=secret, resume_from=path)
+    assert resumed.version == 7
+    port = resumed.start()
+    try:
+        with ParameterServerClient("127.0.0.1", port, secret, 0, timeout=10) as client:
+            assert client.version == 7
+            np.testing.assert_array_equal(client.commit_pull(np.ones(10, np.float32)), 8.0)
+        assert resumed.version == 8
+    finally:
+        resumed.stop()
+
+
+def test_time_based_checkpoints_and_validation(tmp_path, secret):
+    weights = [np.zeros(3, np.float32)]
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        ParameterServer(
+            weights, "downpour", num_workers=1, secret=secret, checkpoint_path=tmp_path / "c.npz"
+        )
+    path = tmp_path / "timed.npz"
+    server = ParameterServer(
+        weights,
+        "downpour",
+        num_workers=1,
+        secret=secret,
+        checkpoint_path=path,
+        checkpoint_interval=0.2,
+    )
+    port = server.start()
+    try:
+        with ParameterServerClient("127.0.0.1", port, secret, 0, timeout=10) as client:
+            client.commit(np.ones(3, np.float32))
+            wait_until(lambda: path.exists() and load_checkpoint(path).version == 1)
+            client.commit(np.ones(3, np.float32))
+            wait_until(lambda: load_checkpoint(path).version == 2)
+    finally:
+        server.stop()
