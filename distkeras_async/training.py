@@ -1,0 +1,406 @@
+"""The trainer machinery: the base class, the parameter-server run, and the two extension points.
+
+:class:`DistributedTrainer` starts a parameter server on the driver, runs one worker per
+partition through Spark, and returns a new trained Keras model. The named trainers of the
+classic API (:mod:`distkeras_async.trainers`) are thin subclasses of
+:class:`SynchronizedDistributedTrainer` and :class:`AsynchronousDistributedTrainer`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from distkeras_async import registry
+from distkeras_async.algorithm import Algorithm
+from distkeras_async.auth import check_secret, new_secret
+from distkeras_async.errors import AlgorithmError, RoundFailedError
+from distkeras_async.history import average_history, flatten_rows
+from distkeras_async.serialization import (
+    ModelSpec,
+    build_model,
+    describe_model,
+    expand_custom_objects,
+)
+from distkeras_async.server import ParameterServer
+from distkeras_async.stats import ServerStats
+
+logger = logging.getLogger(__name__)
+
+Columns = str | Sequence[str]
+
+
+def _columns(value: Columns, name: str) -> tuple[str, ...]:
+    columns = (value,) if isinstance(value, str) else tuple(value)
+    if not columns or not all(isinstance(c, str) and c for c in columns):
+        raise ValueError(f"{name} must be a column name or a non-empty list of names")
+    return columns
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class Trainer:
+    """Base of every trainer: the model, its training configuration, history and timing.
+
+    Args:
+        keras_model: a built Keras 3 model (Sequential, functional, or subclassed with
+            ``custom_objects``). It is not modified: ``train`` returns a new model.
+        worker_optimizer: the optimizer each worker uses locally: a name (``"adam"``), a
+            Keras optimizer instance, or its config.
+        loss: a loss as Keras' ``compile`` accepts it.
+        metrics: metrics as Keras' ``compile`` accepts them.
+        num_epoch: passes over the data.
+        batch_size: samples per local step.
+        features_col: the feature column, or a list of them for a multi-input model.
+        label_col: the label column, or a list of them for a multi-output model.
+        custom_objects: custom Keras classes and functions, by name.
+        loss_weights: per-output loss weights, as ``compile`` accepts them.
+        progress: show a progress bar (default: when attached to a terminal or notebook).
+        worker_threads: TensorFlow threads per worker (default: the task's cores).
+    """
+
+    def __init__(
+        self,
+        keras_model: Any,
+        worker_optimizer: Any,
+        loss: Any,
+        metrics: Any = ("accuracy",),
+        num_epoch: int = 1,
+        batch_size: int = 32,
+        features_col: Columns = "features",
+        label_col: Columns = "label",
+        *,
+        custom_objects: Mapping[str, Any] | None = None,
+        loss_weights: Any = None,
+        progress: bool | None = None,
+        worker_threads: int | None = None,
+    ) -> None:
+        self.master_model = keras_model
+        self.worker_optimizer = worker_optimizer
+        self.loss = loss
+        self.metrics = (
+            list(metrics)
+            if isinstance(metrics, Sequence) and not isinstance(metrics, str)
+            else [metrics]
+        )
+        self.num_epoch = _positive_int(num_epoch, "num_epoch")
+        self.batch_size = _positive_int(batch_size, "batch_size")
+        self.features_col = _columns(features_col, "features_col")
+        self.label_col = _columns(label_col, "label_col")
+        self.custom_objects = expand_custom_objects(custom_objects)
+        self.loss_weights = loss_weights
+        self.progress = progress
+        self.worker_threads = (
+            None if worker_threads is None else _positive_int(worker_threads, "worker_threads")
+        )
+        # Fails now, naming the bad argument, rather than inside a Spark task.
+        self.model_spec: ModelSpec = describe_model(
+            keras_model, worker_optimizer, loss, self.metrics, loss_weights
+        )
+        self.history: list[dict[str, Any]] = []
+        self.training_time = 0.0
+        self.parameter_server_stats: ServerStats | None = None
+
+    def train(self, dataframe: Any, shuffle: bool = False, resume_from: str | None = None) -> Any:
+        """Train on ``dataframe`` and return a new trained Keras model."""
+        raise NotImplementedError
+
+    def get_training_time(self) -> float:
+        """Wall-clock seconds of the last ``train`` call."""
+        return self.training_time
+
+    def get_history(self) -> list[dict[str, Any]]:
+        """One dict per worker step: ``worker``, ``iteration``, ``timestamp`` and the metrics."""
+        return list(self.history)
+
+    def get_averaged_history(self) -> list[dict[str, Any]]:
+        """The metrics averaged over the workers, one dict per iteration."""
+        return average_history(self.history)
+
+    def get_parameter_server_stats(self) -> ServerStats | None:
+        """The parameter server's statistics at the end of the last run."""
+        return self.parameter_server_stats
+
+    def _trained_model(self, weights: Sequence[Any]) -> Any:
+        model = build_model(self.model_spec, self.custom_objects)
+        model.set_weights(weights)
+        return model
+
+
+class DistributedTrainer(Trainer):
+    """A trainer whose workers exchange weights through a parameter server on the driver.
+
+    Args:
+        keras_model, worker_optimizer, loss, metrics, num_epoch, batch_size, features_col,
+            label_col: see :class:`Trainer`.
+        num_workers: Spark tasks training in parallel (the DataFrame is split into as many
+            partitions).
+        algorithm: a registered algorithm name or an Algorithm class.
+        master_port: the parameter server's port; 0 picks a free one.
+        master_host: the address workers connect to (default: ``spark.driver.host``).
+        secret: the run's shared secret (default: a fresh random one per run).
+        round_timeout: seconds a synchronous round waits for its slowest worker.
+        idle_timeout: seconds a worker may stay silent between exchanges before the server
+            drops it (a worker computing a long communication window is silent).
+        snapshot_interval: if set, record the center every this many seconds during training
+            (see :meth:`get_center_snapshots`), e.g. to plot accuracy against wall time.
+        checkpoint_path: write the center there (atomically) every ``checkpoint_every``
+            updates and/or ``checkpoint_interval`` seconds, and at the end of the run;
+            ``train(df, resume_from=checkpoint_path)`` continues from it.
+        checkpoint_every: updates between checkpoints.
+        checkpoint_interval: seconds between checkpoints.
+        worker_class: a :class:`~distkeras_async.worker.KerasWorker` subclass that customises
+            what each worker does (data preparation, local step); see
+            ``docs/custom-worker.md``.
+        **hyperparameters: the algorithm's hyperparameters (``communication_window``, ...).
+    """
+
+    synchronous: bool | None = None
+
+    def __init__(
+        self,
+        keras_model: Any,
+        worker_optimizer: Any,
+        loss: Any,
+        metrics: Any = ("accuracy",),
+        num_workers: int = 2,
+        batch_size: int = 32,
+        features_col: Columns = "features",
+        label_col: Columns = "label",
+        num_epoch: int = 1,
+        master_port: int = 5000,
+        *,
+        algorithm: str | type[Algorithm] = "downpour",
+        custom_objects: Mapping[str, Any] | None = None,
+        loss_weights: Any = None,
+        master_host: str | None = None,
+        secret: bytes | None = None,
+        progress: bool | None = None,
+        worker_threads: int | None = None,
+        round_timeout: float = 300.0,
+        idle_timeout: float = 3600.0,
+        snapshot_interval: float | None = None,
+        worker_class: type[Any] | None = None,
+        checkpoint_path: str | None = None,
+        checkpoint_every: int | None = None,
+        checkpoint_interval: float | None = None,
+        **hyperparameters: Any,
+    ) -> None:
+        super().__init__(
+            keras_model,
+            worker_optimizer,
+            loss,
+            metrics,
+            num_epoch,
+            batch_size,
+            features_col,
+            label_col,
+            custom_objects=custom_objects,
+            loss_weights=loss_weights,
+            progress=progress,
+            worker_threads=worker_threads,
+        )
+        self.num_workers = _positive_int(num_workers, "num_workers")
+        if not isinstance(master_port, int) or not 0 <= master_port <= 65535:
+            raise ValueError(f"master_port must be in 0..65535, got {master_port!r}")
+        self.master_port = master_port
+        self.master_host = master_host
+        self.secret = None if secret is None else check_secret(secret)
+        if not round_timeout > 0:
+            raise ValueError(f"round_timeout must be positive, got {round_timeout!r}")
+        self.round_timeout = float(round_timeout)
+        if not idle_timeout > 0:
+            raise ValueError(f"idle_timeout must be positive, got {idle_timeout!r}")
+        self.idle_timeout = float(idle_timeout)
+        if snapshot_interval is not None and not snapshot_interval > 0:
+            raise ValueError(f"snapshot_interval must be positive, got {snapshot_interval!r}")
+        self.snapshot_interval = snapshot_interval
+        if worker_class is not None:
+            from distkeras_async.worker import KerasWorker
+
+            if not (isinstance(worker_class, type) and issubclass(worker_class, KerasWorker)):
+                raise TypeError(f"worker_class must subclass KerasWorker, got {worker_class!r}")
+        self.worker_class = worker_class
+        if checkpoint_path is not None and checkpoint_every is None and checkpoint_interval is None:
+            checkpoint_interval = 60.0
+        self.checkpoint_path = checkpoint_path
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_interval = checkpoint_interval
+        self.snapshots: list[tuple[float, list[Any]]] = []
+        # Workers get the class, not the name: a class registered at run time in a notebook
+        # exists only in the driver's registry, and Spark ships the class to the executors.
+        self.algorithm = registry.get(algorithm) if isinstance(algorithm, str) else algorithm
+        self.hyperparameters = dict(hyperparameters)
+        probe = registry.resolve(algorithm, **hyperparameters)  # validates now, on the driver
+        probe.validate_workers(self.num_workers)
+        if self.synchronous is not None and probe.synchronous != self.synchronous:
+            kind = "synchronous" if probe.synchronous else "asynchronous"
+            other = (
+                "SynchronizedDistributedTrainer"
+                if probe.synchronous
+                else "AsynchronousDistributedTrainer"
+            )
+            raise AlgorithmError(
+                f"algorithm {probe.name!r} is {kind}: use {other} (or a trainer built on it)"
+            )
+        self.algorithm_name = probe.name
+        self._synchronous_algorithm = probe.synchronous
+
+    def train(self, dataframe: Any, shuffle: bool = False, resume_from: str | None = None) -> Any:
+        """Train on ``dataframe`` and return a new trained Keras model.
+
+        Args:
+            dataframe: the training data.
+            shuffle: reshuffle rows between workers and within each worker every epoch.
+            resume_from: a checkpoint written by an earlier run (``checkpoint_path``): the
+                center starts from its weights and version instead of the model's.
+
+        Raises:
+            WorkerFailedError: if a worker failed (with its traceback).
+            RoundFailedError: if a synchronous round failed (timeout, dead worker).
+            InsufficientSlotsError: if a synchronous run cannot schedule every worker.
+            OSError: if ``master_port`` is busy.
+        """
+        from distkeras_async import spark as sparkglue
+        from distkeras_async.progress import ProgressBar, attached_to_terminal
+        from distkeras_async.worker import WorkerPlan
+
+        session = dataframe.sparkSession
+        began = time.time()
+        host = self.master_host or sparkglue.driver_host(session)
+        secret = self.secret or new_secret()
+        server = ParameterServer(
+            self.master_model.get_weights(),
+            self.algorithm,
+            num_workers=self.num_workers,
+            secret=secret,
+            host=host,
+            port=self.master_port,
+            round_timeout=self.round_timeout,
+            idle_timeout=self.idle_timeout,
+            checkpoint_path=self.checkpoint_path,
+            checkpoint_every=self.checkpoint_every,
+            checkpoint_interval=self.checkpoint_interval,
+            resume_from=resume_from,
+            **self.hyperparameters,
+        )
+        try:
+            port = server.start()
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"{exc.strerror}; pass master_port=0 to pick a free port"
+            ) from exc
+        plan = WorkerPlan(
+            model_spec=self.model_spec.to_json(),
+            algorithm=self.algorithm,
+            hyperparameters=self.hyperparameters,
+            host=host,
+            port=port,
+            secret=secret,
+            num_epoch=self.num_epoch,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            features=self.features_col,
+            labels=self.label_col,
+            worker_threads=self.worker_threads,
+            timeout=max(120.0, self.round_timeout + 30),
+            custom_objects=self.custom_objects,
+            worker_class=self.worker_class,
+        )
+        show = attached_to_terminal() if self.progress is None else self.progress
+        try:
+            df = sparkglue.prepare(
+                dataframe, [*self.features_col, *self.label_col], self.num_workers, shuffle=shuffle
+            )
+            bar = ProgressBar(server, type(self).__name__) if show else contextlib.nullcontext()
+            snapshots = _Snapshots(server, began, self.snapshot_interval)
+            with bar, snapshots:
+                try:
+                    rows = sparkglue.run_workers(
+                        session, df, plan, self.num_workers, barrier=self._synchronous_algorithm
+                    )
+                except sparkglue.WorkerFailedError as exc:
+                    if server.failure is not None:
+                        raise RoundFailedError(f"{server.failure}\n{exc}") from exc
+                    raise
+            server.raise_for_failure()
+            if self.checkpoint_path is not None:
+                server.checkpoint()
+            weights = server.center
+            self.parameter_server_stats = server.stats()
+        finally:
+            server.stop()
+        self.snapshots = [*snapshots.taken, (time.time() - began, weights)]
+        self.history = flatten_rows(rows)
+        self.training_time = time.time() - began
+        return self._trained_model(weights)
+
+    def get_center_snapshots(self) -> list[tuple[float, list[Any]]]:
+        """``(seconds since the start, center weights)`` pairs recorded during the last run.
+
+        Recorded every ``snapshot_interval`` seconds (when set), plus the final weights.
+        """
+        return list(self.snapshots)
+
+
+class _Snapshots:
+    """Copies the center every ``interval`` seconds from a background thread."""
+
+    def __init__(self, server: ParameterServer, began: float, interval: float | None) -> None:
+        self.server, self.began, self.interval = server, began, interval
+        self.taken: list[tuple[float, list[Any]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="distkeras-snapshots", daemon=True)
+
+    def __enter__(self) -> _Snapshots:
+        if self.interval:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        assert self.interval is not None
+        while not self._stop.wait(self.interval):
+            if self.server.running:
+                self.taken.append((time.time() - self.began, self.server.center))
+
+
+class SynchronizedDistributedTrainer(DistributedTrainer):
+    """Extension point for synchronous algorithms (all workers meet in rounds).
+
+    Runs the workers as a Spark barrier stage. ``algorithm`` must be synchronous.
+    """
+
+    synchronous = True
+
+    def __init__(
+        self, *args: Any, algorithm: str | type[Algorithm] = "averaging", **kwargs: Any
+    ) -> None:
+        super().__init__(*args, algorithm=algorithm, **kwargs)
+
+
+class AsynchronousDistributedTrainer(DistributedTrainer):
+    """Extension point for asynchronous algorithms (workers commit independently).
+
+    Runs the workers as ordinary Spark tasks that Spark may retry. ``algorithm`` must be
+    asynchronous.
+    """
+
+    synchronous = False
+
+    def __init__(
+        self, *args: Any, algorithm: str | type[Algorithm] = "downpour", **kwargs: Any
+    ) -> None:
+        super().__init__(*args, algorithm=algorithm, **kwargs)
