@@ -112,7 +112,7 @@ def test_a_run_killed_midway_resumes_from_its_checkpoint(digits, tmp_path):
         num_workers=2,
         batch_size=32,
         communication_window=5,
-        num_epoch=3,
+        num_epoch=8,
         master_port=0,
         progress=False,
     )
