@@ -54,7 +54,7 @@ SETTINGS: dict[str, tuple[tuple[str, float], dict[str, Any], int]] = {
         {"batch_size": 32, "communication_window": 5, "rho": 5.0, "learning_rate": 0.1},
         20,
     ),
-    "AveragingTrainer": (("adam", 0.001), {"batch_size": 32, "communication_window": 10}, 10),
+    "AveragingTrainer": (("adam", 0.001), {"batch_size": 32, "communication_window": 10}, 15),
 }
 
 TRAINER_NAMES = list(SETTINGS)
