@@ -71,7 +71,8 @@ def check_barrier_slots(spark: SparkSession, num_workers: int) -> None:
         )
 
 
-def _as_float_column(df: DataFrame, name: str) -> Column:
+def float_column(df: DataFrame, name: str) -> Column:
+    """Column ``name`` as numbers or arrays of numbers (vectors become ``array<float>``)."""
     if name not in df.columns:
         raise KeyError(f"column {name!r} is not in the DataFrame (have {df.columns})")
     kind = df.schema[name].dataType
@@ -99,7 +100,7 @@ def prepare(
     Vector columns become ``array<float>`` in Spark itself (``vector_to_array``), so workers
     receive plain Arrow lists; ``shuffle`` also randomises which rows go to which worker.
     """
-    selected = df.select(*[_as_float_column(df, c) for c in dict.fromkeys(columns)])
+    selected = df.select(*[float_column(df, c) for c in dict.fromkeys(columns)])
     if shuffle:
         selected = selected.orderBy(F.rand(seed))
     return selected.repartition(num_partitions)
