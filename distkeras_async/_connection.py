@@ -32,6 +32,9 @@ _PAYLOAD_OPS = frozenset({Op.COMMIT, Op.COMMIT_PULL})
 # growing the queue without limit.
 MAX_QUEUED_REQUESTS = 64
 
+# How long a failed connection may linger to let its error frame reach the peer.
+LINGER_SECONDS = 2.0
+
 
 class Connection(asyncio.BufferedProtocol):
     """The server side of one connection."""
@@ -236,6 +239,16 @@ class Connection(asyncio.BufferedProtocol):
         logger.warning("closing connection %s (worker %s): %s", self.peer, self.worker, reason)
         self.state.stats.rejected += 1
         self.send(Message(Op.ERROR, fields={"message": reason[:4000]}))
+        transport = self.transport
+        if transport is not None and transport.can_write_eof() and not transport.is_closing():
+            # Lingering close: closing a socket with unread bytes makes the kernel send a
+            # reset, which can destroy the error frame before the peer reads it. Send EOF
+            # after the error, discard what still arrives, and close when the peer does
+            # (or after LINGER_SECONDS).
+            self.closed = True
+            transport.write_eof()
+            self.state.loop.call_later(LINGER_SECONDS, transport.abort)
+            return
         self.close()
 
     def close(self) -> None:
