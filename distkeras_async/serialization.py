@@ -56,16 +56,21 @@ class ModelSpec:
         return cls(**json.loads(text))
 
 
-def _serialize(obj: Any, what: str) -> Any:
+def serialize_config(obj: Any, what: str) -> Any:
+    """``obj`` as JSON-able values: scalars and Keras configs, nested in lists and dicts.
+
+    Raises:
+        SerializationError: naming ``what`` if a part has no Keras config.
+    """
     keras = _keras()
     if obj is None or isinstance(obj, str | int | float | bool):
         return obj
     if isinstance(obj, Mapping):
         if "class_name" in obj:  # already a Keras config
             return json.loads(json.dumps(obj))
-        return {str(k): _serialize(v, what) for k, v in obj.items()}
+        return {str(k): serialize_config(v, what) for k, v in obj.items()}
     if isinstance(obj, Sequence):
-        return [_serialize(v, what) for v in obj]
+        return [serialize_config(v, what) for v in obj]
     try:
         config = keras.saving.serialize_keras_object(obj)
         return json.loads(json.dumps(config))
@@ -127,9 +132,9 @@ def describe_model(
     return ModelSpec(
         model=model_config,
         optimizer=serialize_optimizer(worker_optimizer),
-        loss=_serialize(loss, "loss"),
-        metrics=_serialize(list(metrics or []), "metric"),
-        loss_weights=_serialize(loss_weights, "loss_weights"),
+        loss=serialize_config(loss, "loss"),
+        metrics=serialize_config(list(metrics or []), "metric"),
+        loss_weights=serialize_config(loss_weights, "loss_weights"),
     )
 
 

@@ -1,0 +1,277 @@
+"""KerasEstimator / KerasModel: Spark ML Params, fit with any algorithm, save and load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+pytest.importorskip("pyspark")
+
+from pyspark.ml import Pipeline  # noqa: E402
+from pyspark.sql import functions as F  # noqa: E402, N812
+
+from distkeras_async.datasets import digits_mlp  # noqa: E402
+from distkeras_async.estimator import KerasEstimator, KerasModel  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def small_mlp(hidden: int = 16) -> keras.Model:
+    return digits_mlp(hidden=hidden, seed=0)
+
+
+def base_estimator(**params: object) -> KerasEstimator:
+    settings: dict[str, object] = {
+        "model": small_mlp(),
+        "loss": "categorical_crossentropy",
+        "numEpochs": 1,
+        "batchSize": 32,
+        "numWorkers": 2,
+        "hyperparameters": {"communication_window": 4},
+    }
+    settings.update(params)
+    return KerasEstimator(**settings)
+
+
+@pytest.fixture(scope="module")
+def data(digits):
+    """600 digits rows: features, one-hot label, label_index."""
+    return digits.train.limit(600).cache()
+
+
+@pytest.fixture(scope="module")
+def baseline(data):
+    return base_estimator().fit(data)
+
+
+def steps_per_worker(model: KerasModel) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for row in model.history:
+        counts[row["worker"]] = counts.get(row["worker"], 0) + 1
+    return counts
+
+
+# --- Params without training ------------------------------------------------------------
+
+
+def test_defaults_and_explain_params():
+    est = KerasEstimator()
+    assert est.getOrDefault("optimizer") == "adam"
+    assert est.getOrDefault("algorithm") == "downpour"
+    assert est.getOrDefault("metrics") == ["accuracy"]
+    assert est.getOrDefault("numWorkers") == 2
+    assert est.getOrDefault("numEpochs") == 1
+    assert est.getOrDefault("batchSize") == 32
+    assert est.getFeaturesCol() == "features"
+    assert est.getLabelCol() == "label"
+    assert est.getPredictionCol() == "prediction"
+    text = est.explainParams()
+    for name in ("model", "optimizer", "loss", "algorithm", "hyperparameters", "numWorkers"):
+        assert f"{name}:" in text
+
+
+@pytest.mark.parametrize(
+    ("param", "value", "message"),
+    [
+        ("model", "not a model", "expected a built keras.Model"),
+        ("optimizer", "no-such-optimizer", "not a Keras optimizer"),
+        ("loss", object(), "cannot be serialized"),
+        ("algorithm", "no-such-algorithm", "unknown algorithm"),
+        ("hyperparameters", {"communication_window": [1]}, "must be a number"),
+        ("hyperparameters", "window=1", "expected a dict"),
+        ("numWorkers", 0, "positive int"),
+        ("numEpochs", -1, "positive int"),
+        ("batchSize", 1.5, "Could not convert"),
+    ],
+)
+def test_bad_param_values_are_refused_naming_the_param(param, value, message):
+    est = KerasEstimator()
+    with pytest.raises(TypeError, match=message) as info:
+        est.set(est.getParam(param), value)
+    assert param in str(info.value) or message in str(info.value)
+    assert not est.isSet(param)
+
+
+def test_an_unbuilt_model_is_refused():
+    with pytest.raises(TypeError, match="model"):
+        KerasEstimator(model=keras.Sequential([keras.layers.Dense(2)]))
+
+
+def test_instances_and_classes_become_names_and_configs():
+    from distkeras_async import registry
+
+    est = KerasEstimator(
+        optimizer=keras.optimizers.SGD(learning_rate=0.25),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
+        metrics="mae",
+        algorithm=registry.get("adag"),
+    )
+    assert est.getOrDefault("optimizer")["config"]["learning_rate"] == 0.25
+    assert est.getOrDefault("loss")["config"]["label_smoothing"] == 0.1
+    assert est.getOrDefault("metrics") == ["mae"]
+    assert est.getOrDefault("algorithm") == "adag"
+
+
+def test_fit_needs_a_model_and_a_loss(data):
+    with pytest.raises(ValueError, match="'model'"):
+        KerasEstimator(loss="mse").fit(data)
+    with pytest.raises(ValueError, match="'loss'"):
+        KerasEstimator(model=small_mlp()).fit(data)
+
+
+def test_bad_hyperparameter_for_the_algorithm_fails_before_spark(data):
+    with pytest.raises(Exception, match="unknown hyperparameter 'moving_rate'"):
+        base_estimator(algorithm="downpour", hyperparameters={"moving_rate": 0.5}).fit(data)
+
+
+# --- Every Param changes what fit/transform do ------------------------------------------
+
+
+def test_baseline_trains_and_predicts(baseline, data):
+    assert set(steps_per_worker(baseline)) == {0, 1}
+    assert {"loss", "accuracy"} <= set(baseline.history[0])
+    assert baseline.parameter_server_stats.rounds == 0  # DOWNPOUR is asynchronous
+    for worker in (0, 1):  # one short epoch: the loss falls on every worker
+        losses = [row["loss"] for row in baseline.history if row["worker"] == worker]
+        assert losses[-1] < losses[0]
+    out = baseline.transform(data)
+    assert out.columns == [*data.columns, "prediction"]
+    assert len(out.first().prediction) == 10
+
+
+def test_model_param(data, baseline):
+    fitted = base_estimator(model=small_mlp(hidden=8)).fit(data)
+    assert fitted.keras_model.layers[0].units == 8
+    assert baseline.keras_model.layers[0].units == 16
+
+
+def test_optimizer_param(data, baseline):
+    model = small_mlp()
+    frozen = {"class_name": "SGD", "config": {"learning_rate": 0.0}}
+    fitted = base_estimator(model=model, optimizer=frozen).fit(data)
+    for got, initial in zip(fitted.keras_model.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, initial)
+    moved = [
+        not np.array_equal(a, b)
+        for a, b in zip(baseline.keras_model.get_weights(), model.get_weights(), strict=True)
+    ]
+    assert all(moved)
+
+
+def test_loss_param(data, baseline):
+    fitted = base_estimator(loss="mean_squared_error").fit(data)
+    # Cross-entropy starts near ln(10) = 2.3; the squared error of a softmax is below 0.2.
+    assert fitted.history[0]["loss"] < 0.2 < baseline.history[0]["loss"]
+
+
+def test_metrics_param(data):
+    fitted = base_estimator(metrics=["mae"]).fit(data)
+    assert "mae" in fitted.history[0]
+    assert "accuracy" not in fitted.history[0]
+
+
+def test_algorithm_param(data):
+    # Model averaging is synchronous: the server runs rounds (DOWNPOUR runs none).
+    fitted = base_estimator(algorithm="averaging", hyperparameters={}).fit(data)
+    assert fitted.parameter_server_stats.rounds > 0
+
+
+def test_hyperparameters_param(data, baseline):
+    fitted = base_estimator(hyperparameters={"communication_window": 1}).fit(data)
+    steps = sum(steps_per_worker(fitted).values())
+    # Every step commits with a window of 1; the baseline commits every 4th step.
+    assert fitted.parameter_server_stats.commits >= steps
+    assert baseline.parameter_server_stats.commits <= steps // 4 + 2
+
+
+def test_num_workers_param(data):
+    fitted = base_estimator(numWorkers=1).fit(data)
+    assert set(steps_per_worker(fitted)) == {0}
+
+
+def test_num_epochs_param(data, baseline):
+    fitted = base_estimator(numEpochs=2).fit(data)
+    assert sum(steps_per_worker(fitted).values()) == 2 * sum(steps_per_worker(baseline).values())
+
+
+def test_batch_size_param(data, baseline):
+    fitted = base_estimator(batchSize=64).fit(data)
+    total = sum(steps_per_worker(fitted).values())
+    assert total < sum(steps_per_worker(baseline).values()) * 0.6
+
+
+def test_column_params(data):
+    renamed = data.select(F.col("features").alias("pixels"), F.col("label").alias("target"))
+    with pytest.raises(KeyError, match="features"):
+        base_estimator().fit(renamed)
+    fitted = base_estimator(featuresCol="pixels", labelCol="target", predictionCol="scores").fit(
+        renamed
+    )
+    assert fitted.getFeaturesCol() == "pixels"
+    out = fitted.transform(renamed)
+    assert out.columns == ["pixels", "target", "scores"]
+    assert len(out.first().scores) == 10
+
+
+def test_sparse_labels_and_a_single_output(spark):
+    # A StringIndexer-style double label with sparse cross-entropy, and a regression whose
+    # one output unit becomes a double prediction column.
+    keras.utils.set_random_seed(0)
+    rows = [([float(i % 7), float(i % 3)], float(i % 7 + 2 * (i % 3))) for i in range(200)]
+    df = spark.createDataFrame(rows, "features array<double>, label double")
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    fitted = KerasEstimator(
+        model=model, loss="mse", metrics=[], numEpochs=20, batchSize=8, optimizer="adam"
+    ).fit(df)
+    first = fitted.transform(df).first()
+    assert isinstance(first.prediction, float)
+
+
+# --- Persistence --------------------------------------------------------------------------
+
+
+def test_estimator_save_load_round_trip(tmp_path):
+    est = base_estimator(metrics=["mae"], algorithm="adag", predictionCol="p")
+    path = str(tmp_path / "estimator")
+    est.save(path)
+    loaded = KerasEstimator.load(path)
+    assert loaded.uid == est.uid
+    for param in est.params:
+        if param.name != "model":
+            assert loaded.getOrDefault(param.name) == est.getOrDefault(param.name), param.name
+    for got, want in zip(loaded.getModel().get_weights(), est.getModel().get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(OSError):
+        est.save(path)  # Spark's rule: no silent overwrite
+    est.write().overwrite().save(path)
+
+
+def test_fitted_model_save_load_same_predictions(baseline, data, tmp_path):
+    path = str(tmp_path / "model")
+    baseline.save(path)
+    assert (tmp_path / "model" / "model.keras").is_file()  # Keras' own format, not a pickle
+    loaded = KerasModel.load(path)
+    expected = [r.prediction.toArray() for r in baseline.transform(data).collect()]
+    got = [r.prediction.toArray() for r in loaded.transform(data).collect()]
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_loading_the_wrong_class_is_refused(baseline, tmp_path):
+    path = str(tmp_path / "model")
+    baseline.save(path)
+    with pytest.raises(ValueError, match="not a 'distkeras_async.estimator.KerasEstimator'"):
+        KerasEstimator.load(path)
+
+
+def test_estimator_inside_a_saved_unfitted_pipeline(tmp_path):
+    from pyspark.ml.feature import VectorAssembler
+
+    pipeline = Pipeline(
+        stages=[VectorAssembler(inputCols=["a", "b"], outputCol="features"), base_estimator()]
+    )
+    path = str(tmp_path / "pipeline")
+    pipeline.save(path)
+    stages = Pipeline.load(path).getStages()
+    assert isinstance(stages[1], KerasEstimator)
+    assert stages[1].getOrDefault("hyperparameters") == {"communication_window": 4}
