@@ -1,4 +1,4 @@
-"""Spark ML integration: :class:`KerasEstimator` trains inside a ``Pipeline``, :class:`KerasModel` predicts.
+"""Spark ML stages: :class:`KerasEstimator` trains in a ``Pipeline``, :class:`KerasModel` predicts.
 
 ``KerasEstimator(model=..., loss=..., algorithm="downpour").fit(df)`` runs the same
 parameter-server training as the named trainers (any registered algorithm, synchronous or

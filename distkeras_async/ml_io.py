@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from pyspark.ml.param import Params
 from pyspark.ml.util import (
@@ -29,7 +29,7 @@ from pyspark.sql import SparkSession
 MODEL_PARAM = "model"
 MODEL_FILE = "model.keras"
 
-P = TypeVar("P", bound="KerasParamsReadable")
+P = TypeVar("P", bound="MLReadable[Any]")
 
 
 def _hadoop_path(spark: SparkSession, path: str) -> tuple[Any, Any]:
@@ -92,9 +92,7 @@ class KerasParamsWriter(MLWriter):
                 f"{path} already exists; use write().overwrite().save(path) to replace it"
             )
         instance = self.instance
-        params = {
-            p.name: value for p, value in instance._paramMap.items() if p.name != MODEL_PARAM
-        }
+        params = {p.name: value for p, value in instance._paramMap.items() if p.name != MODEL_PARAM}
         model = instance.getOrDefault(MODEL_PARAM) if instance.isDefined(MODEL_PARAM) else None
         DefaultParamsWriter.saveMetadata(
             instance,
@@ -120,13 +118,13 @@ class KerasParamsReader(MLReader[P], Generic[P]):
         metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
         if metadata.get("class") != expected:
             raise ValueError(f"{path} holds a {metadata.get('class')!r}, not a {expected!r}")
-        instance = self.cls()
+        instance: Any = self.cls()  # a Params subclass as well (the mixins' contract)
         instance._resetUid(metadata["uid"])
         DefaultParamsReader.getAndSetParams(instance, metadata)
         if metadata.get("kerasModel"):
             model = load_keras_model(self.sparkSession, os.path.join(path, metadata["kerasModel"]))
             instance._set(**{MODEL_PARAM: model})
-        return instance
+        return cast(P, instance)
 
 
 class KerasParamsWritable(MLWritable):
@@ -144,4 +142,4 @@ class KerasParamsReadable(MLReadable[P]):
     @classmethod
     def read(cls) -> KerasParamsReader[P]:
         """An :class:`MLReader` for this class."""
-        return KerasParamsReader(cls)  # type: ignore[arg-type]
+        return KerasParamsReader(cast(type[P], cls))

@@ -81,7 +81,8 @@ class ArgmaxTransformer(
             if not isinstance(kind, T.ArrayType):
                 if not isinstance(kind, VectorUDT):
                     raise TypeError(f"column {name!r} must be a vector, array or number: {kind}")
-                column = vector_to_array(column)
+                # vector_to_array refuses null; CASE WHEN evaluates only the branch it takes.
+                column = F.when(column.isNull(), None).otherwise(vector_to_array(column))
             # array_position is 1-based and finds the first occurrence of the maximum.
             index = (F.array_position(column, F.array_max(column)) - 1).cast("double")
         return dataset.withColumn(self.getOutputCol(), index)

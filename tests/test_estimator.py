@@ -240,7 +240,9 @@ def test_estimator_save_load_round_trip(tmp_path):
     for param in est.params:
         if param.name != "model":
             assert loaded.getOrDefault(param.name) == est.getOrDefault(param.name), param.name
-    for got, want in zip(loaded.getModel().get_weights(), est.getModel().get_weights(), strict=True):
+    for got, want in zip(
+        loaded.getModel().get_weights(), est.getModel().get_weights(), strict=True
+    ):
         np.testing.assert_array_equal(got, want)
     with pytest.raises(OSError):
         est.save(path)  # Spark's rule: no silent overwrite
@@ -260,7 +262,7 @@ def test_fitted_model_save_load_same_predictions(baseline, data, tmp_path):
 def test_loading_the_wrong_class_is_refused(baseline, tmp_path):
     path = str(tmp_path / "model")
     baseline.save(path)
-    with pytest.raises(ValueError, match="not a 'distkeras_async.estimator.KerasEstimator'"):
+    with pytest.raises(ValueError, match=r"not a 'distkeras_async\.estimator\.KerasEstimator'"):
         KerasEstimator.load(path)
 
 

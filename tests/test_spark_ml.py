@@ -1,0 +1,221 @@
+"""Spark ML pipelines: Spark's own stages, KerasEstimator, ArgmaxTransformer, save and reload.
+
+The pipeline test trains on scikit-learn's bundled wine data set (178 wines, 13 chemical
+measurements, 3 cultivars named by strings), saves the fitted pipeline, and loads it in a
+fresh Spark session in another Python process, which must predict exactly the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+pytest.importorskip("pyspark")
+
+from pyspark.ml import Pipeline, PipelineModel  # noqa: E402
+from pyspark.ml.evaluation import MulticlassClassificationEvaluator  # noqa: E402
+from pyspark.ml.feature import StandardScaler, StringIndexer, VectorAssembler  # noqa: E402
+from pyspark.ml.linalg import Vectors, VectorUDT  # noqa: E402
+from pyspark.sql import types as T  # noqa: E402, N812
+
+from distkeras_async.estimator import KerasEstimator  # noqa: E402
+from distkeras_async.transformers import ArgmaxTransformer  # noqa: E402
+
+CULTIVARS = ("barolo", "grignolino", "barbera")
+
+
+# --- ArgmaxTransformer --------------------------------------------------------------------
+
+
+def test_argmax_of_vectors_arrays_and_numbers(spark):
+    df = spark.createDataFrame(
+        [
+            (Vectors.dense([0.1, 0.7, 0.2]), [3.0, 1.0, 3.0], 0.7),
+            (Vectors.dense([0.5, 0.2, 0.3]), [0.0, 0.0, 1.0], 0.2),
+            (None, None, None),
+        ],
+        T.StructType(
+            [
+                T.StructField("probability", VectorUDT()),
+                T.StructField("scores", T.ArrayType(T.DoubleType())),
+                T.StructField("p", T.DoubleType()),
+            ]
+        ),
+    )
+    rows = ArgmaxTransformer().transform(df).collect()
+    assert [r.prediction for r in rows] == [1.0, 0.0, None]
+    rows = ArgmaxTransformer(inputCol="scores", outputCol="i").transform(df).collect()
+    assert [r.i for r in rows] == [0.0, 2.0, None]  # ties go to the first maximum
+    rows = ArgmaxTransformer(inputCol="p", outputCol="b", threshold=0.5).transform(df).collect()
+    assert [r.b for r in rows] == [1.0, 0.0, None]
+
+
+def test_argmax_refuses_missing_and_text_columns(spark):
+    df = spark.createDataFrame([("a",)], "name string")
+    with pytest.raises(KeyError, match="probability"):
+        ArgmaxTransformer().transform(df)
+    with pytest.raises(TypeError, match="vector, array or number"):
+        ArgmaxTransformer(inputCol="name").transform(df)
+
+
+def test_argmax_saves_and_loads(tmp_path):
+    stage = ArgmaxTransformer(inputCol="scores", outputCol="index", threshold=0.3)
+    stage.save(str(tmp_path / "argmax"))
+    loaded = ArgmaxTransformer.load(str(tmp_path / "argmax"))
+    assert (loaded.getInputCol(), loaded.getOutputCol(), loaded.getThreshold()) == (
+        "scores",
+        "index",
+        0.3,
+    )
+
+
+# --- A whole pipeline ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wine(spark):
+    """The wine data set as measurement columns plus a string ``cultivar``, split 75/25."""
+    from sklearn.datasets import load_wine
+
+    data = load_wine()
+    columns = [f"m{i}" for i in range(data.data.shape[1])]
+    rows = [
+        (i, *map(float, x), CULTIVARS[int(t)])
+        for i, (x, t) in enumerate(zip(data.data, data.target, strict=True))
+    ]
+    df = spark.createDataFrame(rows, ["id", *columns, "cultivar"])
+    train, test = df.randomSplit([0.75, 0.25], seed=7)
+    return columns, train.cache(), test.orderBy("id").cache()
+
+
+def wine_pipeline(columns: list[str]) -> Pipeline:
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((len(columns),)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(len(CULTIVARS), activation="softmax"),
+        ]
+    )
+    return Pipeline(
+        stages=[
+            VectorAssembler(inputCols=columns, outputCol="measurements"),
+            # The measurements span five orders of magnitude: unscaled, the MLP barely learns.
+            StandardScaler(
+                inputCol="measurements", outputCol="features", withMean=True, withStd=True
+            ),
+            StringIndexer(inputCol="cultivar", outputCol="label"),
+            KerasEstimator(
+                model=model,
+                loss="sparse_categorical_crossentropy",
+                optimizer={"class_name": "Adam", "config": {"learning_rate": 0.01}},
+                numWorkers=2,
+                numEpochs=30,
+                batchSize=8,
+                predictionCol="probability",
+            ),
+            ArgmaxTransformer(inputCol="probability", outputCol="prediction"),
+        ]
+    )
+
+
+LOAD_AND_PREDICT = textwrap.dedent(
+    """
+    import json, sys
+    from pyspark.ml import PipelineModel
+    from pyspark.sql import SparkSession
+
+    model_path, data_path, out_path = sys.argv[1:]
+    spark = (
+        SparkSession.builder.master("local[2]")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.ui.enabled", "false")
+        .getOrCreate()
+    )
+    test = spark.read.parquet(data_path).orderBy("id")
+    rows = PipelineModel.load(model_path).transform(test).collect()
+    with open(out_path, "w") as f:
+        json.dump(
+            [[r.id, r.prediction, r.probability.toArray().tolist()] for r in rows], f
+        )
+    spark.stop()
+    """
+)
+
+
+@pytest.mark.slow
+def test_pipeline_fits_saves_and_predicts_the_same_in_a_fresh_session(wine, tmp_path):
+    columns, train, test = wine
+    fitted = wine_pipeline(columns).fit(train)
+    predicted = fitted.transform(test)
+    accuracy = MulticlassClassificationEvaluator(
+        labelCol="label", predictionCol="prediction", metricName="accuracy"
+    ).evaluate(predicted)
+    assert accuracy >= 0.9, f"test accuracy {accuracy:.3f}"
+    expected = [
+        [r.id, r.prediction, r.probability.toArray().tolist()]
+        for r in predicted.orderBy("id").collect()
+    ]
+
+    model_path = str(tmp_path / "wine-model")
+    data_path = str(tmp_path / "wine-test.parquet")
+    fitted.save(model_path)
+    test.write.parquet(data_path)
+    # Reloaded here too: the same process must also get the same answer.
+    reloaded = PipelineModel.load(model_path).transform(test).orderBy("id").collect()
+    assert [r.prediction for r in reloaded] == [row[1] for row in expected]
+
+    script = tmp_path / "load_and_predict.py"
+    script.write_text(LOAD_AND_PREDICT)
+    out_path = tmp_path / "predictions.json"
+    env = {
+        **os.environ,
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+    }
+    done = subprocess.run(
+        [sys.executable, str(script), model_path, data_path, str(out_path)],
+        check=False,
+        cwd=tmp_path,  # nothing shared with this process but the saved files
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    got = json.loads(out_path.read_text())
+    assert [row[:2] for row in got] == [row[:2] for row in expected]
+    np.testing.assert_allclose(
+        [row[2] for row in got], [row[2] for row in expected], rtol=1e-5, atol=1e-7
+    )
+
+
+def test_unfitted_pipeline_with_every_stage_saves_and_loads(wine, tmp_path):
+    columns, _, _ = wine
+    pipeline = wine_pipeline(columns)
+    path = str(tmp_path / "pipeline")
+    pipeline.save(path)
+    stages = Pipeline.load(path).getStages()
+    assert [type(s).__name__ for s in stages] == [
+        "VectorAssembler",
+        "StandardScaler",
+        "StringIndexer",
+        "KerasEstimator",
+        "ArgmaxTransformer",
+    ]
+    original = pipeline.getStages()[3]
+    loaded = stages[3]
+    assert loaded.getOrDefault("numEpochs") == 30
+    assert loaded.getOrDefault("optimizer") == original.getOrDefault("optimizer")
+    for got, want in zip(
+        loaded.getModel().get_weights(), original.getModel().get_weights(), strict=True
+    ):
+        np.testing.assert_array_equal(got, want)
