@@ -1,0 +1,352 @@
+"""Training on a real Spark standalone cluster: a master and two workers, separate processes.
+
+Every other Spark test runs an embedded ``local[2]``, where the driver, the executors and the
+tests share one JVM, one machine and one working directory. Here pyspark's own launcher
+(``bin/spark-class``) starts a standalone Master and two Workers (1 core each) as separate
+processes, and ``bin/spark-submit`` runs ``tests/cluster_job.py`` against them from an empty
+directory: executors are launched by the Workers in their own work directories, import the
+package from the interpreter's environment, and reach the parameter server on the driver
+over TCP, exactly as on a real cluster (only all on 127.0.0.1).
+
+Every process is started in a session of its own (``start_new_session``), so that teardown
+can stop each one with everything it spawned (executor JVMs, Python workers) and then check
+that nothing of it is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+pyspark = pytest.importorskip("pyspark")
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+HOST = "127.0.0.1"
+SPARK_HOME = Path(os.path.dirname(pyspark.__file__))
+JOB = Path(__file__).with_name("cluster_job.py")
+CLUSTER_START_TIMEOUT = 90.0  # seconds for 3 JVMs to start on a busy 2-core machine
+SUBMIT_TIMEOUT = 400.0  # seconds for the whole spark-submit run
+STOP_GRACE = 15.0  # seconds between SIGTERM and SIGKILL at teardown
+WORKERS = 2
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def spark_env() -> dict[str, str]:
+    """The environment of every Spark process: loopback only, this interpreter everywhere."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        # A gateway or submit arguments inherited from an embedded Spark in this process
+        # would make spark-submit's Python attach to the wrong JVM.
+        if not key.startswith(("PYSPARK_GATEWAY", "PYSPARK_SUBMIT_ARGS", "SPARK_CONF_DIR"))
+    }
+    env.update(
+        SPARK_HOME=str(SPARK_HOME),
+        # Makes every Spark service bind to loopback, including the web UIs (which bind to
+        # 0.0.0.0 otherwise) and the executors that the Workers launch (they inherit it).
+        SPARK_LOCAL_IP=HOST,
+        # The driver and the executors run this interpreter, where the package is installed.
+        PYSPARK_PYTHON=sys.executable,
+        PYSPARK_DRIVER_PYTHON=sys.executable,
+        KERAS_BACKEND="tensorflow",
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    return env
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def session_members(sid: int) -> list[int]:
+    """Live processes (not zombies) in session ``sid``, read from /proc.
+
+    A session, unlike a process group, also holds what moved to a group of its own: pyspark's
+    worker daemon calls ``setpgid`` for its children, but nothing here calls ``setsid``.
+    Without /proc (not Linux) only the group ``sid`` is checked.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(sid, 0)
+        except (ProcessLookupError, PermissionError):
+            return []
+        return [sid]
+    members = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited while we looked
+        # Fields after the command name (which may hold spaces and parentheses):
+        # state ppid pgrp session ...
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 3 and int(fields[3]) == sid and fields[0] not in "ZX":
+            members.append(int(entry.name))
+    return members
+
+
+def describe(pids: list[int]) -> str:
+    """Command lines of ``pids``, for failure messages."""
+    lines = []
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            lines.append(f"{pid}: {cmdline.decode(errors='replace')[:200]}")
+        except OSError:
+            lines.append(f"{pid}: ?")
+    return "\n".join(lines)
+
+
+def signal_session(sid: int, signum: int) -> None:
+    """Send ``signum`` to the group ``sid`` and to every other process of session ``sid``."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(sid, signum)
+    for pid in session_members(sid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+
+
+def tail(path: Path, lines: int = 60) -> str:
+    """The last ``lines`` lines of a log file (empty if there is none yet)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class Launched:
+    """A process started in a session of its own, with its output in a log file."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    log_file: IO[bytes]
+
+    @classmethod
+    def start(cls, name: str, args: list[str], log: Path, cwd: Path, **env: str) -> Launched:
+        log_file = log.open("wb")
+        process = subprocess.Popen(  # pyspark's own launcher scripts
+            args,
+            cwd=cwd,
+            env={**spark_env(), **env},
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own session and group: pid == sid == pgid
+        )
+        return cls(name, process, log, log_file)
+
+    def report(self) -> str:
+        return f"--- {self.name} ({self.log}), last lines:\n{tail(self.log)}"
+
+
+def stop_all(launched: list[Launched]) -> str:
+    """Stop every session (SIGTERM, then SIGKILL after ``STOP_GRACE``); describe leftovers.
+
+    Returns:
+        An empty string if no process of any session is left, else their command lines.
+    """
+    sids = [item.process.pid for item in launched]
+    for sid in sids:
+        signal_session(sid, signal.SIGTERM)
+    for signum, grace in ((signal.SIGKILL, STOP_GRACE), (None, 10.0)):
+        deadline = time.monotonic() + grace
+        while any(session_members(sid) for sid in sids) and time.monotonic() < deadline:
+            time.sleep(0.2)  # ok: waiting for other processes to exit, bounded
+        if signum is not None:
+            for sid in sids:
+                signal_session(sid, signum)
+    for item in launched:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            item.process.wait(timeout=10)  # reap our direct child so it is no zombie
+        item.log_file.close()
+    left = [pid for sid in sids for pid in session_members(sid)]
+    return describe(left) if left else ""
+
+
+# ----------------------------------------------------------------------------- the cluster
+
+
+@dataclass
+class Cluster:
+    """A running standalone master with its workers, all on 127.0.0.1."""
+
+    url: str
+    webui: int
+    work_dirs: list[Path]
+    launched: list[Launched] = field(default_factory=list)
+
+    def logs(self) -> str:
+        return "\n".join(item.report() for item in self.launched)
+
+    def state(self) -> dict[str, Any]:
+        """The master's state from its web UI's JSON; empty while it does not answer."""
+        try:
+            url = f"http://{HOST}:{self.webui}/json/"
+            with urllib.request.urlopen(url, timeout=3) as response:
+                state = json.load(response)
+        except (OSError, ValueError):
+            return {}
+        return state if isinstance(state, dict) else {}
+
+    def wait_until(self, what: str, ready: Callable[[dict[str, Any]], bool]) -> None:
+        """Poll the master's state until ``ready`` holds; fail with the logs otherwise."""
+        deadline = time.monotonic() + CLUSTER_START_TIMEOUT
+        while not ready(state := self.state()):
+            dead = [item.name for item in self.launched if item.process.poll() is not None]
+            if dead or time.monotonic() > deadline:
+                why = (
+                    f"{', '.join(dead)} exited" if dead else f"not within {CLUSTER_START_TIMEOUT} s"
+                )
+                pytest.fail(f"{what}: {why}; master state {state}\n{self.logs()}")
+            time.sleep(0.5)  # ok: polling the master's web UI, bounded by the deadline
+
+
+def alive_workers(state: dict[str, Any]) -> int:
+    """How many workers a master state lists as ALIVE."""
+    return sum(1 for worker in state.get("workers", []) if worker.get("state") == "ALIVE")
+
+
+def start_cluster(root: Path, launched: list[Launched]) -> Cluster:
+    """Start a master and ``WORKERS`` workers; return once every worker has registered."""
+    spark_class = str(SPARK_HOME / "bin" / "spark-class")
+    port, webui = free_port(), free_port()
+    cluster = Cluster(f"spark://{HOST}:{port}", webui, [], launched)
+    master = [spark_class, "org.apache.spark.deploy.master.Master"]
+    master += ["--host", HOST, "--port", str(port), "--webui-port", str(webui)]
+    # Spark 4's master also opens a REST submission server on the fixed port 6066 by
+    # default; nothing here uses it, and a fixed port would collide between parallel runs.
+    rest_off = "-Dspark.master.rest.enabled=false"
+    launched.append(
+        Launched.start("master", master, root / "master.log", root, SPARK_MASTER_OPTS=rest_off)
+    )
+    # A master ignores workers that register before it has become leader (state ALIVE), and
+    # they retry only after 5 to 15 s: start them once it is ALIVE, which is faster overall.
+    cluster.wait_until("master not ALIVE", lambda state: state.get("status") == "ALIVE")
+    for index in range(WORKERS):
+        work_dir = root / f"worker-{index}"
+        work_dir.mkdir()
+        cluster.work_dirs.append(work_dir)
+        worker = [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", HOST]
+        # Web UI port 0: any free port (nothing here reads the workers' UIs).
+        worker += ["--cores", "1", "--memory", "2g", "--webui-port", "0"]
+        worker += ["--work-dir", str(work_dir), cluster.url]
+        launched.append(
+            Launched.start(f"worker-{index}", worker, root / f"worker-{index}.log", root)
+        )
+    cluster.wait_until(
+        f"{WORKERS} workers not registered", lambda state: alive_workers(state) >= WORKERS
+    )
+    return cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A standalone master and two 1-core workers; every process is stopped at teardown."""
+    launched: list[Launched] = []
+    try:
+        yield start_cluster(tmp_path_factory.mktemp("cluster"), launched)
+    finally:
+        leftovers = stop_all(launched)
+    assert not leftovers, f"processes left after stopping the cluster:\n{leftovers}"
+
+
+# ----------------------------------------------------------------------------- the test
+
+
+def submit(cluster: Cluster, tmp_path: Path, result: Path) -> Launched:
+    """Run ``cluster_job.py`` on the cluster with spark-submit from an empty directory."""
+    from distkeras_async.spark import FAST_BARRIER_CONF
+
+    conf = {
+        # The driver (and the parameter server, which binds to spark.driver.host) on loopback.
+        "spark.driver.host": HOST,
+        "spark.driver.bindAddress": HOST,
+        # One 1-core executor per worker: 2 task slots, what the barrier stage needs.
+        "spark.executor.cores": "1",
+        "spark.executor.memory": "1g",
+        "spark.cores.max": str(WORKERS),
+        # Wait for both executors before the job starts (the ratio is of spark.cores.max;
+        # without it the session may start with 1 slot and the barrier stage is refused).
+        "spark.scheduler.minRegisteredResourcesRatio": "1.0",
+        "spark.scheduler.maxRegisteredResourcesWaitingTime": "120s",
+        "spark.dynamicAllocation.enabled": "false",  # barrier stages refuse it
+        "spark.ui.enabled": "false",  # no driver UI port to collide with parallel runs
+        **FAST_BARRIER_CONF,
+    }
+    args = [str(SPARK_HOME / "bin" / "spark-submit"), "--master", cluster.url]
+    for key, value in conf.items():
+        args += ["--conf", f"{key}={value}"]
+    args += [str(JOB), str(result)]
+    cwd = tmp_path / "submit-cwd"  # nothing is shared with the workers' directories
+    cwd.mkdir()
+    return Launched.start("spark-submit", args, tmp_path / "submit.log", cwd)
+
+
+# Over the suite's 300 s: the two start-up waits, the job and both teardowns, each bounded.
+@pytest.mark.timeout(2 * CLUSTER_START_TIMEOUT + SUBMIT_TIMEOUT + 120)
+def test_training_on_a_standalone_cluster(cluster: Cluster, tmp_path: Path) -> None:
+    result_path = tmp_path / "result.json"
+    job = submit(cluster, tmp_path, result_path)
+    try:
+        try:
+            code = job.process.wait(timeout=SUBMIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"spark-submit ran over {SUBMIT_TIMEOUT:.0f} s\n{job.report()}")
+    finally:
+        leftovers = stop_all([job])
+    assert code == 0, f"spark-submit exited with {code}\n{job.report()}\n{cluster.logs()}"
+    assert not leftovers, f"processes left after spark-submit:\n{leftovers}"
+    result: dict[str, Any] = json.loads(result_path.read_text())
+    print(json.dumps(result, indent=2))
+
+    assert result["master"] == cluster.url
+    assert result["default_parallelism"] == WORKERS
+
+    # Both scheduling modes trained to the accuracy every trainer reaches on local[2]
+    # (tests/test_trainers.py), with both workers in the history.
+    assert set(result["trainers"]) == {"DOWNPOUR", "AveragingTrainer"}
+    for name, run in result["trainers"].items():
+        assert run["accuracy"] >= 0.90, f"{name}: test accuracy {run['accuracy']:.3f}"
+        assert run["workers"] == list(range(WORKERS)), f"{name}: workers {run['workers']}"
+
+    # The executors were launched by the standalone Workers: each Worker's work dir holds
+    # <app-id>/<executor-id>/ with the executor's logs (this job is the cluster's only app) ...
+    app_id = result["app_id"]
+    executor_dirs = set()
+    for work_dir in cluster.work_dirs:
+        apps = [path.name for path in work_dir.iterdir()]
+        assert apps == [app_id], f"{work_dir}: {apps}, expected [{app_id!r}]"
+        executors = list((work_dir / app_id).iterdir())
+        assert len(executors) == 1, f"{work_dir / app_id}: {executors}"
+        assert (executors[0] / "stderr").is_file(), f"no executor log in {executors[0]}"
+        executor_dirs.add(str(executors[0].resolve()))
+    # ... and Python tasks ran there, one on each Worker's executor (a barrier stage of 2
+    # tasks on 2 one-core executors has to use both).
+    assert {probe["cwd"] for probe in result["probe"]} == executor_dirs
+    # The executors ran this interpreter (PYSPARK_PYTHON), where the package is installed.
+    assert {probe["python"] for probe in result["probe"]} == {sys.executable}
