@@ -16,163 +16,18 @@ from typing import Any
 
 from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
-from pyspark.ml.param import Param, Params, TypeConverters
-from pyspark.ml.param.shared import HasFeaturesCol, HasLabelCol, HasPredictionCol
+from pyspark.ml.param.shared import HasFeaturesCol, HasPredictionCol
 from pyspark.sql import DataFrame
 
 from distkeras_async import registry
-from distkeras_async.errors import DistKerasError
 from distkeras_async.ml_io import KerasParamsReadable, KerasParamsWritable
-from distkeras_async.serialization import (
-    SerializationError,
-    serialize_config,
-    serialize_optimizer,
-)
+from distkeras_async.ml_params import HasKerasModel, KerasEstimatorParams, set_keywords
 from distkeras_async.stats import ServerStats
-
-
-def _to_keras_model(value: Any) -> Any:
-    import keras
-
-    if not isinstance(value, keras.Model) or not value.built or not value.weights:
-        raise TypeError(f"expected a built keras.Model with weights, got {type(value).__name__}")
-    return value
-
-
-def _to_optimizer(value: Any) -> str | dict[str, Any]:
-    """A name stays a name (readable in ``explainParams``); anything else becomes its config."""
-    try:
-        config = serialize_optimizer(value)
-    except SerializationError as exc:
-        raise TypeError(str(exc)) from exc
-    return value if isinstance(value, str) else config
-
-
-def _to_config(what: str) -> Any:
-    def convert(value: Any) -> Any:
-        try:
-            return serialize_config(value, what)
-        except SerializationError as exc:
-            raise TypeError(str(exc)) from exc
-
-    return convert
-
-
-def _to_metrics(value: Any) -> list[Any]:
-    values = [value] if isinstance(value, str) or not isinstance(value, list | tuple) else value
-    return list(_to_config("metric")(list(values)))
-
-
-def _to_algorithm(value: Any) -> str:
-    """A registered algorithm's name: a class is accepted when it is the registered one."""
-    name = value if isinstance(value, str) else getattr(value, "name", None)
-    if not isinstance(name, str):
-        raise TypeError(f"expected a registered algorithm name or class, got {value!r}")
-    try:
-        registered = registry.get(name)
-    except DistKerasError as exc:
-        raise TypeError(str(exc)) from exc
-    if not isinstance(value, str) and registered is not value:
-        raise TypeError(
-            f"{value!r} is not the class registered as {name!r}: register it first "
-            "(distkeras_async.register) so that a saved stage can name it"
-        )
-    return name
-
-
-def _to_hyperparameters(value: Any) -> dict[str, Any]:
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        raise TypeError(f"expected a dict of hyperparameter name -> value, got {value!r}")
-    for key, item in value.items():
-        if not (item is None or isinstance(item, bool | int | float | str)):
-            raise TypeError(f"hyperparameter {key!r} must be a number, bool or string")
-    return dict(value)
-
-
-def _to_positive_int(value: Any) -> int:
-    number = TypeConverters.toInt(value)
-    if number < 1:
-        raise TypeError(f"expected a positive int, got {value!r}")
-    return number
-
-
-class HasKerasModel(Params):
-    """Mixin for the ``model`` Param: a built Keras 3 model."""
-
-    model: Param[Any] = Param(
-        Params._dummy(),
-        "model",
-        "a built Keras 3 model (stored in the .keras format when saved)",
-        typeConverter=_to_keras_model,
-    )
-
-    def getModel(self) -> Any:  # noqa: N802 - Spark ML's naming
-        """The ``model`` Param's value."""
-        return self.getOrDefault(self.model)
-
-
-class _KerasEstimatorParams(HasKerasModel, HasFeaturesCol, HasLabelCol, HasPredictionCol):
-    """The Params of :class:`KerasEstimator`."""
-
-    optimizer: Param[Any] = Param(
-        Params._dummy(),
-        "optimizer",
-        "each worker's local Keras optimizer: a name, an instance or its config",
-        typeConverter=_to_optimizer,
-    )
-    loss: Param[Any] = Param(
-        Params._dummy(),
-        "loss",
-        "the Keras loss: a name or config (a list or dict of them for several outputs)",
-        typeConverter=_to_config("loss"),
-    )
-    metrics: Param[list[Any]] = Param(
-        Params._dummy(),
-        "metrics",
-        "Keras metrics recorded in the training history",
-        typeConverter=_to_metrics,
-    )
-    algorithm: Param[str] = Param(
-        Params._dummy(),
-        "algorithm",
-        "a registered distkeras-async algorithm (distkeras-async algorithms lists them)",
-        typeConverter=_to_algorithm,
-    )
-    hyperparameters: Param[dict[str, Any]] = Param(
-        Params._dummy(),
-        "hyperparameters",
-        "the algorithm's hyperparameters, e.g. {'communication_window': 5}",
-        typeConverter=_to_hyperparameters,
-    )
-    numWorkers: Param[int] = Param(  # noqa: N815 - Spark ML's naming
-        Params._dummy(),
-        "numWorkers",
-        "Spark tasks training in parallel (synchronous algorithms need as many slots)",
-        typeConverter=_to_positive_int,
-    )
-    numEpochs: Param[int] = Param(  # noqa: N815
-        Params._dummy(), "numEpochs", "passes over the data", typeConverter=_to_positive_int
-    )
-    batchSize: Param[int] = Param(  # noqa: N815
-        Params._dummy(), "batchSize", "samples per local step", typeConverter=_to_positive_int
-    )
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._setDefault(
-            optimizer="adam",
-            metrics=["accuracy"],
-            algorithm="downpour",
-            hyperparameters={},
-            numWorkers=2,
-            numEpochs=1,
-            batchSize=32,
-        )
 
 
 class KerasEstimator(
     Estimator["KerasModel"],
-    _KerasEstimatorParams,
+    KerasEstimatorParams,
     KerasParamsReadable["KerasEstimator"],
     KerasParamsWritable,
 ):
@@ -208,7 +63,7 @@ class KerasEstimator(
         model: Any = None,
         optimizer: Any = "adam",
         loss: Any = None,
-        metrics: Any = None,
+        metrics: Any = ("accuracy",),
         algorithm: Any = "downpour",
         hyperparameters: Mapping[str, Any] | None = None,
         numWorkers: int = 2,  # noqa: N803 - Spark ML's naming
@@ -219,7 +74,7 @@ class KerasEstimator(
         predictionCol: str = "prediction",  # noqa: N803
     ) -> None:
         super().__init__()
-        self._set(**self._input_kwargs)
+        set_keywords(self, self._input_kwargs)
 
     @keyword_only
     def setParams(  # noqa: N802
@@ -228,39 +83,88 @@ class KerasEstimator(
         model: Any = None,
         optimizer: Any = "adam",
         loss: Any = None,
-        metrics: Any = None,
+        metrics: Any = ("accuracy",),
         algorithm: Any = "downpour",
         hyperparameters: Mapping[str, Any] | None = None,
-        numWorkers: int = 2,  # noqa: N803
+        numWorkers: int = 2,  # noqa: N803 - Spark ML's naming
         numEpochs: int = 1,  # noqa: N803
         batchSize: int = 32,  # noqa: N803
         featuresCol: str = "features",  # noqa: N803
         labelCol: str = "label",  # noqa: N803
         predictionCol: str = "prediction",  # noqa: N803
     ) -> KerasEstimator:
-        """Set the given Params (keyword arguments only)."""
-        return self._set(**self._input_kwargs)
+        """Set the given Params (keyword arguments only; all or none of them)."""
+        set_keywords(self, self._input_kwargs)
+        return self
+
+    def setModel(self, value: Any) -> KerasEstimator:  # noqa: N802 - Spark ML's naming
+        """Set the ``model`` Param."""
+        return self._set(model=value)
+
+    def setOptimizer(self, value: Any) -> KerasEstimator:  # noqa: N802
+        """Set the ``optimizer`` Param."""
+        return self._set(optimizer=value)
+
+    def setLoss(self, value: Any) -> KerasEstimator:  # noqa: N802
+        """Set the ``loss`` Param."""
+        return self._set(loss=value)
+
+    def setMetrics(self, value: Any) -> KerasEstimator:  # noqa: N802
+        """Set the ``metrics`` Param."""
+        return self._set(metrics=value)
+
+    def setAlgorithm(self, value: Any) -> KerasEstimator:  # noqa: N802
+        """Set the ``algorithm`` Param."""
+        return self._set(algorithm=value)
+
+    def setHyperparameters(self, value: Mapping[str, Any]) -> KerasEstimator:  # noqa: N802
+        """Set the ``hyperparameters`` Param."""
+        return self._set(hyperparameters=value)
+
+    def setNumWorkers(self, value: int) -> KerasEstimator:  # noqa: N802
+        """Set the ``numWorkers`` Param."""
+        return self._set(numWorkers=value)
+
+    def setNumEpochs(self, value: int) -> KerasEstimator:  # noqa: N802
+        """Set the ``numEpochs`` Param."""
+        return self._set(numEpochs=value)
+
+    def setBatchSize(self, value: int) -> KerasEstimator:  # noqa: N802
+        """Set the ``batchSize`` Param."""
+        return self._set(batchSize=value)
+
+    def setFeaturesCol(self, value: str) -> KerasEstimator:  # noqa: N802
+        """Set the ``featuresCol`` Param."""
+        return self._set(featuresCol=value)
+
+    def setLabelCol(self, value: str) -> KerasEstimator:  # noqa: N802
+        """Set the ``labelCol`` Param."""
+        return self._set(labelCol=value)
+
+    def setPredictionCol(self, value: str) -> KerasEstimator:  # noqa: N802
+        """Set the ``predictionCol`` Param."""
+        return self._set(predictionCol=value)
 
     def _fit(self, dataset: DataFrame) -> KerasModel:
         from distkeras_async.training import DistributedTrainer
 
         for required in ("model", "loss"):
-            if not self.isDefined(required) or self.getOrDefault(required) is None:
+            if not self.isDefined(required):
                 raise ValueError(f"KerasEstimator needs the {required!r} Param")
         trainer = DistributedTrainer(
             self.getModel(),
-            self.getOrDefault(self.optimizer),
-            self.getOrDefault(self.loss),
-            self.getOrDefault(self.metrics) or [],
-            num_workers=self.getOrDefault(self.numWorkers),
-            batch_size=self.getOrDefault(self.batchSize),
+            self.getOptimizer(),
+            self.getLoss(),
+            self.getMetrics(),
+            num_workers=self.getNumWorkers(),
+            batch_size=self.getBatchSize(),
             features_col=self.getFeaturesCol(),
             label_col=self.getLabelCol(),
-            num_epoch=self.getOrDefault(self.numEpochs),
-            # A free port per fit: CrossValidator may fit several models at once.
+            num_epoch=self.getNumEpochs(),
+            # A port the OS picks per fit: several fits on one driver never collide.
             master_port=0,
-            algorithm=registry.get(self.getOrDefault(self.algorithm)),
-            **(self.getOrDefault(self.hyperparameters) or {}),
+            algorithm=registry.get(self.getAlgorithm()),
+            **self.getHyperparameters(),
         )
         trained = trainer.train(dataset)
         fitted = self._copyValues(KerasModel())
@@ -307,6 +211,29 @@ class KerasModel(
         self.training_time: float | None = None
         self.parameter_server_stats: ServerStats | None = None
 
+    @keyword_only
+    def setParams(  # noqa: N802
+        self,
+        *,
+        model: Any = None,
+        featuresCol: str = "features",  # noqa: N803
+        predictionCol: str = "prediction",  # noqa: N803
+    ) -> KerasModel:
+        """Set the given Params (keyword arguments only)."""
+        return self._set(**self._input_kwargs)
+
+    def setModel(self, value: Any) -> KerasModel:  # noqa: N802
+        """Set the ``model`` Param (a built Keras model)."""
+        return self._set(model=value)
+
+    def setFeaturesCol(self, value: str) -> KerasModel:  # noqa: N802
+        """Set the ``featuresCol`` Param."""
+        return self._set(featuresCol=value)
+
+    def setPredictionCol(self, value: str) -> KerasModel:  # noqa: N802
+        """Set the ``predictionCol`` Param."""
+        return self._set(predictionCol=value)
+
     @property
     def keras_model(self) -> Any:
         """The trained Keras model."""
@@ -315,7 +242,7 @@ class KerasModel(
     def _transform(self, dataset: DataFrame) -> DataFrame:
         from distkeras_async.predictors import ModelPredictor
 
-        if not self.isDefined(self.model) or self.getModel() is None:
+        if not self.isDefined(self.model):
             raise ValueError("KerasModel has no Keras model (the 'model' Param)")
         predictor = ModelPredictor(
             self.getModel(), features_col=self.getFeaturesCol(), output_col=self.getPredictionCol()

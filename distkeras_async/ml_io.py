@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import warnings
 from typing import Any, Generic, TypeVar, cast
 
 from pyspark.ml.param import Params
@@ -37,26 +36,27 @@ def _hadoop_path(spark: SparkSession, path: str) -> tuple[Any, Any]:
     jvm = spark.sparkContext._jvm
     assert jvm is not None
     target = jvm.org.apache.hadoop.fs.Path(path)
-    return target.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), target
+    # The session's Hadoop configuration, as Spark's DataFrame writer (which writes the
+    # metadata) uses: it includes settings made at run time, such as S3 credentials.
+    conf = spark._jsparkSession.sessionState().newHadoopConf()
+    return target.getFileSystem(conf), target
 
 
-def save_keras_model(spark: SparkSession, model: Any, path: str) -> None:
-    """Save ``model`` in the ``.keras`` format at ``path`` (any Hadoop file system)."""
+def copy_to(spark: SparkSession, local: str, path: str) -> None:
+    """Copy the local file ``local`` to ``path`` (any Hadoop file system), replacing it."""
     jvm = spark.sparkContext._jvm
     assert jvm is not None
-    # Keras writes only to local files (not even to a BytesIO), hence the local copy.
-    with tempfile.TemporaryDirectory(prefix="distkeras-save-") as tmp:
-        local = os.path.join(tmp, MODEL_FILE)
-        model.save(local)
-        fs, target = _hadoop_path(spark, path)
-        fs.copyFromLocalFile(False, True, jvm.org.apache.hadoop.fs.Path(local), target)
+    fs, target = _hadoop_path(spark, path)
+    fs.copyFromLocalFile(False, True, jvm.org.apache.hadoop.fs.Path(local), target)
 
 
 def load_keras_model(spark: SparkSession, path: str) -> Any:
     """Load a ``.keras`` file from ``path`` (any Hadoop file system).
 
     Keras' safe mode is on: a file cannot make loading run arbitrary code (such as a
-    ``Lambda`` layer's bytecode). Custom layers resolve through an enclosing
+    ``Lambda`` layer's bytecode). The model is not compiled: prediction does not need it, and
+    training rebuilds it from the estimator's Params, so custom losses and metrics are not
+    needed here. Custom layers resolve through an enclosing
     ``keras.saving.custom_object_scope`` or Keras' registered serializables.
     """
     import keras
@@ -70,11 +70,7 @@ def load_keras_model(spark: SparkSession, path: str) -> Any:
             raise FileNotFoundError(f"no Keras model at {path}")
         # The raw local file system: no .crc checksum file next to the copy.
         fs.copyToLocalFile(False, source, jvm.org.apache.hadoop.fs.Path(local), True)
-        with warnings.catch_warnings():
-            # A fitted model's optimizer was compiled but never stepped on the driver (the
-            # workers trained), so its saved state is empty and Keras warns that it skips it.
-            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-            return keras.saving.load_model(local, safe_mode=True)
+        return keras.saving.load_model(local, compile=False, safe_mode=True)
 
 
 class KerasParamsWriter(MLWriter):
@@ -94,15 +90,20 @@ class KerasParamsWriter(MLWriter):
         instance = self.instance
         params = {p.name: value for p, value in instance._paramMap.items() if p.name != MODEL_PARAM}
         model = instance.getOrDefault(MODEL_PARAM) if instance.isDefined(MODEL_PARAM) else None
-        DefaultParamsWriter.saveMetadata(
-            instance,
-            path,
-            self.sparkSession,
-            extraMetadata={"kerasModel": MODEL_FILE if model is not None else None},
-            paramMap=params,
-        )
-        if model is not None:
-            save_keras_model(self.sparkSession, model, os.path.join(path, MODEL_FILE))
+        with tempfile.TemporaryDirectory(prefix="distkeras-save-") as tmp:
+            local = os.path.join(tmp, MODEL_FILE)
+            if model is not None:
+                # First, so that a model Keras cannot save leaves nothing behind at ``path``.
+                model.save(local)
+            DefaultParamsWriter.saveMetadata(
+                instance,
+                path,
+                self.sparkSession,
+                extraMetadata={"kerasModel": MODEL_FILE if model is not None else None},
+                paramMap=params,
+            )
+            if model is not None:
+                copy_to(self.sparkSession, local, os.path.join(path, MODEL_FILE))
 
 
 class KerasParamsReader(MLReader[P], Generic[P]):

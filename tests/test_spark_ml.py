@@ -65,7 +65,7 @@ def test_argmax_refuses_missing_and_text_columns(spark):
         ArgmaxTransformer(inputCol="name").transform(df)
 
 
-def test_argmax_saves_and_loads(tmp_path):
+def test_argmax_saves_and_loads(spark, tmp_path):
     stage = ArgmaxTransformer(inputCol="scores", outputCol="index", threshold=0.3)
     stage.save(str(tmp_path / "argmax"))
     loaded = ArgmaxTransformer.load(str(tmp_path / "argmax"))

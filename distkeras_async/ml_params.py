@@ -1,0 +1,239 @@
+"""The Spark ML Params of :class:`~distkeras_async.estimator.KerasEstimator` and their checks.
+
+Each Param has a type converter that refuses a bad value when it is set (naming the Param,
+leaving the stage unchanged) and turns Keras objects into JSON-able configs, so that a stage
+can be saved with Spark's own metadata format. A name that Keras does not know (a loss, a
+metric, an optimizer) or an algorithm that is not registered fails here, on the driver, not
+later inside a Spark task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pyspark.ml.param import Param, Params
+from pyspark.ml.param.shared import HasFeaturesCol, HasLabelCol, HasPredictionCol
+
+from distkeras_async import registry
+from distkeras_async.errors import DistKerasError
+from distkeras_async.serialization import (
+    serialize_config,
+    serialize_optimizer,
+)
+
+# Names that ``Model.compile`` resolves itself from the loss; ``keras.metrics.get`` refuses them.
+_COMPILE_METRIC_NAMES = {"acc", "accuracy", "ce", "crossentropy"}
+
+
+def _converter(name: str, convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Wrap ``convert`` so that every refusal is a TypeError naming the Param."""
+
+    def checked(value: Any) -> Any:
+        if value is None:
+            raise TypeError(f"{name} cannot be None")
+        try:
+            return convert(value)
+        except (DistKerasError, ValueError, TypeError) as exc:
+            raise TypeError(f"{name}: {exc}") from exc
+
+    return checked
+
+
+def _keras_model(value: Any) -> Any:
+    import keras
+
+    if not isinstance(value, keras.Model) or not value.built or not value.weights:
+        raise TypeError(f"expected a built keras.Model with weights, got {type(value).__name__}")
+    return value
+
+
+def _optimizer(value: Any) -> str | dict[str, Any]:
+    """A name stays a name (readable in ``explainParams``); anything else becomes its config."""
+    config = serialize_optimizer(value)
+    return value if isinstance(value, str) else config
+
+
+def _check_names(value: Any, get: Callable[[Any], Any], allowed: set[str]) -> None:
+    """Resolve every name and config in ``value`` (nested in lists and dicts) with ``get``."""
+    if isinstance(value, str):
+        if value not in allowed:
+            get(value)
+    elif isinstance(value, Mapping) and "class_name" in value:
+        get(dict(value))
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            _check_names(item, get, allowed)
+    elif isinstance(value, list):
+        for item in value:
+            _check_names(item, get, allowed)
+
+
+def _loss(value: Any) -> Any:
+    import keras
+
+    config = serialize_config(value, "loss")
+    _check_names(config, keras.losses.get, set())
+    return config
+
+
+def _metrics(value: Any) -> list[Any]:
+    import keras
+
+    values = list(value) if isinstance(value, list | tuple) else [value]
+    config = serialize_config(values, "metric")
+    _check_names(config, keras.metrics.get, _COMPILE_METRIC_NAMES)
+    return list(config)
+
+
+def _algorithm(value: Any) -> str:
+    """A registered algorithm's name: a class is accepted when it is the registered one."""
+    name = value if isinstance(value, str) else getattr(value, "name", None)
+    if not isinstance(name, str):
+        raise TypeError(f"expected a registered algorithm name or class, got {value!r}")
+    registered = registry.get(name)
+    if not isinstance(value, str) and registered is not value:
+        raise TypeError(
+            f"{value!r} is not the class registered as {name!r}: register it first "
+            "(distkeras_async.registry.register) so that a saved stage can name it"
+        )
+    return name
+
+
+def _hyperparameters(value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise TypeError(f"expected a dict of hyperparameter name -> value, got {value!r}")
+    for key, item in value.items():
+        if not isinstance(item, bool | int | float | str):
+            raise TypeError(f"hyperparameter {key!r} must be a number, bool or string")
+    return dict(value)
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # as Spark's own TypeConverters.toInt accepts 2.0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise TypeError(f"expected a positive int, got {value!r}")
+    return value
+
+
+class HasKerasModel(Params):
+    """Mixin for the ``model`` Param: a built Keras 3 model."""
+
+    model: Param[Any] = Param(
+        Params._dummy(),
+        "model",
+        "a built Keras 3 model (stored in the .keras format when saved)",
+        typeConverter=_converter("model", _keras_model),
+    )
+
+    def getModel(self) -> Any:  # noqa: N802 - Spark ML's naming
+        """The ``model`` Param's value."""
+        return self.getOrDefault(self.model)
+
+
+def _param(name: str, doc: str, convert: Callable[[Any], Any]) -> Param[Any]:
+    return Param(Params._dummy(), name, doc, typeConverter=_converter(name, convert))
+
+
+class KerasEstimatorParams(HasKerasModel, HasFeaturesCol, HasLabelCol, HasPredictionCol):
+    """The Params of :class:`~distkeras_async.estimator.KerasEstimator`, with their getters."""
+
+    optimizer = _param(
+        "optimizer",
+        "each worker's local Keras optimizer: a name, an instance or its config",
+        _optimizer,
+    )
+    loss = _param(
+        "loss",
+        "the Keras loss: a name or config (a list or dict of them for several outputs)",
+        _loss,
+    )
+    metrics = _param("metrics", "Keras metrics recorded in the training history", _metrics)
+    algorithm = _param(
+        "algorithm",
+        "a registered distkeras-async algorithm (distkeras-async algorithms lists them)",
+        _algorithm,
+    )
+    hyperparameters = _param(
+        "hyperparameters",
+        "the algorithm's hyperparameters, e.g. {'communication_window': 5}",
+        _hyperparameters,
+    )
+    numWorkers = _param(  # noqa: N815 - Spark ML's naming
+        "numWorkers",
+        "Spark tasks training in parallel (synchronous algorithms need as many slots)",
+        _positive_int,
+    )
+    numEpochs = _param("numEpochs", "passes over the data", _positive_int)  # noqa: N815
+    batchSize = _param("batchSize", "samples per local step", _positive_int)  # noqa: N815
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._setDefault(
+            optimizer="adam",
+            metrics=["accuracy"],
+            algorithm="downpour",
+            hyperparameters={},
+            numWorkers=2,
+            numEpochs=1,
+            batchSize=32,
+        )
+
+    def getOptimizer(self) -> Any:  # noqa: N802
+        """The ``optimizer`` Param's value (a name or a Keras config)."""
+        return self.getOrDefault(self.optimizer)
+
+    def getLoss(self) -> Any:  # noqa: N802
+        """The ``loss`` Param's value."""
+        return self.getOrDefault(self.loss)
+
+    def getMetrics(self) -> list[Any]:  # noqa: N802
+        """The ``metrics`` Param's value."""
+        return list(self.getOrDefault(self.metrics))
+
+    def getAlgorithm(self) -> str:  # noqa: N802
+        """The ``algorithm`` Param's value (a registered name)."""
+        return str(self.getOrDefault(self.algorithm))
+
+    def getHyperparameters(self) -> dict[str, Any]:  # noqa: N802
+        """The ``hyperparameters`` Param's value."""
+        return dict(self.getOrDefault(self.hyperparameters))
+
+    def getNumWorkers(self) -> int:  # noqa: N802
+        """The ``numWorkers`` Param's value."""
+        return int(self.getOrDefault(self.numWorkers))
+
+    def getNumEpochs(self) -> int:  # noqa: N802
+        """The ``numEpochs`` Param's value."""
+        return int(self.getOrDefault(self.numEpochs))
+
+    def getBatchSize(self) -> int:  # noqa: N802
+        """The ``batchSize`` Param's value."""
+        return int(self.getOrDefault(self.batchSize))
+
+
+def set_keywords(stage: Params, keywords: Mapping[str, Any]) -> None:
+    """Set Params from constructor or ``setParams`` keywords: all of them, or none.
+
+    Every value is checked before any is set, so a bad one leaves the stage unchanged.
+    ``None`` leaves ``model`` and ``loss`` unset and means "none" for ``metrics`` and
+    ``hyperparameters``; for any other Param it is refused (Spark's own ``_set`` would store
+    it unchecked, and the stage could then not be loaded back).
+    """
+    empty: dict[str, Any] = {"metrics": [], "hyperparameters": {}}
+    checked: dict[Param[Any], Any] = {}
+    cleared: list[Param[Any]] = []
+    for name, given in keywords.items():
+        param = stage.getParam(name)
+        if given is None and name in ("model", "loss"):
+            cleared.append(param)
+            continue
+        value = empty[name] if given is None and name in empty else given
+        try:
+            checked[param] = param.typeConverter(value)
+        except TypeError as exc:
+            raise TypeError(f'Invalid param value given for param "{name}". {exc}') from exc
+    for param in cleared:
+        stage.clear(param)
+    stage._paramMap.update(checked)
