@@ -45,7 +45,33 @@ def _keras_model(value: Any) -> Any:
 
     if not isinstance(value, keras.Model) or not value.built or not value.weights:
         raise TypeError(f"expected a built keras.Model with weights, got {type(value).__name__}")
+    custom = sorted(_custom_classes(keras.saving.serialize_keras_object(value)))
+    if custom:
+        # Executors rebuild the model from its config, and a saved stage names no code to
+        # import: only Keras' own classes can be rebuilt there, and loaded safely.
+        raise TypeError(
+            f"the model uses classes that are not part of Keras ({', '.join(custom)}); "
+            "KerasEstimator supports Keras' own layers, losses and metrics: train a model with "
+            "custom objects with a trainer and its custom_objects argument"
+        )
     return value
+
+
+def _custom_classes(config: Any) -> set[str]:
+    """Names of the classes in a Keras config that Keras itself does not provide."""
+    found: set[str] = set()
+    if isinstance(config, Mapping):
+        # Keras' own classes name their module (keras.layers, keras.src.models...); a
+        # registered or user class has no module, or another one.
+        module = str(config.get("module") or "")
+        if "class_name" in config and "module" in config and not module.startswith("keras"):
+            found.add(str(config.get("registered_name") or config["class_name"]))
+        for item in config.values():
+            found |= _custom_classes(item)
+    elif isinstance(config, list):
+        for item in config:
+            found |= _custom_classes(item)
+    return found
 
 
 def _optimizer(value: Any) -> str | dict[str, Any]:

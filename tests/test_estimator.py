@@ -170,6 +170,16 @@ def test_an_unbuilt_model_is_refused():
         KerasEstimator(model=keras.Sequential([keras.layers.Dense(2)]))
 
 
+def test_a_model_with_custom_classes_is_refused_when_set():
+    class Doubling(keras.layers.Layer):
+        def call(self, x):
+            return x * 2
+
+    model = keras.Sequential([keras.Input((3,)), Doubling(), keras.layers.Dense(2)])
+    with pytest.raises(TypeError, match=r"model: .*not part of Keras \(Doubling\)"):
+        KerasEstimator(model=model)
+
+
 def test_instances_and_classes_become_names_and_configs():
     from distkeras_async import registry
 
