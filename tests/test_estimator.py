@@ -291,6 +291,16 @@ def test_batch_size_param(data, baseline):
     assert total < sum(steps_per_worker(baseline).values()) * 0.6
 
 
+def test_fitted_model_param(baseline, data):
+    untrained = small_mlp()
+    swapped = baseline.copy().setModel(untrained)
+    rows = swapped.transform(data.limit(5)).collect()
+    x = np.array([r.features.toArray() for r in rows], np.float32)
+    got = np.array([r.prediction.toArray() for r in rows])
+    np.testing.assert_allclose(got, untrained.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    assert baseline.keras_model is not untrained  # the copy's Param changed, not the original
+
+
 def test_column_params(data):
     renamed = data.select(F.col("features").alias("pixels"), F.col("label").alias("target"))
     with pytest.raises(KeyError, match="features"):
