@@ -456,6 +456,11 @@ class FrameDecoder:
         if self._state == _BROKEN:
             raise RemoteProtocolError("decoder is unusable after a protocol error")
         if self._state == _WAIT:
+            if self._stage_view is not None:
+                # Asked again with no buffer_updated in between (uvloop's TLS transport does
+                # this when a TLS record yields no data): the staged bytearray is still
+                # exported, so it cannot grow; hand out the same, still unwritten, view.
+                return self._stage_view
             start = len(self._staged)
             self._staged.extend(bytes(_STAGING_CHUNK))
             self._stage_view = memoryview(self._staged)[start:]
@@ -485,6 +490,10 @@ class FrameDecoder:
         if self._state != _WAIT or self._header is None:
             raise LocalProtocolError("no frame is waiting for a payload buffer")
         self._set_payload(buffer)
+        if self._stage_view is not None:  # a get_buffer that was never reported: unwritten
+            self._stage_view.release()
+            self._stage_view = None
+            del self._staged[len(self._staged) - _STAGING_CHUNK :]
         staged = self._staged
         self._staged = bytearray()
         self._state = _PAYLOAD

@@ -1301,3 +1301,32 @@ def test_fuzz_valid_messages_round_trip(
     for g, w in zip(got, messages, strict=True):
         assert_same_message(g, w)
     assert not decoder.in_frame
+
+
+def test_get_buffer_again_without_an_update_while_waiting() -> None:
+    # uvloop's TLS transport may ask for a buffer, decrypt nothing, and ask again; or the
+    # payload buffer may come while such an unreported buffer is out.
+    update = np.arange(50_000, dtype=np.float32)
+    message = make_message(Op.COMMIT, tensors=(update,))
+    data = encode_bytes(message)
+    for provide_while_out in (False, True):
+        decoder = FrameDecoder(allocate=lambda h: None)
+        decoder.receive_data(data[:1000])
+        assert decoder.waiting_for_buffer
+        first = decoder.get_buffer()
+        again = decoder.get_buffer()  # nothing reported in between
+        assert again.nbytes == first.nbytes
+        again[:500] = data[1000:1500]
+        decoder.buffer_updated(500)
+        decoder.get_buffer()
+        decoder.buffer_updated(0)
+        decoder.get_buffer()  # left unreported
+        if not provide_while_out:
+            decoder.buffer_updated(0)
+        target = np.empty_like(update)
+        decoder.provide_payload_buffer(memoryview(target))
+        decoder.receive_data(data[1500:])
+        got = decoder.next_message()
+        assert got is not None
+        assert_same_message(got, message)
+        np.testing.assert_array_equal(target, update)
