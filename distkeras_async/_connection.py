@@ -72,9 +72,12 @@ class Connection(asyncio.BufferedProtocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        # A high-water mark of 0 makes pause_writing/resume_writing tell us exactly when
-        # the transport holds unsent bytes -- views of a center buffer we must not change.
-        self.transport.set_write_buffer_limits(high=0)  # type: ignore[union-attr]
+        # pause_writing/resume_writing must tell us exactly when the transport holds unsent
+        # bytes -- views of a center buffer we must not change. TCP transports pause when
+        # the buffer is above the high-water mark, TLS transports (asyncio's and uvloop's)
+        # when it is at or above it: with 0 they would pause on every check, empty or not.
+        tls = transport.get_extra_info("sslcontext") is not None
+        self.transport.set_write_buffer_limits(high=1 if tls else 0, low=0)  # type: ignore[union-attr]
         if not self.state.accept(self):
             return
         self.send(Message(Op.CHALLENGE, fields={"nonce": self.nonce}))
@@ -167,7 +170,9 @@ class Connection(asyncio.BufferedProtocol):
         except ProtocolError as exc:
             self.fail(str(exc))
             return
-        if not self.awaiting and self.write_blocked_since is None and self.transport is not None:
+        # Reading resumes even while a reply is unsent: a TLS transport must read to flush
+        # its writes. Requests still wait in the inbox until the reply has drained.
+        if not self.awaiting and self.transport is not None:
             self.transport.resume_reading()
 
     def _collect(self) -> None:
@@ -209,8 +214,9 @@ class Connection(asyncio.BufferedProtocol):
     def reply_sent(self) -> None:
         """The parked request was answered: read and handle the next ones."""
         self.awaiting = False
-        if self.closed or self.transport is None or self.write_blocked_since is not None:
-            return  # resume_writing resumes reading once the reply has drained
+        if self.closed or self.transport is None:
+            return
+        # As in _on_receive_buffer: read on; process_inbox waits while the reply is unsent.
         self.transport.resume_reading()
         self.process_inbox()
 

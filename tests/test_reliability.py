@@ -9,7 +9,6 @@ command away:
 from __future__ import annotations
 
 import contextlib
-import datetime
 import os
 import socket
 import ssl
@@ -18,7 +17,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import handshake, wait_until
+from conftest import handshake, make_tls_contexts, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -207,50 +206,10 @@ def test_another_runs_secret_cannot_pull_commit_or_learn_the_layout(make_server,
     assert server.version == 0
 
 
-def make_tls_contexts(tmp_path):
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "distkeras-async test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert_path, key_path)
-    client_ctx = ssl.create_default_context(cafile=str(cert_path))
-    return server_ctx, client_ctx
-
-
 @pytest.mark.parametrize("use_uvloop", [True, False])
 def test_tls_end_to_end_and_plaintext_refused(tmp_path, secret, use_uvloop):
     pytest.importorskip("cryptography")
-    server_ctx, client_ctx = make_tls_contexts(tmp_path)
+    server_ctx, client_ctx, _ = make_tls_contexts(tmp_path)
     server = ParameterServer(
         [np.zeros(1000, np.float32)],
         "downpour",
@@ -276,6 +235,49 @@ def test_tls_end_to_end_and_plaintext_refused(tmp_path, secret, use_uvloop):
                 "127.0.0.1", port, secret, 1, ssl_context=ssl.create_default_context(), timeout=5
             )
         assert server.version == 2
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("use_uvloop", [True, False])
+def test_concurrent_tls_workers_share_one_receive_buffer(tmp_path, secret, use_uvloop):
+    # Two TLS workers of an asynchronous rule contend for its single receive buffer. TLS
+    # transports once stalled here: with a write high-water mark of 0 they reported "paused"
+    # after every read, and a connection waiting for the buffer was never read again.
+    pytest.importorskip("cryptography")
+    server_ctx, client_ctx, _ = make_tls_contexts(tmp_path)
+    n, rounds = 200_000, 100
+    server = ParameterServer(
+        [np.zeros(n, np.float32)],
+        "downpour",
+        num_workers=2,
+        secret=secret,
+        ssl_context=server_ctx,
+        use_uvloop=use_uvloop,
+        send_timeout=10,
+    )
+    port = server.start()
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        try:
+            with ParameterServerClient(
+                "127.0.0.1", port, secret, worker, ssl_context=client_ctx, timeout=20
+            ) as client:
+                for _ in range(rounds):
+                    client.commit_pull(np.ones(n, np.float32))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not errors, errors
+        assert server.version == 2 * rounds
+        np.testing.assert_array_equal(server.center[0], float(2 * rounds))
     finally:
         server.stop()
 
