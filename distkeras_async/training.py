@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import ssl
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -45,6 +47,25 @@ def _positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
+
+
+def read_ca(value: str | bytes) -> str:
+    """CA certificates as PEM text, from PEM text or bytes or a path to a PEM file.
+
+    Raises:
+        ValueError: if it is neither, or ``ssl`` cannot load it.
+    """
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        if not os.path.isfile(text):
+            raise ValueError(f"tls_ca is neither PEM text nor a file: {text[:80]!r}")
+        with open(text, encoding="ascii", errors="replace") as f:
+            text = f.read()
+    try:
+        ssl.create_default_context(cadata=text)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ValueError(f"tls_ca holds no usable CA certificate: {exc}") from exc
+    return text
 
 
 class Trainer:
@@ -146,6 +167,15 @@ class DistributedTrainer(Trainer):
         algorithm: a registered algorithm name or an Algorithm class.
         master_port: the parameter server's port; 0 picks a free one.
         master_host: the address workers connect to (default: ``spark.driver.host``).
+        bind_host: the address the parameter server listens on (default: ``master_host``);
+            e.g. ``"0.0.0.0"`` for a driver behind NAT whose ``master_host`` is forwarded.
+        ssl_context: a server-side :class:`ssl.SSLContext` (certificate and key loaded): the
+            parameter server speaks TLS only. Requires ``tls_ca``.
+        tls_ca: the CA certificate(s), PEM, that workers verify the server's certificate
+            with: a path to a file on the driver, or the PEM text. Certificates are public;
+            the text travels to the executors inside the Spark job.
+        tls_server_hostname: the name workers expect in the server's certificate (default:
+            the address they connect to).
         secret: the run's shared secret (default: a fresh random one per run).
         round_timeout: seconds a synchronous round waits for its slowest worker.
         idle_timeout: seconds a worker may stay silent between exchanges before the server
@@ -182,6 +212,10 @@ class DistributedTrainer(Trainer):
         custom_objects: Mapping[str, Any] | None = None,
         loss_weights: Any = None,
         master_host: str | None = None,
+        bind_host: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        tls_ca: str | bytes | None = None,
+        tls_server_hostname: str | None = None,
         secret: bytes | None = None,
         progress: bool | None = None,
         worker_threads: int | None = None,
@@ -213,6 +247,17 @@ class DistributedTrainer(Trainer):
             raise ValueError(f"master_port must be in 0..65535, got {master_port!r}")
         self.master_port = master_port
         self.master_host = master_host
+        self.bind_host = bind_host
+        if (ssl_context is None) != (tls_ca is None):
+            raise ValueError(
+                "TLS needs both ssl_context (the server's certificate) and tls_ca (what the "
+                "workers verify it with)"
+            )
+        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+            raise TypeError(f"ssl_context must be an ssl.SSLContext, got {ssl_context!r}")
+        self.ssl_context = ssl_context
+        self.tls_ca = None if tls_ca is None else read_ca(tls_ca)
+        self.tls_server_hostname = tls_server_hostname
         self.secret = None if secret is None else check_secret(secret)
         if not round_timeout > 0:
             raise ValueError(f"round_timeout must be positive, got {round_timeout!r}")
@@ -282,8 +327,9 @@ class DistributedTrainer(Trainer):
             self.algorithm,
             num_workers=self.num_workers,
             secret=secret,
-            host=host,
+            host=self.bind_host or host,
             port=self.master_port,
+            ssl_context=self.ssl_context,
             round_timeout=self.round_timeout,
             idle_timeout=self.idle_timeout,
             checkpoint_path=self.checkpoint_path,
@@ -314,6 +360,8 @@ class DistributedTrainer(Trainer):
             timeout=max(120.0, self.round_timeout + 30),
             custom_objects=self.custom_objects,
             worker_class=self.worker_class,
+            tls_ca=self.tls_ca,
+            tls_server_hostname=self.tls_server_hostname,
         )
         show = attached_to_terminal() if self.progress is None else self.progress
         try:

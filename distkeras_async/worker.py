@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +58,8 @@ class WorkerPlan:
         timeout: seconds any parameter server call may take.
         custom_objects: custom Keras classes and functions, by name.
         worker_class: the :class:`KerasWorker` (sub)class each worker runs.
+        tls_ca: PEM CA certificates to verify the server's TLS certificate (None: plain TCP).
+        tls_server_hostname: the name expected in that certificate (None: ``host``).
     """
 
     model_spec: str
@@ -74,6 +77,8 @@ class WorkerPlan:
     timeout: float = 120.0
     custom_objects: Mapping[str, Any] = field(default_factory=dict)
     worker_class: type[KerasWorker] | None = None
+    tls_ca: str | None = None
+    tls_server_hostname: str | None = None
 
     def make_algorithm(self) -> Algorithm:
         """A fresh instance of the plan's algorithm for this worker."""
@@ -320,8 +325,16 @@ class KerasWorker:
         model = self.build_model()
         algorithm = plan.make_algorithm()
         layout = Layout.of(model.get_weights())
+        tls = None if plan.tls_ca is None else ssl.create_default_context(cadata=plan.tls_ca)
         with ParameterServerClient(
-            plan.host, plan.port, plan.secret, self.worker_id, self.attempt, timeout=plan.timeout
+            plan.host,
+            plan.port,
+            plan.secret,
+            self.worker_id,
+            self.attempt,
+            timeout=plan.timeout,
+            ssl_context=tls,
+            server_hostname=plan.tls_server_hostname,
         ) as client:
             if client.layout != layout:
                 raise LayoutMismatchError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -220,3 +221,94 @@ def test_progress_bar_and_center_snapshots(digits, capsys):
     assert times == sorted(times)
     for got, want in zip(snapshots[-1][1], trained.get_weights(), strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+# --- TLS and a separate bind address ------------------------------------------------------
+
+
+class ServerSpy:
+    """Records the ParameterServers a trainer starts (they stay real)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from distkeras_async import training
+
+        self.servers: list[Any] = []
+        original = training.ParameterServer
+
+        def record(*args: Any, **kwargs: Any) -> Any:
+            server = original(*args, **kwargs)
+            self.servers.append(server)
+            return server
+
+        monkeypatch.setattr(training, "ParameterServer", record)
+
+
+def test_training_over_tls(digits, tmp_path, monkeypatch):
+    pytest.importorskip("cryptography")
+    from conftest import make_tls_contexts
+
+    server_ctx, _, cert_path = make_tls_contexts(tmp_path)
+    spy = ServerSpy(monkeypatch)
+    trainer = make_trainer(
+        "DOWNPOUR", mlp(), workers=2, progress=False, ssl_context=server_ctx, tls_ca=str(cert_path)
+    )
+    trained = trainer.train(digits.train)
+    assert digits.accuracy(trained) >= 0.90
+    (server,) = spy.servers
+    assert server._ssl is server_ctx  # the one listening socket spoke TLS only
+    assert trainer.get_parameter_server_stats().commits > 0
+
+
+def test_workers_refuse_a_server_certificate_they_do_not_trust(digits, tmp_path, monkeypatch):
+    pytest.importorskip("cryptography")
+    from conftest import make_tls_contexts
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    server_ctx, _, _ = make_tls_contexts(tmp_path / "a")
+    _, _, other_ca = make_tls_contexts(tmp_path / "b")  # a different self-signed CA
+    trainer = trainers.DOWNPOUR(
+        mlp(),
+        "adam",
+        "categorical_crossentropy",
+        ssl_context=server_ctx,
+        tls_ca=other_ca.read_text(),
+        **COMMON,
+    )
+    with pytest.raises(WorkerFailedError, match="CERTIFICATE_VERIFY_FAILED"):
+        trainer.train(digits.train)
+
+
+def test_tls_arguments_are_checked(tmp_path):
+    pytest.importorskip("cryptography")
+    from conftest import make_tls_contexts
+
+    server_ctx, _, cert_path = make_tls_contexts(tmp_path)
+    args = (mlp(), "adam", "categorical_crossentropy")
+    with pytest.raises(ValueError, match="both ssl_context"):
+        trainers.DOWNPOUR(*args, ssl_context=server_ctx, **COMMON)
+    with pytest.raises(ValueError, match="both ssl_context"):
+        trainers.DOWNPOUR(*args, tls_ca=str(cert_path), **COMMON)
+    with pytest.raises(ValueError, match="neither PEM text nor a file"):
+        trainers.DOWNPOUR(*args, ssl_context=server_ctx, tls_ca="no-such-file.pem", **COMMON)
+    broken = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    with pytest.raises(ValueError, match="no usable CA certificate"):
+        trainers.DOWNPOUR(*args, ssl_context=server_ctx, tls_ca=broken, **COMMON)
+
+
+def test_bind_host_is_where_the_server_listens(digits, monkeypatch):
+    # The server listens on bind_host; workers dial master_host, a different name for it.
+    spy = ServerSpy(monkeypatch)
+    trainer = make_trainer(
+        "DOWNPOUR",
+        mlp(),
+        workers=2,
+        epochs=1,
+        progress=False,
+        master_host="localhost",
+        bind_host="127.0.0.1",
+    )
+    trainer.train(digits.train)
+    (server,) = spy.servers
+    assert server.host == "127.0.0.1"
+    assert trainer.get_parameter_server_stats().commits > 0
