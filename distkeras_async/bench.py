@@ -121,11 +121,21 @@ def _raw_client(port: int, params: int, start: EventT, duration: float, results:
 
 
 def _ps_client(
-    port: int, secret: bytes, worker: int, params: int, start: EventT, duration: float, results: Any
+    port: int,
+    secret: bytes,
+    worker: int,
+    params: int,
+    ca_file: str | None,
+    start: EventT,
+    duration: float,
+    results: Any,
 ) -> None:
+    import ssl
+
     from distkeras_async.client import ParameterServerClient
 
-    client = ParameterServerClient("127.0.0.1", port, secret, worker)
+    tls = None if ca_file is None else ssl.create_default_context(cafile=ca_file)
+    client = ParameterServerClient("127.0.0.1", port, secret, worker, ssl_context=tls)
     update = np.full(params, 1e-6, np.float32)
     out = np.empty(params, np.float32)
     _timed_loop(lambda: client.commit_pull(update, out=out), start, duration, results)
@@ -174,17 +184,40 @@ def measure_baseline(params: int, workers: int, duration: float) -> float:
         server.close()
 
 
-def measure_server(params: int, workers: int, duration: float) -> float:
-    """Round trips per second through ParameterServer + ParameterServerClient (DOWNPOUR)."""
+def measure_server(
+    params: int, workers: int, duration: float, tls: tuple[str, str] | None = None
+) -> float:
+    """Round trips per second through ParameterServer + ParameterServerClient (DOWNPOUR).
+
+    Args:
+        params: parameters in the model.
+        workers: client processes.
+        duration: seconds measured.
+        tls: ``(certificate, key)`` PEM files for 127.0.0.1 to run over TLS (the
+            certificate is also the clients' CA), or None for plain TCP.
+    """
+    import ssl
+
     from distkeras_async.server import ParameterServer
 
     secret = new_secret()
+    context = None
+    if tls is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(*tls)
     server = ParameterServer(
-        [np.zeros(params, np.float32)], "downpour", num_workers=workers, secret=secret
+        [np.zeros(params, np.float32)],
+        "downpour",
+        num_workers=workers,
+        secret=secret,
+        ssl_context=context,
     )
     port = server.start()
+    ca_file = None if tls is None else tls[0]
     try:
-        return _run_clients(_ps_client, lambda i: (port, secret, i, params), workers, duration)
+        return _run_clients(
+            _ps_client, lambda i: (port, secret, i, params, ca_file), workers, duration
+        )
     finally:
         server.stop()
 
