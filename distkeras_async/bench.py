@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import socket
+import ssl
 import statistics
 import threading
 import time
@@ -67,7 +68,11 @@ def _recv_exact(sock: socket.socket, view: memoryview) -> bool:
 class _RawServer:
     """The ceiling: receive into a preallocated buffer, add, send the center back."""
 
-    def __init__(self, params: int, workers: int) -> None:
+    def __init__(self, params: int, workers: int, tls: tuple[str, str] | None = None) -> None:
+        self.context = None
+        if tls is not None:
+            self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self.context.load_cert_chain(*tls)
         self.center = np.zeros(params, np.float32)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(60)
@@ -86,6 +91,8 @@ class _RawServer:
             return
         conn.settimeout(60)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.context is not None:
+            conn = self.context.wrap_socket(conn, server_side=True)
         update = np.empty_like(self.center)
         view = update.data.cast("B")
         center_view = self.center.data.cast("B")
@@ -101,9 +108,14 @@ class _RawServer:
             t.join(timeout=5)
 
 
-def _raw_client(port: int, params: int, start: EventT, duration: float, results: Any) -> None:
+def _raw_client(
+    port: int, params: int, ca_file: str | None, start: EventT, duration: float, results: Any
+) -> None:
     sock = socket.create_connection(("127.0.0.1", port), timeout=60)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if ca_file is not None:
+        context = ssl.create_default_context(cafile=ca_file)
+        sock = context.wrap_socket(sock, server_hostname="127.0.0.1")
     update = np.full(params, 1e-6, np.float32)
     out = np.empty(params, np.float32)
     send_view, recv_view = update.data.cast("B"), out.data.cast("B")
@@ -130,8 +142,6 @@ def _ps_client(
     duration: float,
     results: Any,
 ) -> None:
-    import ssl
-
     from distkeras_async.client import ParameterServerClient
 
     tls = None if ca_file is None else ssl.create_default_context(cafile=ca_file)
@@ -175,11 +185,23 @@ def _run_clients(target: Any, args_for: Any, workers: int, duration: float) -> f
     return float(sum(c for c, _ in outcomes) / max(t for _, t in outcomes))
 
 
-def measure_baseline(params: int, workers: int, duration: float) -> float:
-    """Round trips per second of the raw-socket ceiling."""
-    server = _RawServer(params, workers)
+def measure_baseline(
+    params: int, workers: int, duration: float, tls: tuple[str, str] | None = None
+) -> float:
+    """Round trips per second of the raw-socket ceiling (over TLS when ``tls`` is given).
+
+    Args:
+        params: parameters in the model.
+        workers: client processes.
+        duration: seconds measured.
+        tls: ``(certificate, key)`` PEM files for 127.0.0.1, or None for plain TCP.
+    """
+    server = _RawServer(params, workers, tls)
+    ca_file = None if tls is None else tls[0]
     try:
-        return _run_clients(_raw_client, lambda i: (server.port, params), workers, duration)
+        return _run_clients(
+            _raw_client, lambda i: (server.port, params, ca_file), workers, duration
+        )
     finally:
         server.close()
 
@@ -196,8 +218,6 @@ def measure_server(
         tls: ``(certificate, key)`` PEM files for 127.0.0.1 to run over TLS (the
             certificate is also the clients' CA), or None for plain TCP.
     """
-    import ssl
-
     from distkeras_async.server import ParameterServer
 
     secret = new_secret()
