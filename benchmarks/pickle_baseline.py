@@ -16,21 +16,24 @@ script measures, alternating in the same run (medians of ``--repeats``):
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import pickle
-import platform
 import socket
 import statistics
 import struct
-import threading
 from multiprocessing.synchronize import Event as EventT
 from typing import Any
 
 import numpy as np
 
-from distkeras_async.bench import _recv_exact, _run_clients, _timed_loop, measure_server
+from distkeras_async.bench import (
+    ThreadedBaselineServer,
+    _recv_exact,
+    _run_clients,
+    _timed_loop,
+    matrix_arguments,
+    measure_server,
+)
 
 _PREFIX = struct.Struct("!Q")
 
@@ -51,39 +54,21 @@ def _send_message(sock: socket.socket, payload: bytes) -> None:
     sock.sendall(payload)
 
 
-class _PickleServer:
+class _PickleServer(ThreadedBaselineServer):
     """The classic exchange: unpickle the update, add it, pickle the center back."""
 
     def __init__(self, params: int, workers: int) -> None:
         self.center = [np.zeros(params, np.float32)]
-        self.lock = threading.Lock()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(60)
-        self.port = self.listener.getsockname()[1]
-        self.threads = [threading.Thread(target=self._serve, daemon=True) for _ in range(workers)]
-        for thread in self.threads:
-            thread.start()
+        super().__init__(workers)
 
-    def _serve(self) -> None:
-        try:
-            conn, _ = self.listener.accept()
-        except OSError:
-            return
-        conn.settimeout(60)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with conn:
-            while (payload := _recv_message(conn)) is not None:
-                update = pickle.loads(payload)  # the baseline being measured
-                with self.lock:
-                    for center, delta in zip(self.center, update, strict=True):
-                        np.add(center, delta, out=center)
-                    reply = pickle.dumps(self.center, protocol=pickle.HIGHEST_PROTOCOL)
-                _send_message(conn, reply)
-
-    def close(self) -> None:
-        self.listener.close()
-        for thread in self.threads:
-            thread.join(timeout=5)
+    def serve(self, conn: socket.socket) -> None:
+        while (payload := _recv_message(conn)) is not None:
+            update = pickle.loads(payload)  # the baseline being measured
+            with self.lock:
+                for center, delta in zip(self.center, update, strict=True):
+                    np.add(center, delta, out=center)
+                reply = pickle.dumps(self.center, protocol=pickle.HIGHEST_PROTOCOL)
+            _send_message(conn, reply)
 
 
 def _pickle_client(port: int, params: int, start: EventT, duration: float, results: Any) -> None:
@@ -112,16 +97,7 @@ def measure_pickle(params: int, workers: int, duration: float) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=int, nargs="+", default=[1_000_000, 10_000_000])
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--duration", type=float, default=3.0)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    print(
-        f"# {platform.node()} {platform.machine()} {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}"
-    )
+    args = matrix_arguments(__doc__, workers=[1, 2])
     rows = []
     for params in args.params:
         for workers in args.workers:

@@ -16,28 +16,16 @@ The certificate is a self-signed ECDSA one for 127.0.0.1 made for the run
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 
 
 def main() -> None:
-    from distkeras_async.bench import measure_baseline, measure_server
+    from distkeras_async.bench import matrix_arguments, measure_baseline, measure_server
     from distkeras_async.tls import write_self_signed_certificate
 
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=int, nargs="+", default=[1_000_000, 10_000_000])
-    parser.add_argument("--workers", type=int, nargs="+", default=[1])
-    parser.add_argument("--duration", type=float, default=3.0)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    print(
-        f"# {platform.node()} {platform.machine()} {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}"
-    )
+    args = matrix_arguments(__doc__, workers=[1])
     rows = []
     with tempfile.TemporaryDirectory(prefix="distkeras-tls-bench-") as folder:
         tls = write_self_signed_certificate(folder)

@@ -10,25 +10,13 @@ object per configuration and a Markdown table for docs/benchmarks.md.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 
-from distkeras_async.bench import run_wire_benchmark
+from distkeras_async.bench import matrix_arguments, run_wire_benchmark
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=int, nargs="+", default=[1_000_000, 10_000_000])
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--duration", type=float, default=3.0)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    print(
-        f"# {platform.node()} {platform.machine()} {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}"
-    )
+    args = matrix_arguments(__doc__, workers=[1, 2])
     rows = []
     for params in args.params:
         for workers in args.workers:

@@ -16,7 +16,10 @@ medians are reported, so a burst of load on the machine hits both alike.
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing as mp
+import os
+import platform
 import socket
 import ssl
 import statistics
@@ -65,26 +68,27 @@ def _recv_exact(sock: socket.socket, view: memoryview) -> bool:
     return True
 
 
-class _RawServer:
-    """The ceiling: receive into a preallocated buffer, add, send the center back."""
+class ThreadedBaselineServer:
+    """A blocking socket server with one thread per client, for the baselines.
 
-    def __init__(self, params: int, workers: int, tls: tuple[str, str] | None = None) -> None:
+    Subclasses implement :meth:`serve`, which gets each accepted connection (TCP_NODELAY
+    set, wrapped in TLS when ``tls`` is given) and answers its round trips until EOF.
+    """
+
+    def __init__(self, workers: int, tls: tuple[str, str] | None = None) -> None:
         self.context = None
         if tls is not None:
             self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self.context.load_cert_chain(*tls)
-        self.center = np.zeros(params, np.float32)
+        self.lock = threading.Lock()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(60)
         self.port = self.listener.getsockname()[1]
-        self.lock = threading.Lock()
-        self.threads = [
-            threading.Thread(target=self._serve_one, daemon=True) for _ in range(workers)
-        ]
+        self.threads = [threading.Thread(target=self._accept, daemon=True) for _ in range(workers)]
         for t in self.threads:
             t.start()
 
-    def _serve_one(self) -> None:
+    def _accept(self) -> None:
         try:
             conn, _ = self.listener.accept()
         except OSError:
@@ -93,19 +97,35 @@ class _RawServer:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.context is not None:
             conn = self.context.wrap_socket(conn, server_side=True)
-        update = np.empty_like(self.center)
-        view = update.data.cast("B")
-        center_view = self.center.data.cast("B")
         with conn:
-            while _recv_exact(conn, view):
-                with self.lock:
-                    np.add(self.center, update, out=self.center)
-                conn.sendall(center_view)
+            self.serve(conn)
+
+    def serve(self, conn: socket.socket) -> None:
+        """Answer one client's round trips until it closes the connection."""
+        raise NotImplementedError
 
     def close(self) -> None:
+        """Stop accepting and wait (bounded) for the client threads."""
         self.listener.close()
         for t in self.threads:
             t.join(timeout=5)
+
+
+class _RawServer(ThreadedBaselineServer):
+    """The ceiling: receive into a preallocated buffer, add, send the center back."""
+
+    def __init__(self, params: int, workers: int, tls: tuple[str, str] | None = None) -> None:
+        self.center = np.zeros(params, np.float32)
+        super().__init__(workers, tls)
+
+    def serve(self, conn: socket.socket) -> None:
+        update = np.empty_like(self.center)
+        view = update.data.cast("B")
+        center_view = self.center.data.cast("B")
+        while _recv_exact(conn, view):
+            with self.lock:
+                np.add(self.center, update, out=self.center)
+            conn.sendall(center_view)
 
 
 def _raw_client(
@@ -150,6 +170,24 @@ def _ps_client(
     out = np.empty(params, np.float32)
     _timed_loop(lambda: client.commit_pull(update, out=out), start, duration, results)
     client.close()
+
+
+def matrix_arguments(doc: str | None, workers: list[int]) -> Any:
+    """Parse a benchmark's ``--params --workers --duration --repeats``; print the machine.
+
+    The machine line is the first line of every benchmark script's output.
+    """
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--params", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--workers", type=int, nargs="+", default=workers)
+    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    print(
+        f"# {platform.node()} {platform.machine()} {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}"
+    )
+    return args
 
 
 def _timed_loop(round_trip: Any, start: EventT, duration: float, results: Any) -> None:

@@ -63,7 +63,7 @@ def spark_env() -> dict[str, str]:
     env.update(
         SPARK_HOME=str(SPARK_HOME),
         # Makes every Spark service bind to loopback, including the web UIs (which bind to
-        # 0.0.0.0 otherwise) and the executors that the Workers launch (they inherit it).
+        # every interface otherwise) and the executors that the Workers launch (they inherit it).
         SPARK_LOCAL_IP=HOST,
         # The driver and the executors run this interpreter, where the package is installed.
         PYSPARK_PYTHON=sys.executable,
