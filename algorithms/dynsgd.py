@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from distkeras_async.algorithm import UpdateMeta
-from distkeras_async.rules import DeltaAlgorithm, add_scaled, staleness_scale
+from distkeras_async.rules import DeltaAlgorithm, add_scaled, add_scaled_into, staleness_scale
 
 
 class DynSGD(DeltaAlgorithm):
@@ -33,3 +33,9 @@ class DynSGD(DeltaAlgorithm):
     def server_apply(self, center: np.ndarray, update: np.ndarray, meta: UpdateMeta) -> None:
         """Add the commit scaled by ``1 / (staleness + 1)``."""
         add_scaled(center, update, staleness_scale(meta))
+
+    def server_update(
+        self, out: np.ndarray, center: np.ndarray, update: np.ndarray, meta: UpdateMeta
+    ) -> None:
+        """The same in one pass: ``out = center + update / (staleness + 1)``."""
+        add_scaled_into(out, center, update, staleness_scale(meta))

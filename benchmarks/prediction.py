@@ -57,8 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     from distkeras_async.datasets import digits, digits_mlp
     from distkeras_async.demo import start_spark
-    from distkeras_async.predictors import ModelPredictor
-    from distkeras_async.spark import warm_up
+    from distkeras_async.spark import ModelPredictor, warm_up
 
     spark = start_spark(2)
     try:

@@ -5,8 +5,6 @@ The core (protocol, server, client, algorithms) imports neither Spark nor Tensor
 
 from distkeras_async import registry
 from distkeras_async.algorithm import Algorithm, Hyperparameter, ServerHandle, UpdateMeta
-from distkeras_async.auth import new_secret
-from distkeras_async.client import ParameterServerClient
 from distkeras_async.errors import (
     AlgorithmError,
     AuthenticationError,
@@ -18,14 +16,19 @@ from distkeras_async.errors import (
     ProtocolError,
     RemoteProtocolError,
     RoundFailedError,
+    RuleFailedError,
+    RunFailedError,
     ServerError,
     UnknownAlgorithmError,
+    WorkerReportedError,
 )
 from distkeras_async.layout import Layout
-from distkeras_async.loop import LocalModel, StepRecord, WorkerSession, run_worker
 from distkeras_async.rules import AsyncElasticAlgorithm, DeltaAlgorithm, ElasticAlgorithm
-from distkeras_async.server import ParameterServer
-from distkeras_async.stats import ServerStats, WorkerStats
+from distkeras_async.server.parameter_server import ParameterServer
+from distkeras_async.server.stats import ServerStats, WorkerStats
+from distkeras_async.wire.auth import new_secret
+from distkeras_async.worker.client import ParameterServerClient
+from distkeras_async.worker.exchange import LocalModel, StepRecord, WorkerSession, run_worker
 
 __version__ = "0.1.0"
 
@@ -49,12 +52,15 @@ __all__ = [
     "ProtocolError",
     "RemoteProtocolError",
     "RoundFailedError",
+    "RuleFailedError",
+    "RunFailedError",
     "ServerError",
     "ServerHandle",
     "ServerStats",
     "StepRecord",
     "UnknownAlgorithmError",
     "UpdateMeta",
+    "WorkerReportedError",
     "WorkerSession",
     "WorkerStats",
     "__version__",

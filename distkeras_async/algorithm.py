@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from distkeras_async.errors import HyperparameterError
+from distkeras_async.errors import AlgorithmError, HyperparameterError
 
 
 class ServerHandle(Protocol):
@@ -239,13 +239,105 @@ class Algorithm:
     def server_apply(self, center: np.ndarray, update: np.ndarray, meta: UpdateMeta) -> None:
         """Apply one asynchronous commit to ``center`` in place.
 
-        ``update`` is a received buffer the rule may modify in place during the call (but
-        not keep: the server reuses it for the next commit).
+        ``center`` is the server's *next* center, already holding a copy of the current one:
+        if the rule raises, or leaves a NaN or an infinity, the server discards it and the
+        published center is unchanged. ``update`` is a received buffer the rule may modify
+        in place during the call (but not keep: the server reuses it).
         """
         raise NotImplementedError(f"{type(self).__name__} is not asynchronous")
 
     def server_apply_round(
         self, center: np.ndarray, updates: Sequence[np.ndarray], metas: Sequence[UpdateMeta]
     ) -> None:
-        """Apply one synchronous round (one commit per live worker) to ``center`` in place."""
+        """Apply one synchronous round (one commit per live worker) to ``center`` in place.
+
+        As for :meth:`server_apply`, ``center`` holds a copy that is published only if the
+        rule returns and the result is finite.
+        """
         raise NotImplementedError(f"{type(self).__name__} is not synchronous")
+
+    def server_update(
+        self, out: np.ndarray, center: np.ndarray, update: np.ndarray, meta: UpdateMeta
+    ) -> None:
+        """Out-of-place :meth:`server_apply`: write the next center into ``out``.
+
+        ``center`` is the published center: read it, never write it. The default copies it
+        into ``out`` and calls :meth:`server_apply`; a rule that can compute the result in
+        one pass (``np.add(center, update, out=out)``) overrides this to save that copy. The
+        server uses an override only where it is at least as specific as the class's
+        :meth:`server_apply`, so a subclass that overrides only :meth:`server_apply` is
+        never bypassed.
+        """
+        np.copyto(out, center)
+        self.server_apply(out, update, meta)
+
+    def server_update_round(
+        self,
+        out: np.ndarray,
+        center: np.ndarray,
+        updates: Sequence[np.ndarray],
+        metas: Sequence[UpdateMeta],
+    ) -> None:
+        """Out-of-place :meth:`server_apply_round` (see :meth:`server_update`)."""
+        np.copyto(out, center)
+        self.server_apply_round(out, updates, metas)
+
+    # -- what the server calls -----------------------------------------------------------
+
+    def apply_update(
+        self, out: np.ndarray, center: np.ndarray, update: np.ndarray, meta: UpdateMeta
+    ) -> None:
+        """The server's entry point for an asynchronous commit: the fastest valid form."""
+        if _specific(type(self), "server_update", "server_apply"):
+            self.server_update(out, center, update, meta)
+        else:
+            Algorithm.server_update(self, out, center, update, meta)
+
+    def apply_round(
+        self,
+        out: np.ndarray,
+        center: np.ndarray,
+        updates: Sequence[np.ndarray],
+        metas: Sequence[UpdateMeta],
+    ) -> None:
+        """The server's entry point for a synchronous round: the fastest valid form."""
+        if _specific(type(self), "server_update_round", "server_apply_round"):
+            self.server_update_round(out, center, updates, metas)
+        else:
+            Algorithm.server_update_round(self, out, center, updates, metas)
+
+    @classmethod
+    def check_contract(cls) -> None:
+        """Check that the class can serve as an algorithm; raise AlgorithmError naming it.
+
+        ``synchronous`` must be a bool, and the class must define the server rule of its
+        kind (``server_apply`` or ``server_update`` for asynchronous algorithms, the
+        ``_round`` forms for synchronous ones).
+        """
+        label = f"algorithm {cls.name!r} ({cls.__module__}.{cls.__qualname__})"
+        if not isinstance(cls.synchronous, bool):
+            raise AlgorithmError(f"{label}: 'synchronous' must be True or False")
+        names = (
+            ("server_apply_round", "server_update_round")
+            if cls.synchronous
+            else ("server_apply", "server_update")
+        )
+        if all(_owner(cls, name) is Algorithm for name in names):
+            kind = "synchronous" if cls.synchronous else "asynchronous"
+            raise AlgorithmError(f"{label} is {kind} but defines neither {' nor '.join(names)}")
+
+
+def _owner(cls: type, name: str) -> type:
+    return next(klass for klass in cls.__mro__ if name in vars(klass))
+
+
+_SPECIFIC: dict[tuple[type, str], bool] = {}
+
+
+def _specific(cls: type, fused: str, in_place: str) -> bool:
+    """Whether ``cls``'s ``fused`` method is defined at or below its ``in_place`` method."""
+    key = (cls, fused)
+    found = _SPECIFIC.get(key)
+    if found is None:
+        found = _SPECIFIC[key] = issubclass(_owner(cls, fused), _owner(cls, in_place))
+    return found

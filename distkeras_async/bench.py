@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from distkeras_async.auth import new_secret
+from distkeras_async.wire.auth import new_secret
 
 # Round trips every client does before the clock starts (connection set-up, page faults).
 _WARMUP = 3
@@ -162,7 +162,7 @@ def _ps_client(
     duration: float,
     results: Any,
 ) -> None:
-    from distkeras_async.client import ParameterServerClient
+    from distkeras_async.worker.client import ParameterServerClient
 
     tls = None if ca_file is None else ssl.create_default_context(cafile=ca_file)
     client = ParameterServerClient("127.0.0.1", port, secret, worker, ssl_context=tls)
@@ -256,7 +256,7 @@ def measure_server(
         tls: ``(certificate, key)`` PEM files for 127.0.0.1 to run over TLS (the
             certificate is also the clients' CA), or None for plain TCP.
     """
-    from distkeras_async.server import ParameterServer
+    from distkeras_async.server.parameter_server import ParameterServer
 
     secret = new_secret()
     context = None

@@ -17,8 +17,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from distkeras_async import auth, registry
+from distkeras_async import registry
 from distkeras_async.errors import AlgorithmError, DistKerasError
+from distkeras_async.wire import auth
 
 
 def _cmd_algorithms(args: argparse.Namespace) -> int:
@@ -125,7 +126,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from distkeras_async.server import ParameterServer
+    from distkeras_async.server.parameter_server import ParameterServer
 
     secret = read_secret(args.secret_file)
     import keras  # after the cheap checks: importing TensorFlow takes seconds

@@ -17,12 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from distkeras_async.errors import DistKerasError
-
-
-class DemoError(DistKerasError):
-    """A problem the demo explains in one line (missing Java, busy port, ...)."""
-
+from distkeras_async.errors import DemoError
 
 MIN_JAVA = 17
 
@@ -138,7 +133,7 @@ def start_spark(cores: int) -> Any:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from pyspark.sql import SparkSession
 
-    from distkeras_async.spark import FAST_BARRIER_CONF
+    from distkeras_async.spark.jobs import FAST_BARRIER_CONF
 
     builder = (
         SparkSession.builder.master(f"local[{cores}]")
@@ -259,7 +254,7 @@ def run_demo(
 ) -> list[Result]:
     """Run the demo: SingleTrainer first as the baseline, then each requested trainer."""
     from distkeras_async.datasets import digits
-    from distkeras_async.spark import warm_up
+    from distkeras_async.spark.jobs import warm_up
 
     check_java()
     if port:

@@ -1,10 +1,33 @@
-"""The exceptions the package raises, in one place so callers can catch them by kind."""
+"""Every exception the package raises, in one place, so callers can catch them by kind.
+
+Errors that cross the wire carry an :class:`ErrorCode`: the server puts it in its ``error``
+frame and the client maps it back to the exception class here (:func:`from_code`), so no
+one has to search a message's text to know what went wrong.
+"""
 
 from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """The machine-readable kind of an ``error`` frame."""
+
+    AUTHENTICATION = "authentication"  # the handshake failed
+    LIMIT = "limit"  # a limit was exceeded (connections, queued requests, a timeout)
+    PROTOCOL = "protocol"  # a frame or message broke the protocol
+    BAD_UPDATE = "bad_update"  # a commit was refused (non-finite, or it would overflow)
+    RULE_FAILED = "rule_failed"  # the algorithm's rule raised: the run failed
+    ROUND_FAILED = "round_failed"  # a synchronous round could not complete: the run failed
+    WORKER_FAILED = "worker_failed"  # a worker reports that it failed
+    INTERNAL = "internal"  # a bug in the server; the connection is closed
 
 
 class DistKerasError(Exception):
     """Base class of every error raised by distkeras-async."""
+
+
+# -- the wire ----------------------------------------------------------------------------
 
 
 class ProtocolError(DistKerasError):
@@ -22,21 +45,83 @@ class LocalProtocolError(ProtocolError):
 class RemoteProtocolError(ProtocolError):
     """The peer sent bytes that are not a valid frame or message."""
 
+    code: ErrorCode = ErrorCode.PROTOCOL
+
+
+class LimitExceededError(RemoteProtocolError):
+    """The peer exceeded a limit (connections, queued requests, a timeout)."""
+
+    code = ErrorCode.LIMIT
+
+
+class BadUpdateError(RemoteProtocolError):
+    """A commit was refused before it touched the center (non-finite, or it would overflow)."""
+
+    code = ErrorCode.BAD_UPDATE
+
 
 class AuthenticationError(DistKerasError):
     """The handshake failed: wrong secret, replayed proof, or an impostor server."""
 
 
-class ServerError(DistKerasError):
-    """The parameter server answered with an ``error`` frame; the message is its reason."""
-
-
-class RoundFailedError(DistKerasError):
-    """A synchronous round could not complete (a worker timed out, died or failed)."""
-
-
 class ConnectionClosedError(DistKerasError):
     """The peer closed the connection before a complete reply arrived."""
+
+
+class ServerError(DistKerasError):
+    """The parameter server answered with an ``error`` frame.
+
+    Attributes:
+        code: the frame's :class:`ErrorCode`.
+    """
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.INTERNAL) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- the run -----------------------------------------------------------------------------
+
+
+class RunFailedError(DistKerasError):
+    """The training run failed on the parameter server; every worker was told."""
+
+    code: ErrorCode = ErrorCode.ROUND_FAILED
+
+
+class RoundFailedError(RunFailedError):
+    """A synchronous round could not complete (a worker timed out, died or failed)."""
+
+    code = ErrorCode.ROUND_FAILED
+
+
+class RuleFailedError(RunFailedError):
+    """The algorithm's rule raised on the parameter server; the message has its traceback."""
+
+    code = ErrorCode.RULE_FAILED
+
+
+class WorkerReportedError(RunFailedError):
+    """A worker of a synchronous run reported its own failure to the server."""
+
+    code = ErrorCode.WORKER_FAILED
+
+
+def from_code(code: ErrorCode, message: str) -> DistKerasError:
+    """The exception a client raises for an ``error`` frame with ``code``."""
+    if code is ErrorCode.AUTHENTICATION:
+        return AuthenticationError(f"the parameter server rejected us: {message}")
+    run_failure = {
+        ErrorCode.RULE_FAILED: RuleFailedError,
+        ErrorCode.ROUND_FAILED: RoundFailedError,
+        ErrorCode.WORKER_FAILED: WorkerReportedError,
+    }.get(code)
+    if run_failure is not None:
+        return run_failure(message)
+    return ServerError(message, code)
+
+
+# -- algorithms --------------------------------------------------------------------------
 
 
 class AlgorithmError(DistKerasError):
@@ -57,3 +142,34 @@ class UnknownAlgorithmError(AlgorithmError, KeyError):
 
 class PluginError(AlgorithmError):
     """An entry-point plugin failed to import or does not define a valid algorithm."""
+
+
+# -- models, data and Spark ----------------------------------------------------------------
+
+
+class CheckpointError(DistKerasError):
+    """A checkpoint cannot be written, read, or does not match the model."""
+
+
+class SerializationError(DistKerasError, ValueError):
+    """A model, optimizer, loss or metric cannot be described for the workers."""
+
+
+class LayoutMismatchError(DistKerasError):
+    """The model rebuilt on a worker does not have the driver model's weight layout."""
+
+
+class ColumnError(ValueError):
+    """A DataFrame column cannot be turned into a numeric array; the message names it."""
+
+
+class InsufficientSlotsError(DistKerasError):
+    """The cluster cannot run every worker of a synchronous algorithm at once."""
+
+
+class WorkerFailedError(DistKerasError):
+    """A worker failed; the message carries its error and traceback."""
+
+
+class DemoError(DistKerasError):
+    """The demo cannot run here (no Java, for instance); the message says what to do."""

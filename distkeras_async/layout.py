@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from distkeras_async.protocol import DTYPES, TensorSpec
+from distkeras_async.wire.schema import DTYPES, TensorSpec
 
 FLAT_DTYPE = np.dtype(np.float32)
 

@@ -55,6 +55,7 @@ def _load(name: str, eps: list[EntryPoint]) -> type[Algorithm]:
         raise PluginError(f"{_origin(ep)} does not name a subclass of distkeras_async.Algorithm")
     if obj.name != name:
         raise PluginError(f"{_origin(ep)} loads a class whose name is {obj.name!r}, not {name!r}")
+    obj.check_contract()
     return obj
 
 
@@ -86,6 +87,7 @@ def register(cls: type[Algorithm], *, replace: bool = False) -> type[Algorithm]:
         raise PluginError(f"{cls!r} is not a subclass of distkeras_async.Algorithm")
     if not cls.name:
         raise PluginError(f"{cls.__name__} must set a non-empty class attribute 'name'")
+    cls.check_contract()
     if not replace and (cls.name in _runtime or cls.name in _entry_points()):
         raise PluginError(f"algorithm name {cls.name!r} is already registered")
     _runtime[cls.name] = cls
@@ -109,8 +111,10 @@ def resolve(algorithm: str | type[Algorithm] | Algorithm, **hyperparameters: obj
                 "hyperparameters cannot be combined with an algorithm instance; "
                 "pass the name or class instead"
             )
+        type(algorithm).check_contract()
         return algorithm
     cls = get(algorithm) if isinstance(algorithm, str) else algorithm
     if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
         raise PluginError(f"{algorithm!r} is not an algorithm name, class or instance")
+    cls.check_contract()
     return cls(**hyperparameters)

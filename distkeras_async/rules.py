@@ -38,10 +38,31 @@ def add_scaled(center: np.ndarray, update: np.ndarray, scale: float) -> None:
     np.add(center, update, out=center)
 
 
+def add_scaled_into(
+    out: np.ndarray, center: np.ndarray, update: np.ndarray, scale: float = 1.0
+) -> None:
+    """``out = center + scale * update`` in one pass over ``out``.
+
+    ``update`` is scaled in place first (the server's received buffer is the rule's).
+    """
+    if scale != 1.0:
+        np.multiply(update, np.float32(scale), out=update)
+    np.add(center, update, out=out)
+
+
 def sum_into(center: np.ndarray, updates: Sequence[np.ndarray]) -> None:
     """``center += sum(updates)`` in place."""
     for update in updates:
         np.add(center, update, out=center)
+
+
+def sum_onto(out: np.ndarray, center: np.ndarray, updates: Sequence[np.ndarray]) -> None:
+    """``out = center + sum(updates)``, with no copy of ``center`` first."""
+    if not updates:
+        np.copyto(out, center)
+        return
+    np.add(center, updates[0], out=out)
+    sum_into(out, updates[1:])
 
 
 def mean_into(center: np.ndarray, updates: Sequence[np.ndarray]) -> None:
@@ -96,6 +117,12 @@ class DeltaAlgorithm(Algorithm):
         """The center adds the committed change."""
         np.add(center, update, out=center)
 
+    def server_update(
+        self, out: np.ndarray, center: np.ndarray, update: np.ndarray, meta: UpdateMeta
+    ) -> None:
+        """``out = center + update`` in one pass."""
+        np.add(center, update, out=out)
+
 
 class ElasticAlgorithm(Algorithm):
     """Elastic averaging (Zhang, Choromanska, LeCun 2015): ``e = alpha * (x - center)``.
@@ -143,11 +170,27 @@ class ElasticAlgorithm(Algorithm):
         """The center moves by the elastic difference: ``center += e``."""
         np.add(center, update, out=center)
 
+    def server_update(
+        self, out: np.ndarray, center: np.ndarray, update: np.ndarray, meta: UpdateMeta
+    ) -> None:
+        """``out = center + e`` in one pass."""
+        np.add(center, update, out=out)
+
     def server_apply_round(
         self, center: np.ndarray, updates: Sequence[np.ndarray], metas: Sequence[UpdateMeta]
     ) -> None:
         """Synchronous form: ``center += sum_i e_i`` (the paper's beta = p * alpha)."""
         sum_into(center, updates)
+
+    def server_update_round(
+        self,
+        out: np.ndarray,
+        center: np.ndarray,
+        updates: Sequence[np.ndarray],
+        metas: Sequence[UpdateMeta],
+    ) -> None:
+        """``out = center + sum_i e_i``, with no copy of the center first."""
+        sum_onto(out, center, updates)
 
 
 class AsyncElasticAlgorithm(ElasticAlgorithm):

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from distkeras_async import ParameterServer, ParameterServerClient, new_secret
-from distkeras_async.protocol import FrameDecoder, Message, encode_bytes
+from distkeras_async.wire.decoder import FrameDecoder
+from distkeras_async.wire.frames import Frame, encode_bytes
 
 
 @pytest.fixture
@@ -68,15 +69,15 @@ class RawPeer:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.decoder = FrameDecoder()
 
-    def send(self, message: Message) -> None:
+    def send(self, message: Frame) -> None:
         self.sock.sendall(encode_bytes(message))
 
     def send_raw(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def receive(self) -> Message | None:
+    def receive(self) -> Frame | None:
         """The next message, or None if the server closed the connection first."""
-        while (message := self.decoder.next_message()) is None:
+        while (message := self.decoder.next_frame()) is None:
             try:
                 data = self.sock.recv(1 << 16)
             except ConnectionResetError:
@@ -126,15 +127,15 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
         time.sleep(0.02)  # ok: polling state another thread or process changes, bounded
 
 
-def handshake(peer: RawPeer, secret: bytes, worker: int = 0, attempt: int = 0) -> Message:
+def handshake(peer: RawPeer, secret: bytes, worker: int = 0, attempt: int = 0) -> Frame:
     """Complete the handshake by hand; returns the welcome."""
-    from distkeras_async import auth
-    from distkeras_async.protocol import Op
+    from distkeras_async.wire import auth
+    from distkeras_async.wire.schema import Op
 
     challenge = peer.receive()
     assert challenge is not None and challenge.op is Op.CHALLENGE
     proof = auth.client_proof(secret, challenge.fields["nonce"], worker, attempt)
-    peer.send(Message(Op.HELLO, worker, attempt, 0, {"proof": proof, "nonce": auth.new_nonce()}))
+    peer.send(Frame(Op.HELLO, worker, attempt, 0, {"proof": proof, "nonce": auth.new_nonce()}))
     welcome = peer.receive()
     assert welcome is not None and welcome.op is Op.WELCOME, welcome
     return welcome

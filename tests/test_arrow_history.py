@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from distkeras_async.arrow import ColumnError, batches_to_numpy, column_to_numpy
-from distkeras_async.history import average_history, flatten_rows
+from distkeras_async.spark.arrow import ColumnError, batches_to_numpy, column_to_numpy
+from distkeras_async.trainers.history import average_history, flatten_rows
 
 
 def test_scalar_and_list_columns_become_dense_float32():

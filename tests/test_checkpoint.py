@@ -9,13 +9,13 @@ import pytest
 from conftest import wait_until
 
 from distkeras_async import ParameterServer, ParameterServerClient
-from distkeras_async.checkpoint import (
+from distkeras_async.layout import Layout
+from distkeras_async.server.checkpoint import (
     Checkpoint,
     CheckpointError,
     load_checkpoint,
     save_checkpoint,
 )
-from distkeras_async.layout import Layout
 
 LAYOUT = Layout.of([np.zeros((2, 3), np.float32), np.zeros(4, np.float32)])
 

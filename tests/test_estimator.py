@@ -12,7 +12,7 @@ from pyspark.ml import Pipeline  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402, N812
 
 from distkeras_async.datasets import digits_mlp  # noqa: E402
-from distkeras_async.estimator import KerasEstimator, KerasModel  # noqa: E402
+from distkeras_async.ml import KerasEstimator, KerasModel  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -16,9 +16,9 @@ import pytest
 pytest.importorskip("keras")
 pytest.importorskip("pyspark")
 
-from distkeras_async.checkpoint import load_checkpoint
 from distkeras_async.datasets import digits_mlp
 from distkeras_async.errors import RoundFailedError
+from distkeras_async.server.checkpoint import load_checkpoint
 from distkeras_async.trainers import DOWNPOUR, EASGD
 from distkeras_async.worker import KerasWorker
 

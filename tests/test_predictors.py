@@ -9,7 +9,7 @@ keras = pytest.importorskip("keras")
 pytest.importorskip("pyspark")
 
 from distkeras_async.datasets import digits_mlp  # noqa: E402
-from distkeras_async.predictors import ModelPredictor  # noqa: E402
+from distkeras_async.spark import ModelPredictor  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

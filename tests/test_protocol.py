@@ -14,24 +14,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from distkeras_async.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
-from distkeras_async.protocol import (
-    _FIELDS,
+from distkeras_async.errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
+from distkeras_async.wire.decoder import FrameDecoder
+from distkeras_async.wire.frames import Frame, FrameHeader, encode, encode_bytes, parse_header
+from distkeras_async.wire.schema import (
     DTYPES,
+    FIELDS,
     MAX_HEADER_BYTES,
     MAX_NDIM,
     MAX_TENSORS,
     PREFIX,
     PROTOCOL_VERSION,
     TENSOR_OPS,
-    FrameDecoder,
-    FrameHeader,
-    Message,
     Op,
     TensorSpec,
-    encode,
-    encode_bytes,
-    parse_header,
 )
 
 # --------------------------------------------------------------------------- helpers
@@ -57,7 +53,7 @@ VALID_FIELDS: dict[Op, dict[str, Any]] = {
     Op.COMMIT: {},
     Op.COMMIT_PULL: {},
     Op.REPORT: {"metrics": {"loss": 0.25, "step": 3, "acc": -1.5}},
-    Op.ERROR: {"message": "something went wrong: é ✓"},
+    Op.ERROR: {"code": "rule_failed", "message": "something went wrong: é ✓"},
     Op.BYE: {},
     Op.CENTER: {"version": 7},
     Op.ACK: {"version": 3, "duplicate": True},
@@ -67,10 +63,10 @@ NON_TENSOR_OPS = [op for op in Op if op not in TENSOR_OPS]
 
 
 def test_valid_fields_table_covers_every_op() -> None:
-    assert set(VALID_FIELDS) == set(Op) == set(_FIELDS)
+    assert set(VALID_FIELDS) == set(Op) == set(FIELDS)
     for op, fields in VALID_FIELDS.items():
-        required = {name for name, (_, req) in _FIELDS[op].items() if req}
-        assert required <= set(fields) <= set(_FIELDS[op])
+        required = {name for name, (_, req) in FIELDS[op].items() if req}
+        assert required <= set(fields) <= set(FIELDS[op])
 
 
 def sample_tensors() -> tuple[np.ndarray, ...]:
@@ -87,17 +83,17 @@ def sample_tensors() -> tuple[np.ndarray, ...]:
     )
 
 
-def make_message(op: Op, **kwargs: Any) -> Message:
+def make_message(op: Op, **kwargs: Any) -> Frame:
     kwargs.setdefault("fields", VALID_FIELDS[op])
     if op in TENSOR_OPS:
         kwargs.setdefault("tensors", sample_tensors())
     kwargs.setdefault("worker", 3)
     kwargs.setdefault("attempt", 1)
     kwargs.setdefault("seq", 42)
-    return Message(op, **kwargs)
+    return Frame(op, **kwargs)
 
 
-def assert_same_message(got: Message | None, want: Message) -> None:
+def assert_same_message(got: Frame | None, want: Frame) -> None:
     assert got is not None
     assert got.op is want.op
     assert (got.worker, got.attempt, got.seq) == (want.worker, want.attempt, want.seq)
@@ -126,15 +122,15 @@ def raw_header(op: Op | str = "pull", **overrides: Any) -> dict[Any, Any]:
     return header
 
 
-def decode_all(data: bytes, decoder: FrameDecoder | None = None) -> list[Message]:
+def decode_all(data: bytes, decoder: FrameDecoder | None = None) -> list[Frame]:
     decoder = decoder or FrameDecoder()
     decoder.receive_data(data)
     return drain(decoder)
 
 
-def drain(decoder: FrameDecoder) -> list[Message]:
+def drain(decoder: FrameDecoder) -> list[Frame]:
     out = []
-    while (message := decoder.next_message()) is not None:
+    while (message := decoder.next_frame()) is not None:
         out.append(message)
     return out
 
@@ -166,7 +162,7 @@ def assert_poisoned(decoder: FrameDecoder) -> None:
         decoder.receive_data(b"\x00")
     with pytest.raises(RemoteProtocolError):
         decoder.get_buffer()
-    assert decoder.next_message() is None
+    assert decoder.next_frame() is None
 
 
 # --------------------------------------------------------------------------- round trips
@@ -183,19 +179,19 @@ class TestRoundTrip:
         decoder = FrameDecoder()
         decoder.receive_data(data)
         assert not decoder.in_frame
-        assert_same_message(decoder.next_message(), message)
-        assert decoder.next_message() is None
+        assert_same_message(decoder.next_frame(), message)
+        assert decoder.next_frame() is None
 
     def test_byte_by_byte(self, op: Op) -> None:
         message = make_message(op)
         data = encode_bytes(message)
         decoder = FrameDecoder()
         for i in range(len(data)):
-            assert decoder.next_message() is None
+            assert decoder.next_frame() is None
             decoder.receive_data(data[i : i + 1])
             assert decoder.in_frame == (i < len(data) - 1)
-        assert_same_message(decoder.next_message(), message)
-        assert decoder.next_message() is None
+        assert_same_message(decoder.next_frame(), message)
+        assert decoder.next_frame() is None
 
     def test_memoryview_and_bytearray_input(self, op: Op) -> None:
         message = make_message(op)
@@ -203,7 +199,7 @@ class TestRoundTrip:
         decoder = FrameDecoder()
         decoder.receive_data(bytearray(data[:5]))
         decoder.receive_data(memoryview(data)[5:])
-        assert_same_message(decoder.next_message(), message)
+        assert_same_message(decoder.next_frame(), message)
 
     @pytest.mark.parametrize("second_op", [Op.PULL, Op.COMMIT, Op.REPORT])
     def test_trailing_second_message(self, op: Op, second_op: Op) -> None:
@@ -213,12 +209,12 @@ class TestRoundTrip:
         for split in (1, 3, 4, 5, len(two) // 2, len(two) - 1):
             decoder = FrameDecoder()
             decoder.receive_data(one + two[:split])
-            assert_same_message(decoder.next_message(), first)
-            assert decoder.next_message() is None
+            assert_same_message(decoder.next_frame(), first)
+            assert decoder.next_frame() is None
             assert decoder.in_frame
             decoder.receive_data(two[split:])
-            assert_same_message(decoder.next_message(), second)
-            assert decoder.next_message() is None
+            assert_same_message(decoder.next_frame(), second)
+            assert decoder.next_frame() is None
         # both complete in a single chunk: both come out, in order
         got = decode_all(one + two + one)
         assert len(got) == 3
@@ -310,7 +306,7 @@ def test_tensor_round_trip(op: Op, case: str) -> None:
     # and in chunks through the buffered API
     decoder = FrameDecoder()
     feed_buffered(decoder, data, random_chunks(len(data), 1, 4096))
-    assert_same_message(decoder.next_message(), message)
+    assert_same_message(decoder.next_frame(), message)
 
 
 def test_decoded_dtypes_are_the_wire_dtypes() -> None:
@@ -329,7 +325,7 @@ def test_decoded_tensors_are_independent_between_messages() -> None:
 
 
 def test_default_ids_are_zero_when_absent() -> None:
-    (got,) = decode_all(frame({"v": 1, "op": "pull"}))
+    (got,) = decode_all(frame({"v": PROTOCOL_VERSION, "op": "pull"}))
     assert (got.op, got.worker, got.attempt, got.seq, dict(got.fields)) == (Op.PULL, 0, 0, 0, {})
     assert got.tensors == ()
 
@@ -416,61 +412,63 @@ def test_non_array_tensor_is_converted() -> None:
     assert got.tensors[0].tolist() == [[1.0, 2.0]]
 
 
-def _header_too_large() -> Message:
+def _header_too_large() -> Frame:
     return make_message(
         Op.WELCOME,
         fields={**VALID_FIELDS[Op.WELCOME], "hyperparameters": {"blob": "x" * MAX_HEADER_BYTES}},
     )
 
 
-BAD_ENCODE: dict[str, Callable[[], Message]] = {
-    "op_not_enum": lambda: Message("pull"),  # type: ignore[arg-type]
-    "bad_field_value": lambda: Message(Op.CHALLENGE, fields={"nonce": b"short"}),
-    "nonce_as_str": lambda: Message(Op.CHALLENGE, fields={"nonce": "x" * 32}),
-    "missing_field": lambda: Message(Op.HELLO, fields={"proof": PROOF}),
-    "unknown_field": lambda: Message(Op.PULL, fields={"extra": 1}),
-    "unknown_field_on_full_op": lambda: Message(Op.CENTER, fields={"version": 1, "x": 2}),
-    "negative_worker": lambda: Message(Op.PULL, worker=-1),
-    "negative_attempt": lambda: Message(Op.PULL, attempt=-5),
-    "negative_seq": lambda: Message(Op.PULL, seq=-1),
-    "bool_worker": lambda: Message(Op.PULL, worker=True),
-    "float_seq": lambda: Message(Op.PULL, seq=1.0),  # type: ignore[arg-type]
-    "numpy_int_worker": lambda: Message(Op.PULL, worker=np.int64(1)),  # type: ignore[arg-type]
-    "huge_worker": lambda: Message(Op.PULL, worker=2**63),
-    "negative_version_field": lambda: Message(
+BAD_ENCODE: dict[str, Callable[[], Frame]] = {
+    "op_not_enum": lambda: Frame("pull"),  # type: ignore[arg-type]
+    "bad_field_value": lambda: Frame(Op.CHALLENGE, fields={"nonce": b"short"}),
+    "nonce_as_str": lambda: Frame(Op.CHALLENGE, fields={"nonce": "x" * 32}),
+    "missing_field": lambda: Frame(Op.HELLO, fields={"proof": PROOF}),
+    "unknown_field": lambda: Frame(Op.PULL, fields={"extra": 1}),
+    "unknown_field_on_full_op": lambda: Frame(Op.CENTER, fields={"version": 1, "x": 2}),
+    "negative_worker": lambda: Frame(Op.PULL, worker=-1),
+    "negative_attempt": lambda: Frame(Op.PULL, attempt=-5),
+    "negative_seq": lambda: Frame(Op.PULL, seq=-1),
+    "bool_worker": lambda: Frame(Op.PULL, worker=True),
+    "float_seq": lambda: Frame(Op.PULL, seq=1.0),  # type: ignore[arg-type]
+    "numpy_int_worker": lambda: Frame(Op.PULL, worker=np.int64(1)),  # type: ignore[arg-type]
+    "huge_worker": lambda: Frame(Op.PULL, worker=2**63),
+    "negative_version_field": lambda: Frame(
         Op.CENTER, fields={"version": -1}, tensors=(np.ones(1, np.float32),)
     ),
-    "duplicate_not_bool": lambda: Message(Op.ACK, fields={"version": 1, "duplicate": 1}),
-    "nan_metric": lambda: Message(Op.REPORT, fields={"metrics": {"loss": math.nan}}),
+    "duplicate_not_bool": lambda: Frame(Op.ACK, fields={"version": 1, "duplicate": 1}),
+    "nan_metric": lambda: Frame(Op.REPORT, fields={"metrics": {"loss": math.nan}}),
     "inf_timeout": lambda: make_message(
         Op.WELCOME, fields={**VALID_FIELDS[Op.WELCOME], "round_timeout": math.inf}
     ),
-    "long_error_message": lambda: Message(Op.ERROR, fields={"message": "x" * 4097}),
+    "long_error_message": lambda: Frame(
+        Op.ERROR, fields={"code": "internal", "message": "x" * 4097}
+    ),
     "bad_layout": lambda: make_message(
         Op.WELCOME, fields={**VALID_FIELDS[Op.WELCOME], "layout": [["object", [1]]]}
     ),
-    "complex64": lambda: Message(Op.COMMIT, tensors=(np.zeros(3, np.complex64),)),
-    "object_array": lambda: Message(Op.COMMIT, tensors=(np.array([1, "a"], dtype=object),)),
-    "bool_array": lambda: Message(Op.COMMIT, tensors=(np.zeros(3, bool),)),
-    "uint32_array": lambda: Message(Op.COMMIT, tensors=(np.zeros(3, np.uint32),)),
-    "str_array": lambda: Message(Op.COMMIT, tensors=(np.array(["ab"]),)),
-    "big_endian": lambda: Message(Op.COMMIT, tensors=(np.zeros(3, ">f4"),)),
-    "structured": lambda: Message(Op.COMMIT, tensors=(np.zeros(3, "f4,i4"),)),
-    "one_bad_among_good": lambda: Message(
+    "complex64": lambda: Frame(Op.COMMIT, tensors=(np.zeros(3, np.complex64),)),
+    "object_array": lambda: Frame(Op.COMMIT, tensors=(np.array([1, "a"], dtype=object),)),
+    "bool_array": lambda: Frame(Op.COMMIT, tensors=(np.zeros(3, bool),)),
+    "uint32_array": lambda: Frame(Op.COMMIT, tensors=(np.zeros(3, np.uint32),)),
+    "str_array": lambda: Frame(Op.COMMIT, tensors=(np.array(["ab"]),)),
+    "big_endian": lambda: Frame(Op.COMMIT, tensors=(np.zeros(3, ">f4"),)),
+    "structured": lambda: Frame(Op.COMMIT, tensors=(np.zeros(3, "f4,i4"),)),
+    "one_bad_among_good": lambda: Frame(
         Op.COMMIT, tensors=(np.zeros(3, np.float32), np.zeros(2, np.complex128))
     ),
-    "tensors_on_pull": lambda: Message(Op.PULL, tensors=(np.zeros(1, np.float32),)),
-    "no_tensor_on_commit": lambda: Message(Op.COMMIT),
-    "no_tensor_on_center": lambda: Message(Op.CENTER, fields={"version": 1}),
-    "too_many_tensors": lambda: Message(
+    "tensors_on_pull": lambda: Frame(Op.PULL, tensors=(np.zeros(1, np.float32),)),
+    "no_tensor_on_commit": lambda: Frame(Op.COMMIT),
+    "no_tensor_on_center": lambda: Frame(Op.CENTER, fields={"version": 1}),
+    "too_many_tensors": lambda: Frame(
         Op.COMMIT, tensors=tuple(np.zeros(0, np.uint8) for _ in range(MAX_TENSORS + 1))
     ),
     "header_too_large": _header_too_large,
-    "metric_int_beyond_64_bits": lambda: Message(Op.REPORT, fields={"metrics": {"x": 10**30}}),
+    "metric_int_beyond_64_bits": lambda: Frame(Op.REPORT, fields={"metrics": {"x": 10**30}}),
     "setting_int_beyond_64_bits": lambda: make_message(
         Op.WELCOME, fields={**VALID_FIELDS[Op.WELCOME], "hyperparameters": {"x": -(2**70)}}
     ),
-    "surrogate_text": lambda: Message(Op.ERROR, fields={"message": "\ud800"}),
+    "surrogate_text": lambda: Frame(Op.ERROR, fields={"code": "internal", "message": "\ud800"}),
 }
 
 
@@ -485,7 +483,7 @@ def test_encode_rejects_invalid_messages(name: str) -> None:
 
 def test_encode_accepts_exactly_max_tensors() -> None:
     tensors = tuple(np.zeros(0, np.uint8) for _ in range(MAX_TENSORS))
-    message = Message(Op.COMMIT, tensors=tensors)
+    message = Frame(Op.COMMIT, tensors=tensors)
     (got,) = decode_all(encode_bytes(message))
     assert len(got.tensors) == MAX_TENSORS
 
@@ -536,7 +534,7 @@ def test_allocator_receives_payload_in_place(feed: str) -> None:
             decoder.receive_data(data[i : i + 1])
     else:
         feed_buffered(decoder, data, random_chunks(11, 1, 40))
-    got = decoder.next_message()
+    got = decoder.next_frame()
     assert_same_message(got, message)
     assert got is not None
     assert np.shares_memory(got.tensors[0], target)
@@ -565,9 +563,9 @@ def test_allocator_is_called_before_any_payload_byte() -> None:
     assert seen == [(True, 80)]
     assert decoder.pending_header is not None
     assert decoder.pending_header.payload_size == 80
-    assert decoder.next_message() is None
+    assert decoder.next_frame() is None
     decoder.receive_data(data[header_end:])
-    assert_same_message(decoder.next_message(), message)
+    assert_same_message(decoder.next_frame(), message)
     assert decoder.pending_header is None
 
 
@@ -618,14 +616,14 @@ def test_allocator_none_waits_and_stages(arrived: str) -> None:
         decoder.receive_data(data[pos:end])
         pos = end
     assert decoder.waiting_for_buffer
-    assert decoder.next_message() is None
+    assert decoder.next_frame() is None
     assert decoder.pending_header is not None
     decoder.provide_payload_buffer(memoryview(target))
     assert not decoder.waiting_for_buffer
     if arrived != "all":
-        assert decoder.next_message() is None
+        assert decoder.next_frame() is None
         decoder.receive_data(data[cut:])
-    got = decoder.next_message()
+    got = decoder.next_frame()
     assert_same_message(got, message)
     assert got is not None
     assert np.shares_memory(got.tensors[0], target)
@@ -652,7 +650,7 @@ def test_allocator_none_with_buffered_protocol_and_large_payload() -> None:
     feed_buffered(decoder, data, random_chunks(2, 1, 30_000))
     assert decoder.waiting_for_buffer
     decoder.provide_payload_buffer(memoryview(target))
-    got = decoder.next_message()
+    got = decoder.next_frame()
     assert_same_message(got, message)
     assert got is not None
     assert np.shares_memory(got.tensors[0], target)
@@ -700,7 +698,7 @@ def test_allocator_raising_remote_error_poisons() -> None:
     decoder = FrameDecoder(allocate=allocate)
     with pytest.raises(RemoteProtocolError, match="no tensors for you"):
         decoder.receive_data(encode_bytes(make_message(Op.COMMIT)))
-    assert decoder.next_message() is None
+    assert decoder.next_frame() is None
     assert_poisoned(decoder)
 
 
@@ -753,26 +751,27 @@ BAD_FRAMES: dict[str, bytes] = {
     "bin": frame(b"\x00" * 8),
     # unknown op
     "op_unknown": frame(raw_header(op="nope")),
-    "op_missing": frame({"v": 1}),
-    "op_int": frame({"v": 1, "op": 4}),
-    "op_bytes": frame({"v": 1, "op": b"pull"}),
-    "op_list": frame({"v": 1, "op": ["pull"]}),
-    "op_none": frame({"v": 1, "op": None}),
-    "op_upper": frame({"v": 1, "op": "PULL"}),
-    "op_enum_repr": frame({"v": 1, "op": "Op.PULL"}),
+    "op_missing": frame({"v": PROTOCOL_VERSION}),
+    "op_int": frame({"v": PROTOCOL_VERSION, "op": 4}),
+    "op_bytes": frame({"v": PROTOCOL_VERSION, "op": b"pull"}),
+    "op_list": frame({"v": PROTOCOL_VERSION, "op": ["pull"]}),
+    "op_none": frame({"v": PROTOCOL_VERSION, "op": None}),
+    "op_upper": frame({"v": PROTOCOL_VERSION, "op": "PULL"}),
+    "op_enum_repr": frame({"v": PROTOCOL_VERSION, "op": "Op.PULL"}),
     # protocol version
-    "version_2": frame(raw_header(v=2)),
+    "version_next": frame(raw_header(v=PROTOCOL_VERSION + 1)),
+    "version_1": frame(raw_header(v=1)),
     "version_0": frame(raw_header(v=0)),
     "version_negative": frame(raw_header(v=-1)),
-    "version_str": frame(raw_header(v="1")),
+    "version_str": frame(raw_header(v=str(PROTOCOL_VERSION))),
     "version_true": frame(raw_header(v=True)),
-    "version_float": frame(raw_header(v=1.0)),
+    "version_float": frame(raw_header(v=float(PROTOCOL_VERSION))),
     "version_none": frame(raw_header(v=None)),
-    "version_list": frame(raw_header(v=[1])),
+    "version_list": frame(raw_header(v=[PROTOCOL_VERSION])),
     "version_missing": frame({"op": "pull"}),
     # extra header keys
     "extra_key": frame(raw_header(x=1)),
-    "extra_bytes_key": frame({**raw_header(), b"v": 1}),
+    "extra_bytes_key": frame({**raw_header(), b"v": PROTOCOL_VERSION}),
     "extra_key_only_nil": frame(raw_header(z=None)),
     # fields
     "fields_not_map": frame(raw_header(f=[])),
@@ -891,7 +890,7 @@ BAD_FRAMES: dict[str, bytes] = {
     "commit_without_tensor": frame(raw_header("commit")),
     "commit_pull_without_tensor": frame(raw_header("commit_pull")),
     "center_without_tensor": frame(raw_header("center")),
-    "commit_t_missing": frame({"v": 1, "op": "commit"}),
+    "commit_t_missing": frame({"v": PROTOCOL_VERSION, "op": "commit"}),
     # framing
     "zero_header_length": b"\x00\x00\x00\x00",
     "zero_header_length_then_more": b"\x00\x00\x00\x00" + frame(raw_header()),
@@ -921,7 +920,7 @@ def test_bad_input_raises_remote_error_and_poisons(name: str) -> None:
     decoder = FrameDecoder()
     with pytest.raises(RemoteProtocolError):
         decoder.receive_data(data)
-    assert decoder.next_message() is None
+    assert decoder.next_frame() is None
     assert_poisoned(decoder)
 
 
@@ -933,7 +932,7 @@ def test_bad_input_after_a_good_message(name: str) -> None:
     with pytest.raises(RemoteProtocolError):
         feed_buffered(decoder, data, random_chunks(len(data), 1, 64))
     # the message before the bad frame was complete and is still delivered
-    assert_same_message(decoder.next_message(), good)
+    assert_same_message(decoder.next_frame(), good)
     assert_poisoned(decoder)
 
 
@@ -973,7 +972,7 @@ def test_header_length_limit_is_configurable() -> None:
 
 
 def test_header_of_exactly_the_limit_is_accepted() -> None:
-    def welcome(n: int) -> Message:
+    def welcome(n: int) -> Frame:
         fields = {**VALID_FIELDS[Op.WELCOME], "hyperparameters": {"blob": "x" * n}}
         return make_message(Op.WELCOME, fields=fields)
 
@@ -1039,11 +1038,11 @@ def test_truncated_frame_yields_nothing(op: Op) -> None:
     for cut in range(len(data)):
         decoder = FrameDecoder()
         decoder.receive_data(data[:cut])
-        assert decoder.next_message() is None
+        assert decoder.next_frame() is None
         assert decoder.in_frame == (cut > 0)
         # ... and the rest completes it
         decoder.receive_data(data[cut:])
-        assert decoder.next_message() is not None
+        assert decoder.next_frame() is not None
 
 
 def test_errors_are_protocol_errors() -> None:
@@ -1070,7 +1069,7 @@ def test_large_zero_size_shape_within_numpy_limits_is_accepted() -> None:
 # --------------------------------------------------------------------------- fuzzing
 
 
-def feed_fuzz(data: bytes, chunk: int, buffered: bool) -> list[Message]:
+def feed_fuzz(data: bytes, chunk: int, buffered: bool) -> list[Frame]:
     """Feed hostile bytes; only messages or RemoteProtocolError may come out."""
     decoder = FrameDecoder(max_payload_bytes=1 << 20)
     try:
@@ -1169,7 +1168,7 @@ def valid_commit_frames(draw: st.DrawFn) -> bytes:
         )
     )
     op = draw(st.sampled_from(sorted(TENSOR_OPS)))
-    return encode_bytes(Message(op, 1, 2, 3, VALID_FIELDS[op], tuple(tensors))) + encode_bytes(
+    return encode_bytes(Frame(op, 1, 2, 3, VALID_FIELDS[op], tuple(tensors))) + encode_bytes(
         make_message(Op.ACK)
     )
 
@@ -1220,7 +1219,7 @@ def test_fuzz_truncated_frames(data: bytes, cut: int) -> None:
     cut = min(cut % len(data), first_len - 1)  # stops inside the first frame's header
     decoder = FrameDecoder()
     decoder.receive_data(data[:cut])
-    assert decoder.next_message() is None
+    assert decoder.next_frame() is None
 
 
 # strategies for valid fields, op by op
@@ -1258,7 +1257,9 @@ FIELD_STRATEGIES: dict[Op, st.SearchStrategy[dict[str, Any]]] = {
     Op.REPORT: st.fixed_dictionaries(
         {"metrics": st.dictionaries(st.text(max_size=20), numbers, max_size=5)}
     ),
-    Op.ERROR: st.fixed_dictionaries({"message": texts}),
+    Op.ERROR: st.fixed_dictionaries(
+        {"code": st.sampled_from([str(c) for c in ErrorCode]), "message": texts}
+    ),
     Op.BYE: st.just({}),
     Op.CENTER: st.fixed_dictionaries({"version": ids}),
     Op.ACK: st.fixed_dictionaries({"version": ids}, optional={"duplicate": st.booleans()}),
@@ -1271,12 +1272,12 @@ tensor_arrays = hnp.arrays(
 
 
 @st.composite
-def valid_messages(draw: st.DrawFn) -> Message:
+def valid_messages(draw: st.DrawFn) -> Frame:
     op = draw(st.sampled_from(list(Op)))
     tensors: tuple[np.ndarray, ...] = ()
     if op in TENSOR_OPS:
         tensors = tuple(draw(st.lists(tensor_arrays, min_size=1, max_size=4)))
-    return Message(op, draw(ids), draw(ids), draw(ids), draw(FIELD_STRATEGIES[op]), tensors)
+    return Frame(op, draw(ids), draw(ids), draw(ids), draw(FIELD_STRATEGIES[op]), tensors)
 
 
 @pytest.mark.timeout(60)
@@ -1286,9 +1287,7 @@ def valid_messages(draw: st.DrawFn) -> Message:
     chunk=st.integers(1, 500),
     buffered=st.booleans(),
 )
-def test_fuzz_valid_messages_round_trip(
-    messages: list[Message], chunk: int, buffered: bool
-) -> None:
+def test_fuzz_valid_messages_round_trip(messages: list[Frame], chunk: int, buffered: bool) -> None:
     data = b"".join(encode_bytes(m) for m in messages)
     decoder = FrameDecoder()
     if buffered:
@@ -1326,7 +1325,7 @@ def test_get_buffer_again_without_an_update_while_waiting() -> None:
         target = np.empty_like(update)
         decoder.provide_payload_buffer(memoryview(target))
         decoder.receive_data(data[1500:])
-        got = decoder.next_message()
+        got = decoder.next_frame()
         assert got is not None
         assert_same_message(got, message)
         np.testing.assert_array_equal(target, update)

@@ -21,9 +21,12 @@ from conftest import handshake, make_tls_contexts, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from distkeras_async import ParameterServer, ParameterServerClient, auth
+from distkeras_async import ParameterServer, ParameterServerClient
 from distkeras_async.errors import ProtocolError
-from distkeras_async.protocol import FrameDecoder, Message, Op, encode_bytes
+from distkeras_async.wire import auth
+from distkeras_async.wire.decoder import FrameDecoder
+from distkeras_async.wire.frames import Frame, encode_bytes
+from distkeras_async.wire.schema import Op
 
 pytestmark = pytest.mark.stress
 
@@ -45,13 +48,13 @@ class FuzzPeer:
 
     def send(
         self, data: bytes, authenticate: bool, worker: int = 0, attempt: int = 0
-    ) -> Message | str:
+    ) -> Frame | str:
         self.connections += 1
         with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
             decoder = FrameDecoder()
 
-            def receive() -> Message | str:
-                while (message := decoder.next_message()) is None:
+            def receive() -> Frame | str:
+                while (message := decoder.next_frame()) is None:
                     try:
                         chunk = sock.recv(65536)
                     except ConnectionResetError:
@@ -62,15 +65,15 @@ class FuzzPeer:
                 return message
 
             challenge = receive()
-            assert isinstance(challenge, Message) and challenge.op is Op.CHALLENGE
+            assert isinstance(challenge, Frame) and challenge.op is Op.CHALLENGE
             if authenticate:
                 proof = auth.client_proof(self.secret, challenge.fields["nonce"], worker, attempt)
-                hello = Message(
+                hello = Frame(
                     Op.HELLO, worker, attempt, 0, {"proof": proof, "nonce": auth.new_nonce()}
                 )
                 sock.sendall(encode_bytes(hello))
                 welcome = receive()
-                assert isinstance(welcome, Message) and welcome.op is Op.WELCOME
+                assert isinstance(welcome, Frame) and welcome.op is Op.WELCOME
             try:
                 sock.sendall(data)
                 sock.shutdown(socket.SHUT_WR)  # no more bytes: the server must decide now
@@ -86,7 +89,7 @@ class FuzzPeer:
 
 def valid_commit(worker: int, attempt: int, rng: np.random.Generator) -> bytes:
     update = rng.integers(-8, 8, N).astype(np.float32)  # exact in float32: sums are exact
-    return encode_bytes(Message(Op.COMMIT, worker, attempt, 1, tensors=(update,)))
+    return encode_bytes(Frame(Op.COMMIT, worker, attempt, 1, tensors=(update,)))
 
 
 def mutate(frame: bytes, rng: np.random.Generator) -> bytes:
@@ -148,13 +151,15 @@ def test_fuzzing_a_live_server_changes_nothing_but_valid_commits(fuzz_server, se
             decoder = FrameDecoder(max_payload_bytes=N * 4)
             with contextlib.suppress(ProtocolError):
                 decoder.receive_data(data)
-            message = decoder.next_message()
+            message = decoder.next_frame()
             assert message is not None and message.op is Op.COMMIT and authenticate
             (tensor,) = message.tensors
             assert tensor.dtype == np.float32 and tensor.shape == (N,)
             assert np.isfinite(tensor).all()
-            with np.errstate(over="ignore", invalid="ignore"):
-                expected += tensor  # mutated exponents make huge, finite, valid updates
+            # Mutated exponents make huge, finite updates; the server refuses any whose sum
+            # would overflow, so the sum of the accepted ones never does (this would raise).
+            with np.errstate(over="raise", invalid="raise"):
+                expected = expected + tensor
             accepted += 1
         else:
             assert fuzz_server.version == version
@@ -193,7 +198,7 @@ def test_another_runs_secret_cannot_pull_commit_or_learn_the_layout(make_server,
     challenge = peer.receive()
     other = auth.new_secret()
     proof = auth.client_proof(other, challenge.fields["nonce"], 0, 0)
-    peer.send(Message(Op.HELLO, 0, 0, 0, {"proof": proof, "nonce": auth.new_nonce()}))
+    peer.send(Frame(Op.HELLO, 0, 0, 0, {"proof": proof, "nonce": auth.new_nonce()}))
     reply = peer.receive()
     assert reply.op is Op.ERROR and "layout" not in reply.fields["message"]
     assert peer.closed_by_server()
@@ -201,7 +206,7 @@ def test_another_runs_secret_cannot_pull_commit_or_learn_the_layout(make_server,
         peer2 = raw_peer(server.port)
         peer2.receive()
         fields = {"metrics": {"loss": 1.0}} if op is Op.REPORT else {}
-        peer2.send(Message(op, fields=fields))
+        peer2.send(Frame(op, fields=fields))
         assert peer2.receive().op is Op.ERROR
     assert server.version == 0
 
@@ -294,7 +299,7 @@ def test_a_peer_that_stops_reading_is_dropped_and_blocks_nobody(
     handshake(stuck, secret, worker=0)
     stuck.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     for seq in range(1, 6):  # pipelined pulls it never reads
-        stuck.send(Message(Op.PULL, 0, 0, seq))
+        stuck.send(Frame(Op.PULL, 0, 0, seq))
     worker = connect(server, worker=1, timeout=30)
     began = time.monotonic()
     for _ in range(3):
@@ -302,7 +307,7 @@ def test_a_peer_that_stops_reading_is_dropped_and_blocks_nobody(
     np.testing.assert_array_equal(worker.pull()[:3], 3.0)
     assert time.monotonic() - began < 10
     wait_until(lambda: server.stats().connections == 1)  # the stuck peer was dropped
-    assert server.stats().center_buffers <= 2
+    assert server.stats().center_buffers <= 3
 
 
 # --------------------------------------------------------------------------- faults
@@ -314,7 +319,7 @@ def test_connection_closed_mid_commit_changes_nothing_and_the_retry_applies_once
     server = make_server()
     peer = raw_peer(server.port)
     handshake(peer, secret, worker=0)
-    frame = encode_bytes(Message(Op.COMMIT, 0, 0, 1, tensors=(np.ones(10, np.float32),)))
+    frame = encode_bytes(Frame(Op.COMMIT, 0, 0, 1, tensors=(np.ones(10, np.float32),)))
     peer.send_raw(frame[: len(frame) - 20])  # half of the payload, then the task dies
     peer.close()
     wait_until(lambda: server.stats().connections == 0)
@@ -365,7 +370,7 @@ def test_many_clients_lose_and_duplicate_nothing(make_server, secret, algorithm)
     stats = server.stats()
     assert stats.commits == clients * commits == stats.version
     assert sum(w.duplicates for w in stats.workers.values()) == 0
-    assert stats.receive_buffers == 1 and stats.center_buffers <= 2
+    assert stats.receive_buffers == 1 and stats.center_buffers <= 3
 
 
 def test_a_flood_of_pipelined_requests_is_cut_off(make_server, raw_peer, secret):
@@ -373,7 +378,7 @@ def test_a_flood_of_pipelined_requests_is_cut_off(make_server, raw_peer, secret)
     server = make_server(weights=[np.zeros(4_000_000, np.float32)])
     peer = raw_peer(server.port, timeout=30)
     handshake(peer, secret)
-    peer.send_raw(b"".join(encode_bytes(Message(Op.PULL, 0, 0, s)) for s in range(1, 201)))
+    peer.send_raw(b"".join(encode_bytes(Frame(Op.PULL, 0, 0, s)) for s in range(1, 201)))
     replies = []
     while (reply := peer.receive()) is not None:
         replies.append(reply)

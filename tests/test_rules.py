@@ -25,8 +25,8 @@ from distkeras_async.algorithms.dynsgd import DynSGD
 from distkeras_async.algorithms.eamsgd import AsynchronousEAMSGD
 from distkeras_async.algorithms.easgd import EASGD
 from distkeras_async.errors import HyperparameterError
-from distkeras_async.loop import StepRecord, run_worker
 from distkeras_async.rules import add_scaled, mean_into, staleness_scale, sum_into
+from distkeras_async.worker.exchange import StepRecord, run_worker
 
 
 def f32(*values: float) -> np.ndarray:

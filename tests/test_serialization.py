@@ -9,7 +9,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from distkeras_async.serialization import (  # noqa: E402
+from distkeras_async.worker.serialization import (  # noqa: E402
     ModelSpec,
     SerializationError,
     build_model,

@@ -21,9 +21,11 @@ from distkeras_async import (
     RoundFailedError,
     ServerError,
     UnknownAlgorithmError,
-    auth,
+    WorkerReportedError,
 )
-from distkeras_async.protocol import Message, Op, encode_bytes
+from distkeras_async.wire import auth
+from distkeras_async.wire.frames import Frame, encode_bytes
+from distkeras_async.wire.schema import Op
 
 N = 10  # parameters of the default test model: (2, 3) + (4,)
 
@@ -129,7 +131,7 @@ def test_tensors_before_handshake_are_refused_before_allocation(make_server, raw
     server = make_server()
     peer = raw_peer(server.port)
     assert peer.receive().op is Op.CHALLENGE
-    peer.send(Message(Op.COMMIT, tensors=(ones(),)))
+    peer.send(Frame(Op.COMMIT, tensors=(ones(),)))
     reply = peer.receive()
     assert reply is not None and reply.op is Op.ERROR
     assert "handshake" in reply.fields["message"]
@@ -145,11 +147,11 @@ def test_replayed_proof_from_another_connection_fails(make_server, raw_peer, sec
     proof = auth.client_proof(secret, challenge.fields["nonce"], 0, 0)
     second = raw_peer(server.port)
     second.receive()
-    second.send(Message(Op.HELLO, 0, 0, 0, {"proof": proof, "nonce": auth.new_nonce()}))
+    second.send(Frame(Op.HELLO, 0, 0, 0, {"proof": proof, "nonce": auth.new_nonce()}))
     reply = second.receive()
     assert reply.op is Op.ERROR and reply.fields["message"] == "authentication failed"
     # The proof is bound to the worker id too: relabelling it fails on its own connection.
-    first.send(Message(Op.HELLO, 1, 0, 0, {"proof": proof, "nonce": auth.new_nonce()}))
+    first.send(Frame(Op.HELLO, 1, 0, 0, {"proof": proof, "nonce": auth.new_nonce()}))
     assert first.receive().op is Op.ERROR
 
 
@@ -160,12 +162,12 @@ def test_client_rejects_an_impostor_server(secret):
     def impostor() -> None:
         conn, _ = listener.accept()
         with conn:
-            conn.sendall(encode_bytes(Message(Op.CHALLENGE, fields={"nonce": auth.new_nonce()})))
+            conn.sendall(encode_bytes(Frame(Op.CHALLENGE, fields={"nonce": auth.new_nonce()})))
             with contextlib.suppress(OSError):
                 conn.recv(4096)
             conn.sendall(
                 encode_bytes(
-                    Message(
+                    Frame(
                         Op.WELCOME,
                         fields={
                             "proof": bytes(32),
@@ -210,7 +212,7 @@ def test_layout_mismatch_is_rejected_and_center_untouched(
     server = make_server()
     peer = raw_peer(server.port)
     handshake(peer, secret)
-    peer.send(Message(Op.COMMIT, 0, 0, 1, tensors=(ones(n=size),)))
+    peer.send(Frame(Op.COMMIT, 0, 0, 1, tensors=(ones(n=size),)))
     reply = peer.receive()
     assert reply.op is Op.ERROR and reason in reply.fields["message"]
     assert peer.closed_by_server()
@@ -222,7 +224,7 @@ def test_wrong_dtype_is_rejected(make_server, raw_peer, secret):
     server = make_server()
     peer = raw_peer(server.port)
     handshake(peer, secret)
-    peer.send(Message(Op.COMMIT, 0, 0, 1, tensors=(np.ones(N, np.float64),)))
+    peer.send(Frame(Op.COMMIT, 0, 0, 1, tensors=(np.ones(N, np.float64),)))
     assert peer.receive().op is Op.ERROR
     assert server.version == 0
 
@@ -250,7 +252,7 @@ def test_unexpected_op_closes_the_connection(make_server, raw_peer, secret):
     server = make_server()
     peer = raw_peer(server.port)
     handshake(peer, secret)
-    peer.send(Message(Op.CENTER, 0, 0, 1, {"version": 0}, tensors=(ones(),)))
+    peer.send(Frame(Op.CENTER, 0, 0, 1, {"version": 0}, tensors=(ones(),)))
     reply = peer.receive()
     assert reply.op is Op.ERROR
     assert server.version == 0
@@ -277,7 +279,7 @@ def test_resent_commit_is_applied_once(make_server, raw_peer, secret):
     server = make_server()
     peer = raw_peer(server.port)
     handshake(peer, secret)
-    frame = Message(Op.COMMIT, 0, 0, 7, tensors=(ones(),))
+    frame = Frame(Op.COMMIT, 0, 0, 7, tensors=(ones(),))
     peer.send(frame)
     first = peer.receive()
     peer.send(frame)
@@ -372,13 +374,13 @@ def test_round_timeout_fails_every_worker_and_the_driver(make_server, connect):
     server = make_server(algorithm="averaging", num_workers=2, round_timeout=0.5)
     a = connect(server, 0)
     began = time.monotonic()
-    with pytest.raises(ServerError, match=r"timed out.*\[1\] did not commit"):
+    with pytest.raises(RoundFailedError, match=r"timed out.*\[1\] did not commit"):
         a.commit_pull(ones())
     assert time.monotonic() - began < 10
     with pytest.raises(RoundFailedError, match="timed out"):
         server.raise_for_failure()
-    # A failed run refuses everything afterwards, with the same reason.
-    with pytest.raises(ServerError, match="timed out"):
+    # A failed run refuses everything afterwards, with the same reason and code.
+    with pytest.raises(RoundFailedError, match="timed out"):
         connect(server, 1)
     np.testing.assert_array_equal(server.center_flat, np.zeros(N))
 
@@ -394,7 +396,7 @@ def test_worker_dying_mid_round_fails_the_round(make_server, connect, raw_peer, 
         peer.close()
 
     result = _in_threads([lambda: a.commit_pull(ones(0.1)), die_once_worker_0_waits])
-    assert isinstance(result[0], ServerError)
+    assert isinstance(result[0], RoundFailedError)
     assert "worker 1 disconnected" in str(result[0])
     assert server.failure is not None
 
@@ -403,7 +405,7 @@ def test_worker_reported_error_fails_a_synchronous_run(make_server, connect):
     server = make_server(algorithm="averaging", num_workers=2)
     a, b = connect(server, 0), connect(server, 1)
     b.report_error("ValueError: bad batch")
-    with pytest.raises(ServerError, match="bad batch"):
+    with pytest.raises(WorkerReportedError, match="bad batch"):
         a.commit_pull(ones())
 
 
@@ -411,8 +413,8 @@ def test_committing_twice_in_one_round_is_an_error(make_server, raw_peer, secret
     server = make_server(algorithm="averaging", num_workers=2)
     peer = raw_peer(server.port)
     handshake(peer, secret, worker=0)
-    peer.send(Message(Op.COMMIT, 0, 0, 1, tensors=(ones(),)))
-    peer.send(Message(Op.COMMIT, 0, 0, 2, tensors=(ones(),)))
+    peer.send(Frame(Op.COMMIT, 0, 0, 1, tensors=(ones(),)))
+    peer.send(Frame(Op.COMMIT, 0, 0, 2, tensors=(ones(),)))
     b = connect(server, 1)
     results = _in_threads([lambda: b.commit_pull(ones(3.0))])
     np.testing.assert_array_equal(results[0], ones(2.0))
@@ -455,7 +457,7 @@ def test_slow_frame_times_out(make_server, raw_peer, secret):
     server = make_server(frame_timeout=0.5)
     peer = raw_peer(server.port)
     handshake(peer, secret)
-    frame = encode_bytes(Message(Op.COMMIT, 0, 0, 1, tensors=(ones(),)))
+    frame = encode_bytes(Frame(Op.COMMIT, 0, 0, 1, tensors=(ones(),)))
     peer.send_raw(frame[:10])  # and never the rest
     reply = peer.receive()
     assert reply.op is Op.ERROR and "not completed" in reply.fields["message"]
@@ -495,7 +497,7 @@ def test_a_center_being_sent_is_never_modified(make_server, connect, raw_peer, s
     slow = raw_peer(server.port, timeout=30)
     handshake(slow, secret, worker=0)
     slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-    slow.send(Message(Op.PULL, 0, 0, 1))
+    slow.send(Frame(Op.PULL, 0, 0, 1))
     fast = connect(server, worker=1)
     for _ in range(3):
         fast.commit(np.ones(n, np.float32))
@@ -503,7 +505,8 @@ def test_a_center_being_sent_is_never_modified(make_server, connect, raw_peer, s
     assert center.op is Op.CENTER and center.fields["version"] == 0
     assert not center.tensors[0].any()  # all zeros: not a torn mix of versions
     np.testing.assert_array_equal(fast.pull()[:5], [3.0] * 5)
-    assert server.stats().center_buffers == 2
+    # The slow reader's version stays in its own buffer while two others alternate.
+    assert server.stats().center_buffers == 3
 
 
 def test_a_new_client_of_the_same_worker_and_attempt_is_not_mistaken_for_resends(
@@ -524,7 +527,7 @@ def test_resent_commit_pull_is_flagged_and_applied_once(make_server, raw_peer, s
     server = make_server()
     peer = raw_peer(server.port)
     handshake(peer, secret)
-    frame = Message(Op.COMMIT_PULL, 0, 0, 3, tensors=(ones(),))
+    frame = Frame(Op.COMMIT_PULL, 0, 0, 3, tensors=(ones(),))
     peer.send(frame)
     first = peer.receive()
     peer.send(frame)
@@ -541,7 +544,7 @@ def test_client_rejects_tensors_before_the_welcome(secret):
     def rogue() -> None:
         conn, _ = listener.accept()
         with conn:
-            conn.sendall(encode_bytes(Message(Op.CENTER, fields={"version": 0}, tensors=(ones(),))))
+            conn.sendall(encode_bytes(Frame(Op.CENTER, fields={"version": 0}, tensors=(ones(),))))
             with contextlib.suppress(OSError):
                 conn.recv(4096)
 

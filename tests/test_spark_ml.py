@@ -25,8 +25,7 @@ from pyspark.ml.feature import StandardScaler, StringIndexer, VectorAssembler  #
 from pyspark.ml.linalg import Vectors, VectorUDT  # noqa: E402
 from pyspark.sql import types as T  # noqa: E402, N812
 
-from distkeras_async.estimator import KerasEstimator  # noqa: E402
-from distkeras_async.transformers import ArgmaxTransformer  # noqa: E402
+from distkeras_async.ml import ArgmaxTransformer, KerasEstimator  # noqa: E402
 
 CULTIVARS = ("barolo", "grignolino", "barbera")
 

@@ -230,7 +230,7 @@ class ServerSpy:
     """Records the ParameterServers a trainer starts (they stay real)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        from distkeras_async import training
+        from distkeras_async.trainers import base as training
 
         self.servers: list[Any] = []
         original = training.ParameterServer

@@ -6,7 +6,7 @@ asynchronous) and returns a :class:`KerasModel`, whose ``transform`` predicts ba
 executors (:class:`~distkeras_async.predictors.ModelPredictor`). Both are ordinary Spark ML
 stages: Params with defaults and docs, ``copy``, ``explainParams``, ``ParamGridBuilder``, and
 ``save``/``load`` on their own or inside a saved ``Pipeline``, with the Keras model stored in
-Keras' ``.keras`` format (see :mod:`distkeras_async.ml_io`).
+Keras' ``.keras`` format (see :mod:`distkeras_async.ml.io`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from pyspark.ml.param.shared import HasFeaturesCol, HasPredictionCol
 from pyspark.sql import DataFrame
 
 from distkeras_async import registry
-from distkeras_async.ml_io import KerasParamsReadable, KerasParamsWritable
-from distkeras_async.ml_params import HasKerasModel, KerasEstimatorParams, set_keywords
-from distkeras_async.stats import ServerStats
+from distkeras_async.ml.io import KerasParamsReadable, KerasParamsWritable
+from distkeras_async.ml.params import HasKerasModel, KerasEstimatorParams, set_keywords
+from distkeras_async.server.stats import ServerStats
 
 
 class KerasEstimator(
@@ -146,7 +146,7 @@ class KerasEstimator(
         return self._set(predictionCol=value)
 
     def _fit(self, dataset: DataFrame) -> KerasModel:
-        from distkeras_async.training import DistributedTrainer
+        from distkeras_async.trainers.base import DistributedTrainer
 
         for required in ("model", "loss"):
             if not self.isDefined(required):
@@ -240,7 +240,7 @@ class KerasModel(
         return self.getModel()
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
-        from distkeras_async.predictors import ModelPredictor
+        from distkeras_async.spark.predictor import ModelPredictor
 
         if not self.isDefined(self.model):
             raise ValueError("KerasModel has no Keras model (the 'model' Param)")

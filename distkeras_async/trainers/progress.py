@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from distkeras_async.server import ParameterServer
+from distkeras_async.server.parameter_server import ParameterServer
 
 # Refreshing twice a second keeps the bar lively and costs one stats snapshot per refresh.
 REFRESH_SECONDS = 0.5

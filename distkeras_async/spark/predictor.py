@@ -19,8 +19,8 @@ from pyspark.sql import functions as F  # noqa: N812 - Spark's own convention
 from pyspark.sql import types as T  # noqa: N812
 
 from distkeras_async.layout import Layout
-from distkeras_async.serialization import expand_custom_objects
-from distkeras_async.spark import float_column
+from distkeras_async.spark.jobs import float_column
+from distkeras_async.worker.serialization import expand_custom_objects
 
 _FEATURES = "__distkeras_features"
 _OUTPUT = "__distkeras_prediction"
@@ -117,8 +117,8 @@ def _predict_task(
         import keras
         import numpy as np
 
-        from distkeras_async.arrow import column_to_numpy
         from distkeras_async.layout import Layout
+        from distkeras_async.spark.arrow import column_to_numpy
 
         with keras.saving.custom_object_scope(dict(custom_objects)):
             model = keras.saving.deserialize_keras_object(json.loads(config))

@@ -18,12 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from distkeras_async.errors import DistKerasError
+from distkeras_async.errors import CheckpointError
 from distkeras_async.layout import FLAT_DTYPE, Layout
-
-
-class CheckpointError(DistKerasError):
-    """A checkpoint is missing, unreadable, or does not fit this model."""
 
 
 @dataclass(frozen=True)

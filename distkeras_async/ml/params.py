@@ -17,7 +17,7 @@ from pyspark.ml.param.shared import HasFeaturesCol, HasLabelCol, HasPredictionCo
 
 from distkeras_async import registry
 from distkeras_async.errors import DistKerasError
-from distkeras_async.serialization import (
+from distkeras_async.worker.serialization import (
     serialize_config,
     serialize_optimizer,
 )

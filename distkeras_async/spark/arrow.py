@@ -14,9 +14,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 
-
-class ColumnError(ValueError):
-    """A column cannot become a dense numeric array (ragged lists, nulls, strings...)."""
+from distkeras_async.errors import ColumnError
 
 
 def _list_to_numpy(array: pa.Array, name: str, dtype: np.dtype) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 :class:`DistributedTrainer` starts a parameter server on the driver, runs one worker per
 partition through Spark, and returns a new trained Keras model. The named trainers of the
-classic API (:mod:`distkeras_async.trainers`) are thin subclasses of
+classic API (:mod:`distkeras_async.trainers.classic`) are thin subclasses of
 :class:`SynchronizedDistributedTrainer` and :class:`AsynchronousDistributedTrainer`.
 """
 
@@ -19,17 +19,17 @@ from typing import Any
 
 from distkeras_async import registry
 from distkeras_async.algorithm import Algorithm
-from distkeras_async.auth import check_secret, new_secret
-from distkeras_async.errors import AlgorithmError, RoundFailedError
-from distkeras_async.history import average_history, flatten_rows
-from distkeras_async.serialization import (
+from distkeras_async.errors import AlgorithmError, WorkerFailedError
+from distkeras_async.server.parameter_server import ParameterServer
+from distkeras_async.server.stats import ServerStats
+from distkeras_async.trainers.history import average_history, flatten_rows
+from distkeras_async.wire.auth import check_secret, new_secret
+from distkeras_async.worker.serialization import (
     ModelSpec,
     build_model,
     describe_model,
     expand_custom_objects,
 )
-from distkeras_async.server import ParameterServer
-from distkeras_async.stats import ServerStats
 
 logger = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ class DistributedTrainer(Trainer):
             raise ValueError(f"snapshot_interval must be positive, got {snapshot_interval!r}")
         self.snapshot_interval = snapshot_interval
         if worker_class is not None:
-            from distkeras_async.worker import KerasWorker
+            from distkeras_async.worker.keras_worker import KerasWorker
 
             if not (isinstance(worker_class, type) and issubclass(worker_class, KerasWorker)):
                 raise TypeError(f"worker_class must subclass KerasWorker, got {worker_class!r}")
@@ -311,12 +311,13 @@ class DistributedTrainer(Trainer):
         Raises:
             WorkerFailedError: if a worker failed (with its traceback).
             RoundFailedError: if a synchronous round failed (timeout, dead worker).
+            RuleFailedError: if the algorithm's server rule raised (with its traceback).
             InsufficientSlotsError: if a synchronous run cannot schedule every worker.
             OSError: if ``master_port`` is busy.
         """
-        from distkeras_async import spark as sparkglue
-        from distkeras_async.progress import ProgressBar, attached_to_terminal
-        from distkeras_async.worker import WorkerPlan
+        from distkeras_async.spark import jobs as sparkglue
+        from distkeras_async.trainers.progress import ProgressBar, attached_to_terminal
+        from distkeras_async.worker.keras_worker import WorkerPlan
 
         session = dataframe.sparkSession
         began = time.time()
@@ -375,9 +376,12 @@ class DistributedTrainer(Trainer):
                     rows = sparkglue.run_workers(
                         session, df, plan, self.num_workers, barrier=self._synchronous_algorithm
                     )
-                except sparkglue.WorkerFailedError as exc:
-                    if server.failure is not None:
-                        raise RoundFailedError(f"{server.failure}\n{exc}") from exc
+                except WorkerFailedError as exc:
+                    # The server's failure (a rule that raised, a failed round) is the cause;
+                    # the worker's traceback says where it surfaced.
+                    error = server.failure_error(detail=str(exc))
+                    if error is not None:
+                        raise error from exc
                     raise
             server.raise_for_failure()
             if self.checkpoint_path is not None:

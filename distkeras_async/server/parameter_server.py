@@ -8,7 +8,7 @@ Usage::
     weights = server.center        # the trained weights, as a list like get_weights()
     server.stop()                  # closes the listener and every connection, then returns
 
-One event loop owns all the state (:mod:`distkeras_async._state`), so the update rules run
+One event loop owns all the state (:mod:`distkeras_async.server.core`), so the update rules run
 without locks; other threads read the center and the statistics through that loop.
 """
 
@@ -27,14 +27,22 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from distkeras_async import auth, registry
-from distkeras_async._connection import Connection
-from distkeras_async._state import Limits, ServerState
+from distkeras_async import registry
 from distkeras_async.algorithm import Algorithm
-from distkeras_async.checkpoint import Checkpoint, Checkpointer, load_checkpoint, save_checkpoint
-from distkeras_async.errors import RoundFailedError
+from distkeras_async.errors import DistKerasError, ErrorCode, from_code
 from distkeras_async.layout import Layout
-from distkeras_async.stats import ServerStats
+from distkeras_async.server.checkpoint import (
+    Checkpoint,
+    Checkpointer,
+    load_checkpoint,
+    save_checkpoint,
+)
+from distkeras_async.server.core import Failure, ServerCore
+from distkeras_async.server.limits import Limits
+from distkeras_async.server.session import Session
+from distkeras_async.server.stats import ServerStats
+from distkeras_async.server.transport import Transport
+from distkeras_async.wire import auth
 
 try:
     import uvloop
@@ -48,6 +56,10 @@ T = TypeVar("T")
 # How often idle, half-sent and unread connections are looked for. One sweep is a loop over
 # the open connections, so once a second costs nothing and bounds every timeout's slack.
 SWEEP_INTERVAL = 1.0
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class ParameterServer:
@@ -71,7 +83,10 @@ class ParameterServer:
         receive_buffers: model-sized buffers for incoming commits (default: 1 for
             asynchronous algorithms, ``num_workers`` for synchronous ones, which hold a
             whole round).
-        center_buffers: model-sized buffers for the center and versions still being sent.
+        center_buffers: model-sized buffers for the center: the published one, the next one
+            being computed (a rule never writes the published center), and one older
+            version still being sent to a slow reader. At least 2; with 2, an update waits
+            while any older version is still being sent.
         use_uvloop: use uvloop when it is installed.
         checkpoint_path: write the center here (atomically) every ``checkpoint_every``
             updates and/or every ``checkpoint_interval`` seconds.
@@ -99,7 +114,7 @@ class ParameterServer:
         send_timeout: float = 60.0,
         max_connections: int | None = None,
         receive_buffers: int | None = None,
-        center_buffers: int = 2,
+        center_buffers: int = 3,
         use_uvloop: bool = True,
         checkpoint_path: str | os.PathLike[str] | None = None,
         checkpoint_every: int | None = None,
@@ -163,10 +178,16 @@ class ParameterServer:
         )
         if sync and self.limits.receive_buffers < num_workers:
             raise ValueError("a synchronous algorithm needs receive_buffers >= num_workers")
+        if (
+            isinstance(center_buffers, bool)
+            or not isinstance(center_buffers, int)
+            or center_buffers < 2
+        ):
+            raise ValueError(f"center_buffers must be an int >= 2, got {center_buffers!r}")
         self._use_uvloop = use_uvloop and uvloop is not None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._state: ServerState | None = None
+        self._state: ServerCore | None = None
         self._server: asyncio.AbstractServer | None = None
         self._loop_thread_id: int | None = None
         self.port: int | None = None
@@ -210,7 +231,7 @@ class ParameterServer:
         try:
             # The state adopts `_initial` as its first center buffer (no copy of the model);
             # the server reads `_initial` itself only while no state exists.
-            state = ServerState(
+            state = ServerCore(
                 self._initial,
                 self.layout,
                 self.algorithm,
@@ -225,7 +246,10 @@ class ParameterServer:
             try:
                 self._server = loop.run_until_complete(
                     loop.create_server(
-                        lambda: Connection(state), self.host, self._requested_port, ssl=self._ssl
+                        lambda: Transport(lambda link: Session(state, link, loop.call_soon)),
+                        self.host,
+                        self._requested_port,
+                        ssl=self._ssl,
                     )
                 )
             except OSError as exc:
@@ -255,8 +279,8 @@ class ParameterServer:
         if self._server is not None:
             self._server.close()
         if self._state is not None:
-            for conn in list(self._state.connections):
-                conn.abort()
+            for peer in list(self._state.peers):
+                peer.abort()
         # Let connection_lost callbacks and the listener's close run before the loop closes,
         # and wait for a checkpoint being written (the default executor's threads).
         for _ in range(3):
@@ -317,7 +341,7 @@ class ParameterServer:
             return fn()
         return future.result(timeout)
 
-    def _require_state(self) -> ServerState:
+    def _require_state(self) -> ServerCore:
         if self._state is None:
             raise RuntimeError("the parameter server has not been started")
         return self._state
@@ -376,16 +400,44 @@ class ParameterServer:
         def snap() -> ServerStats:
             state.stats.center_buffers = state.center.buffers
             state.stats.receive_buffers = state.receive.created
+            state.stats.round_waiting = state.rounds.waiting
             return state.stats.snapshot()
 
         return self._call(snap)
 
     @property
     def failure(self) -> str | None:
-        """Why the run failed (a synchronous round timed out, a worker died), or None."""
+        """Why the run failed (a rule raised, a round timed out, a worker died), or None."""
+        failure = self._failure()
+        return None if failure is None else failure.reason
+
+    @property
+    def failure_code(self) -> ErrorCode | None:
+        """The machine-readable kind of :attr:`failure`, or None."""
+        failure = self._failure()
+        return None if failure is None else failure.code
+
+    def _failure(self) -> Failure | None:
         return self._state.failure if self._state is not None else None
 
-    def raise_for_failure(self) -> None:
-        """Raise :class:`RoundFailedError` if the run failed."""
-        if self.failure is not None:
-            raise RoundFailedError(self.failure)
+    def raise_for_failure(self, detail: str | None = None) -> None:
+        """Raise the run's failure, if any, as the exception its code names.
+
+        :class:`~distkeras_async.errors.RuleFailedError` when the algorithm's rule raised,
+        :class:`~distkeras_async.errors.RoundFailedError` for a failed synchronous round,
+        :class:`~distkeras_async.errors.WorkerReportedError` when a worker reported failing.
+
+        Args:
+            detail: appended to the message (e.g. the failing worker's traceback).
+        """
+        error = self.failure_error(detail)
+        if error is not None:
+            raise error
+
+    def failure_error(self, detail: str | None = None) -> DistKerasError | None:
+        """The exception :meth:`raise_for_failure` would raise, or None."""
+        failure = self._failure()
+        if failure is None:
+            return None
+        message = failure.reason if detail is None else f"{failure.reason}\n{detail}"
+        return from_code(failure.code, message)

@@ -21,8 +21,8 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F  # noqa: N812 - Spark's own convention
 from pyspark.sql import types as T  # noqa: N812
 
-from distkeras_async.errors import DistKerasError
-from distkeras_async.worker import WorkerPlan
+from distkeras_async.errors import InsufficientSlotsError, WorkerFailedError
+from distkeras_async.worker.keras_worker import WorkerPlan
 
 logger = logging.getLogger(__name__)
 
@@ -34,14 +34,6 @@ FAST_BARRIER_CONF = {
     "spark.scheduler.barrier.maxConcurrentTasksCheck.interval": "1s",
     "spark.scheduler.barrier.maxConcurrentTasksCheck.maxFailures": "3",
 }
-
-
-class InsufficientSlotsError(DistKerasError):
-    """The cluster cannot run every worker of a synchronous algorithm at once."""
-
-
-class WorkerFailedError(DistKerasError):
-    """A worker failed; the message carries its error and traceback."""
 
 
 def driver_host(spark: SparkSession) -> str:
@@ -154,8 +146,8 @@ def run_workers(
         # Runs on an executor: import there, use only the plain values captured above.
         from pyspark import TaskContext
 
-        from distkeras_async.arrow import batches_to_numpy
-        from distkeras_async.worker import train_worker
+        from distkeras_async.spark.arrow import batches_to_numpy
+        from distkeras_async.worker.keras_worker import train_worker
 
         context = TaskContext.get()
         assert context is not None

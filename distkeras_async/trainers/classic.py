@@ -3,7 +3,7 @@
 ``DOWNPOUR(model, "adam", "categorical_crossentropy", num_workers=4).train(df)`` returns a new
 trained Keras model; the caller's model is not changed. Each named trainer is a thin subclass
 of :class:`SynchronizedDistributedTrainer` or :class:`AsynchronousDistributedTrainer` (in
-:mod:`distkeras_async.training`, re-exported here), which accept any registered algorithm and
+:mod:`distkeras_async.trainers.base`, re-exported here), which accept any registered algorithm and
 its hyperparameters. Positional parameters and defaults follow the classic documentation.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from distkeras_async.training import (
+from distkeras_async.trainers.base import (
     AsynchronousDistributedTrainer,
     Columns,
     DistributedTrainer,

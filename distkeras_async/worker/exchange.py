@@ -1,7 +1,7 @@
 """The worker loop shared by every worker: local steps, exchanges, reports, the final commit.
 
 The loop knows nothing of Keras or Spark: it drives a :class:`LocalModel` (the Keras worker
-in :mod:`distkeras_async.worker` is one; a numpy model in the tests is another) and a
+in :mod:`distkeras_async.worker.keras_worker` is one; a numpy model in the tests is another) and a
 :class:`~distkeras_async.algorithm.ServerHandle`. Customising a worker means providing
 another LocalModel (its own training step, its own data preparation), not copying this loop.
 """

@@ -15,11 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from distkeras_async.errors import DistKerasError
-
-
-class SerializationError(DistKerasError, ValueError):
-    """A model, optimizer, loss or metric cannot be described as a Keras config."""
+from distkeras_async.errors import SerializationError
 
 
 def _keras() -> Any:

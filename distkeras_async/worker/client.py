@@ -3,7 +3,7 @@
 A Spark task is synchronous code, so this is a plain socket client with a timeout on every
 call. Updates leave straight from the caller's numpy memory (``sendmsg`` of the header and
 the array's buffer) and the center arrives straight into a preallocated array
-(``recv_into``); the framing is :mod:`distkeras_async.protocol`'s, shared with the server.
+(``recv_into``); the framing is :mod:`distkeras_async.wire.frames`'s, shared with the server.
 
 Example::
 
@@ -19,22 +19,43 @@ import logging
 import socket
 import ssl
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from distkeras_async import auth
 from distkeras_async.errors import (
     AuthenticationError,
     ConnectionClosedError,
     DistKerasError,
+    ErrorCode,
     RemoteProtocolError,
-    ServerError,
+    from_code,
 )
 from distkeras_async.layout import FLAT_DTYPE, Layout
-from distkeras_async.protocol import FrameDecoder, FrameHeader, Message, Op, encode
+from distkeras_async.wire import auth
+from distkeras_async.wire.decoder import FrameDecoder
+from distkeras_async.wire.frames import FrameHeader
+from distkeras_async.wire.messages import (
+    Ack,
+    Bye,
+    Center,
+    Challenge,
+    Commit,
+    CommitPull,
+    Error,
+    Hello,
+    Message,
+    Pull,
+    Report,
+    Welcome,
+    encode_message,
+    from_frame,
+)
+from distkeras_async.wire.schema import Op
 
 logger = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
 
 # Extra seconds a commit may wait beyond the server's round timeout before the client gives
 # up by itself: the server's own timeout error should normally arrive first.
@@ -106,30 +127,22 @@ class ParameterServerClient:
     # -- handshake ---------------------------------------------------------------------
 
     def _handshake(self) -> None:
-        challenge = self._receive(Op.CHALLENGE)
+        challenge = self._receive(Challenge)
         nonce = auth.new_nonce()
-        proof = auth.client_proof(
-            self._secret, challenge.fields["nonce"], self.worker_id, self.attempt
-        )
-        self._send(Op.HELLO, fields={"proof": proof, "nonce": nonce})
-        try:
-            welcome = self._receive(Op.WELCOME)
-        except ServerError as exc:
-            if "authentication" in str(exc):
-                raise AuthenticationError(f"the parameter server rejected us: {exc}") from exc
-            raise
-        expected = auth.server_proof(self._secret, nonce, challenge.fields["nonce"])
-        if not auth.verify(expected, welcome.fields["proof"]):
+        proof = auth.client_proof(self._secret, challenge.nonce, self.worker_id, self.attempt)
+        self._send(Hello(proof, nonce, **self._ids()))
+        welcome = self._receive(Welcome)
+        expected = auth.server_proof(self._secret, nonce, challenge.nonce)
+        if not auth.verify(expected, welcome.proof):
             raise AuthenticationError("the parameter server could not prove it holds the secret")
-        fields = welcome.fields
-        self.layout = Layout.from_wire(fields["layout"])
-        self.algorithm_name: str = fields["algorithm"]
-        self.hyperparameters: dict[str, Any] = dict(fields["hyperparameters"])
-        self.version: int = fields["version"]
-        self.num_workers: int = fields["num_workers"]
-        self.round_timeout: float = float(fields["round_timeout"])
-        self.synchronous_rounds: bool = fields["synchronous"]
-        self._seq = max(self._seq, fields["next_seq"])
+        self.layout = Layout(welcome.layout)
+        self.algorithm_name: str = welcome.algorithm
+        self.hyperparameters: dict[str, Any] = dict(welcome.hyperparameters)
+        self.version: int = welcome.version
+        self.num_workers: int = welcome.num_workers
+        self.round_timeout: float = welcome.round_timeout
+        self.synchronous_rounds: bool = welcome.synchronous
+        self._seq = max(self._seq, welcome.next_seq)
 
     @property
     def num_params(self) -> int:
@@ -140,34 +153,34 @@ class ParameterServerClient:
 
     def pull(self, out: np.ndarray | None = None) -> np.ndarray:
         """Fetch the center as a flat float32 vector (received into ``out`` if given)."""
-        self._send(Op.PULL)
+        self._send(Pull(**self._ids()))
         return self._receive_center(out)
 
     def commit(self, update: np.ndarray) -> None:
         """Send an update for the server rule and wait until it is accepted."""
-        self._send(Op.COMMIT, tensors=(self._check_update(update),))
-        reply = self._receive(Op.ACK)
-        self.version = reply.fields["version"]
-        if reply.fields.get("duplicate"):
+        self._send(Commit(self._check_update(update), **self._ids()))
+        reply = self._receive(Ack)
+        self.version = reply.version
+        if reply.duplicate:
             self.duplicates += 1
 
     def commit_pull(self, update: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Send an update and receive the center after it was applied, in one round trip."""
-        self._send(Op.COMMIT_PULL, tensors=(self._check_update(update),))
+        self._send(CommitPull(self._check_update(update), **self._ids()))
         return self._receive_center(out)
 
     def report(self, metrics: Mapping[str, float]) -> None:
         """Send metrics (e.g. the latest loss) for the server's statistics."""
         clean = {str(k): float(v) for k, v in metrics.items() if np.isfinite(v)}
-        self._send(Op.REPORT, fields={"metrics": clean})
-        self._receive(Op.ACK)
+        self._send(Report(clean, **self._ids()))
+        self._receive(Ack)
 
     def report_error(self, message: str) -> None:
         """Tell the server this worker failed (a synchronous run then fails at once), and close."""
         if self._closed:
             return
         with contextlib.suppress(OSError, DistKerasError):
-            self._send(Op.ERROR, fields={"message": message[:4000]})
+            self._send(Error.of(ErrorCode.WORKER_FAILED, message, **self._ids()))
         self._shutdown()
 
     def close(self) -> None:
@@ -175,7 +188,7 @@ class ParameterServerClient:
         if self._closed:
             return
         with contextlib.suppress(OSError, DistKerasError):
-            self._send(Op.BYE)
+            self._send(Bye(**self._ids()))
         self._shutdown()
 
     def __enter__(self) -> ParameterServerClient:
@@ -204,14 +217,16 @@ class ParameterServerClient:
             )
         return update
 
-    def _send(
-        self, op: Op, fields: dict[str, Any] | None = None, tensors: tuple[np.ndarray, ...] = ()
-    ) -> None:
+    def _ids(self) -> dict[str, int]:
+        """This worker's identity and the next sequence number (which it consumes)."""
+        seq = self._seq
+        self._seq += 1
+        return {"worker": self.worker_id, "attempt": self.attempt, "seq": seq}
+
+    def _send(self, message: Message) -> None:
         if self._closed:
             raise ConnectionClosedError("the client is closed")
-        message = Message(op, self.worker_id, self.attempt, self._seq, fields or {}, tensors)
-        self._seq += 1
-        buffers = [memoryview(b) for b in encode(message)]
+        buffers = [memoryview(b) for b in encode_message(message)]
         try:
             if self._tls:
                 for buf in buffers:  # SSL sockets have no sendmsg
@@ -228,7 +243,7 @@ class ParameterServerClient:
                         sent = 0
         except TimeoutError:
             self._shutdown()
-            raise TimeoutError(f"sending {op.value!r} took more than the timeout") from None
+            raise TimeoutError(f"sending {message.op.value!r} took more than the timeout") from None
         except OSError:
             self._shutdown()
             raise
@@ -254,39 +269,40 @@ class ParameterServerClient:
             )
         self._out = out
         try:
-            reply = self._receive(Op.CENTER)
+            reply = self._receive(Center)
             result = self._out
         finally:
             self._out = None
         assert result is not None
-        self.version = reply.fields["version"]
-        if reply.fields.get("duplicate"):
+        self.version = reply.version
+        if reply.duplicate:
             self.duplicates += 1
         return result
 
-    def _receive(self, expected: Op) -> Message:
+    def _receive(self, expected: type[M]) -> M:
         if self._closed:
             raise ConnectionClosedError("the client is closed")
         decoder = self._decoder
         try:
-            while (message := decoder.next_message()) is None:
+            while (frame := decoder.next_frame()) is None:
                 n = self._sock.recv_into(decoder.get_buffer())
                 if n == 0:
                     raise ConnectionClosedError("the parameter server closed the connection")
                 decoder.buffer_updated(n)
+            message = from_frame(frame)
         except TimeoutError:
             self._shutdown()
             raise TimeoutError(
-                f"no {expected.value!r} reply from the parameter server within "
+                f"no {expected.op.value!r} reply from the parameter server within "
                 f"{self._sock.gettimeout()} s"
             ) from None
         except (OSError, DistKerasError):
             self._shutdown()
             raise
-        if message.op is Op.ERROR:
+        if isinstance(message, Error):
             self._shutdown()
-            raise ServerError(message.fields["message"])
-        if message.op is not expected:
+            raise from_code(message.code, message.message)
+        if not isinstance(message, expected):
             self._shutdown()
-            raise RemoteProtocolError(f"expected {expected.value!r}, got {message.op.value!r}")
+            raise RemoteProtocolError(f"expected {expected.op.value!r}, got {message.op.value!r}")
         return message

@@ -25,17 +25,13 @@ import numpy as np
 
 from distkeras_async import registry
 from distkeras_async.algorithm import Algorithm
-from distkeras_async.client import ParameterServerClient
-from distkeras_async.errors import DistKerasError
+from distkeras_async.errors import LayoutMismatchError
 from distkeras_async.layout import Layout
-from distkeras_async.loop import StepRecord, WorkerSession, run_worker
-from distkeras_async.serialization import ModelSpec, build_model
+from distkeras_async.worker.client import ParameterServerClient
+from distkeras_async.worker.exchange import StepRecord, WorkerSession, run_worker
+from distkeras_async.worker.serialization import ModelSpec, build_model
 
 logger = logging.getLogger(__name__)
-
-
-class LayoutMismatchError(DistKerasError):
-    """The model rebuilt on a worker does not have the driver model's weight layout."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,430 @@
+"""One connection's protocol state: handshake, identity, requests in order, replies.
+
+A :class:`Session` is a small state machine (``HANDSHAKE -> READY -> CLOSED``) with one
+transition table (:data:`ALLOWED`): which typed messages a peer may send in which state, and
+whether a frame may carry a payload at all (only ``commit`` and ``commit_pull``, only after
+the handshake, only of the model's layout, and checked before a payload byte is read or a
+buffer is taken). It owns everything that belongs to its connection: the worker id and
+attempt, the version it last pulled, the decoder and its receive buffer, the requests
+queued behind one that waits, and the center buffers its unsent replies still read.
+
+It moves no bytes itself: a :class:`Link` (the transport) does, and the shared
+:class:`~distkeras_async.server.core.ServerCore` decides what requests mean.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from enum import Enum
+from typing import Any, Protocol
+
+from distkeras_async.errors import (
+    AuthenticationError,
+    ErrorCode,
+    LimitExceededError,
+    ProtocolError,
+    RemoteProtocolError,
+    RunFailedError,
+)
+from distkeras_async.server.buffers import Buffer, Lease
+from distkeras_async.server.core import ServerCore
+from distkeras_async.server.limits import Limits
+from distkeras_async.wire import auth
+from distkeras_async.wire.decoder import FrameDecoder
+from distkeras_async.wire.frames import FrameHeader
+from distkeras_async.wire.messages import (
+    Bye,
+    Center,
+    Challenge,
+    Commit,
+    Error,
+    Hello,
+    Message,
+    Pull,
+    Report,
+    encode_message,
+    from_frame,
+)
+from distkeras_async.wire.schema import Op
+
+logger = logging.getLogger("distkeras_async.server")
+
+# Requests a peer may queue before reading its replies. A worker sends one request and waits
+# for its reply, so any number will do; the bound keeps a flood of small requests from
+# growing the queue without limit.
+MAX_QUEUED_REQUESTS = 64
+
+
+class State(Enum):
+    """Where a session is in its life."""
+
+    HANDSHAKE = "handshake"  # challenge sent, waiting for hello
+    READY = "ready"  # authenticated
+    CLOSED = "closed"  # failed, said goodbye, or lost
+
+
+# state -> the message types a peer may send in it.
+ALLOWED: dict[State, tuple[type[Message], ...]] = {
+    State.HANDSHAKE: (Hello,),
+    State.READY: (Pull, Commit, Report, Bye, Error),  # Commit includes CommitPull
+    State.CLOSED: (),
+}
+
+_PAYLOAD_OPS = frozenset({Op.COMMIT, Op.COMMIT_PULL})
+
+# Messages that get a reply; the session waits for it before handling the next request.
+_REPLIED = (Pull, Commit, Report)
+
+
+class Link(Protocol):
+    """What a session needs from its transport."""
+
+    peer: str
+    last_activity: float
+    write_blocked_since: float | None
+
+    def write(self, chunks: Sequence[bytes | memoryview]) -> int:
+        """Write ``chunks``; returns the bytes still unsent in the transport afterwards."""
+        ...
+
+    def pause_reading(self) -> None:
+        """Stop reading (bytes stay in the kernel)."""
+        ...
+
+    def resume_reading(self) -> None:
+        """Read again."""
+        ...
+
+    def close_after_error(self) -> None:
+        """Close once the error frame is out (a lingering close)."""
+        ...
+
+    def close(self) -> None:
+        """Close after pending writes."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the connection at once."""
+        ...
+
+
+class _Request:
+    """A decoded request waiting its turn; owns its payload's lease, if any."""
+
+    __slots__ = ("lease", "message")
+
+    def __init__(self, message: Message, lease: Lease | None) -> None:
+        self.message = message
+        self.lease = lease
+
+    def release(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
+
+
+class Session:
+    """The server side of one connection (implements the core's ``Peer``).
+
+    Args:
+        core: the server's shared state.
+        link: the transport that moves this connection's bytes.
+        schedule: ``loop.call_soon``: a reply that arrives from another connection's
+            handler (a round completing) resumes this session's queue on the next loop
+            iteration, never inside that handler.
+    """
+
+    def __init__(
+        self, core: ServerCore, link: Link, schedule: Callable[[Callable[[], None]], object]
+    ) -> None:
+        self.core = core
+        self.link = link
+        self._schedule = schedule
+        self.state = State.HANDSHAKE
+        self.nonce = auth.new_nonce()
+        self._worker: int | None = None
+        self.attempt = 0
+        self.pulled_version = 0
+        self.said_bye = False
+        self.opened_at = time.monotonic()
+        self.frame_started: float | None = None
+        # Replies go out in request order: while one request waits for its reply (a
+        # synchronous round, a center buffer), later ones queue here and reading pauses.
+        self.awaiting = False
+        self._inbox: deque[_Request] = deque()
+        self._receiving: Lease | None = None
+        self._sending: list[Buffer] = []
+        self._replied = False
+        self.decoder = FrameDecoder(
+            max_payload_bytes=core.layout.nbytes, allocate=self._allocate_payload
+        )
+
+    @property
+    def worker(self) -> int | None:
+        """The authenticated worker id, or None before the handshake."""
+        return self._worker
+
+    @property
+    def closed(self) -> bool:
+        """Whether the session has ended (nothing more is read or handled)."""
+        return self.state is State.CLOSED
+
+    # -- the transport calls these ------------------------------------------------------
+
+    def opened(self) -> None:
+        """The connection is up: admit it and send the challenge."""
+        try:
+            self.core.admit(self)
+        except ProtocolError as exc:
+            self.fail(_code(exc), str(exc))
+            return
+        if self.core.failure is not None:
+            self.fail(self.core.failure.code, self.core.failure.reason)
+            return
+        self._write([Challenge(self.nonce)])
+
+    def buffer(self) -> memoryview:
+        """Where the next incoming bytes go."""
+        if self.closed:
+            return memoryview(bytearray(4096))  # discard what still arrives
+        if self.frame_started is None:
+            self.frame_started = time.monotonic()
+        return self.decoder.get_buffer()
+
+    def received(self, nbytes: int) -> None:
+        """``nbytes`` arrived in the last :meth:`buffer`."""
+        if self.closed:
+            return
+        self.core.stats.bytes_in += nbytes
+        if self._worker is not None:
+            self.core.stats.worker(self._worker).bytes_in += nbytes
+        self._guard(lambda: self._decoded(self.decoder.buffer_updated, nbytes))
+
+    def writable(self) -> None:
+        """The transport drained its write buffer: unsent centers are sent, go on."""
+        self._unhold()
+        if not self.closed:
+            if not self.awaiting:
+                self.link.resume_reading()
+            self._process()
+
+    def lost(self) -> None:
+        """The connection is gone: release everything this session owns."""
+        self.state = State.CLOSED
+        self._unhold()
+        self.core.receive.cancel(self._on_receive_buffer)
+        if self._receiving is not None:
+            self._receiving.release()
+            self._receiving = None
+        while self._inbox:
+            self._inbox.popleft().release()
+        self.core.forget(self, said_bye=self.said_bye)
+
+    # -- receiving ---------------------------------------------------------------------
+
+    def _allocate_payload(self, header: FrameHeader) -> memoryview | None:
+        # Checked before a single payload byte is read or a buffer is taken: an
+        # unauthenticated peer cannot make the server allocate anything model-sized.
+        if self.state is not State.READY:
+            raise RemoteProtocolError("tensors sent before the handshake completed")
+        if header.op not in _PAYLOAD_OPS:
+            raise RemoteProtocolError(f"a worker may not send tensors with {header.op.value!r}")
+        expected = self.core.layout.flat_spec()
+        if header.specs != (expected,):
+            got = [spec.to_wire() for spec in header.specs][:3]
+            raise RemoteProtocolError(
+                f"update must be one float32 vector of {expected.size} elements "
+                f"(the model's layout), got {got}"
+            )
+        lease = self.core.receive.acquire()
+        if lease is None:
+            self.link.pause_reading()
+            self.core.receive.wait(self._on_receive_buffer)
+            return None
+        self._receiving = lease
+        return lease.buffer.view
+
+    def _on_receive_buffer(self, lease: Lease) -> None:
+        if self.closed:
+            lease.release()
+            return
+        self._receiving = lease
+        self._guard(lambda: self._decoded(self.decoder.provide_payload_buffer, lease.buffer.view))
+        # Reading resumes even while a reply is unsent: a TLS transport must read to flush
+        # its writes. Requests still wait in the inbox until the reply has drained.
+        if not self.closed and not self.awaiting:
+            self.link.resume_reading()
+
+    def _decoded(self, feed: Callable[[Any], None], argument: object) -> None:
+        feed(argument)
+        while (frame := self.decoder.next_frame()) is not None:
+            self.frame_started = None
+            lease = None
+            if frame.tensors:
+                lease, self._receiving = self._receiving, None
+            request = _Request(from_frame(frame), lease)
+            if len(self._inbox) >= MAX_QUEUED_REQUESTS:
+                request.release()
+                raise LimitExceededError(
+                    f"more than {MAX_QUEUED_REQUESTS} requests sent without reading the replies"
+                )
+            self._inbox.append(request)
+        self._process()
+
+    def _guard(self, action: Callable[[], None]) -> None:
+        """Run ``action``; any error closes this connection with a matching error frame."""
+        try:
+            action()
+        except (ProtocolError, AuthenticationError, RunFailedError) as exc:
+            self.fail(_code(exc), str(exc))
+        except Exception as exc:  # a bug must not take the server down
+            logger.exception("internal error on connection %s", self.link.peer)
+            self.fail(ErrorCode.INTERNAL, f"internal server error: {type(exc).__name__}: {exc}")
+
+    # -- handling ----------------------------------------------------------------------
+
+    def _process(self) -> None:
+        """Handle queued requests in order, stopping at one whose reply must wait."""
+        while (
+            self._inbox
+            and not self.awaiting
+            and not self.closed
+            and self.link.write_blocked_since is None
+        ):
+            request = self._inbox.popleft()
+            try:
+                self._guard(lambda request=request: self._handle(request))  # type: ignore[misc]
+            finally:
+                request.release()
+
+    def _handle(self, request: _Request) -> None:
+        message = request.message
+        if not isinstance(message, ALLOWED[self.state]):
+            expected = "hello" if self.state is State.HANDSHAKE else "a request"
+            raise RemoteProtocolError(f"expected {expected}, got {message.op.value!r}")
+        if isinstance(message, Hello):
+            self._hello(message)
+            return
+        if message.worker != self._worker or message.attempt != self.attempt:
+            raise RemoteProtocolError("worker id or attempt changed within a connection")
+        worker = message.worker
+        self.core.seen(worker)
+        self._replied = False
+        if isinstance(message, Pull):
+            self.core.pull(self, worker)
+        elif isinstance(message, Commit):
+            assert request.lease is not None
+            self.core.commit(self, message, request.lease.take(), self.pulled_version)
+        elif isinstance(message, Report):
+            self.core.report(self, worker, dict(message.metrics))
+        elif isinstance(message, Bye):
+            self.said_bye = True
+            self.core.bye(worker)
+            self.close()
+            return
+        else:  # Error: the worker reports its failure and leaves
+            assert isinstance(message, Error)
+            self.core.worker_failed(worker, message.message)
+            self.close()
+            return
+        if not self._replied and not self.closed:
+            # The reply comes later (a round, a center buffer): read nothing meanwhile.
+            self.awaiting = True
+            self.link.pause_reading()
+
+    def _hello(self, hello: Hello) -> None:
+        welcome = self.core.welcome(self, hello, self.nonce)
+        self._worker, self.attempt = hello.worker, hello.attempt
+        self.pulled_version = welcome.version
+        self.state = State.READY
+        self._write([welcome])
+
+    # -- replying (the core calls these) -----------------------------------------------
+
+    def send(self, message: Message) -> None:
+        """Reply with a message that carries no center."""
+        self._write([message])
+        self._answered()
+
+    def send_center(self, buffer: Buffer, version: int, *, duplicate: bool = False) -> None:
+        """Reply with the center in ``buffer``; hold the buffer while the bytes are unsent."""
+        self.pulled_version = version
+        unsent = self._write([Center(buffer.array, version, duplicate)])
+        if unsent and not self.closed:
+            self.core.center.hold(buffer)
+            self._sending.append(buffer)
+        self._answered()
+
+    def _answered(self) -> None:
+        self._replied = True
+        if self.awaiting:
+            self.awaiting = False
+            if not self.closed:
+                self.link.resume_reading()
+                self._schedule(self._process)
+
+    def _write(self, messages: Sequence[Message]) -> int:
+        if self.closed:
+            return 0
+        chunks: list[bytes | memoryview] = []
+        for message in messages:
+            chunks.extend(encode_message(message))
+        return self.link.write(chunks)
+
+    def _unhold(self) -> None:
+        while self._sending:
+            self.core.center.unhold(self._sending.pop())
+
+    # -- ending ------------------------------------------------------------------------
+
+    def fail(self, code: ErrorCode, reason: str) -> None:
+        """Send an ``error`` frame with ``code`` and ``reason``, then close."""
+        if self.closed:
+            return
+        logger.warning(
+            "closing connection %s (worker %s): %s", self.link.peer, self._worker, reason
+        )
+        self.core.stats.rejected += 1
+        self._write([Error.of(code, reason)])
+        self.state = State.CLOSED
+        self.link.close_after_error()
+
+    def close(self) -> None:
+        """Close after pending writes."""
+        self.state = State.CLOSED
+        self.link.close()
+
+    def abort(self) -> None:
+        """Drop the connection at once, unsent bytes included."""
+        self.state = State.CLOSED
+        self.link.abort()
+
+    def sweep(self, now: float, limits: Limits) -> None:
+        """Close the connection if one of its timeouts expired."""
+        blocked = self.link.write_blocked_since
+        if blocked is not None and now - blocked > limits.send_timeout:
+            logger.warning(
+                "aborting %s: it has not read its reply for %gs",
+                self.link.peer,
+                limits.send_timeout,
+            )
+            self.abort()
+        elif self.closed:
+            return
+        elif self.state is State.HANDSHAKE and now - self.opened_at > limits.handshake_timeout:
+            self.fail(
+                ErrorCode.LIMIT, f"handshake not completed within {limits.handshake_timeout:g} s"
+            )
+        elif self.frame_started is not None and now - self.frame_started > limits.frame_timeout:
+            self.fail(ErrorCode.LIMIT, f"frame not completed within {limits.frame_timeout:g} s")
+        elif not self.awaiting and now - self.link.last_activity > limits.idle_timeout:
+            self.fail(ErrorCode.LIMIT, f"idle for more than {limits.idle_timeout:g} s")
+
+
+def _code(exc: BaseException) -> ErrorCode:
+    if isinstance(exc, AuthenticationError):
+        return ErrorCode.AUTHENTICATION
+    code = getattr(exc, "code", None)
+    return code if isinstance(code, ErrorCode) else ErrorCode.PROTOCOL

@@ -1,0 +1,86 @@
+"""A commit on its way to the center, and the interface through which the core answers it.
+
+:class:`Peer` is all the core knows of a connection; :class:`Update` is a validated commit
+that owns its receive buffer until it is applied, dropped with its round, or the run fails.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from distkeras_async.algorithm import UpdateMeta
+from distkeras_async.errors import ErrorCode
+from distkeras_async.server.buffers import Buffer, Lease
+from distkeras_async.server.limits import Limits
+from distkeras_async.wire.messages import Commit, Message
+
+
+class Peer(Protocol):
+    """What the core may do with a connection (a session implements it)."""
+
+    @property
+    def worker(self) -> int | None:
+        """The authenticated worker id, or None before the handshake."""
+        ...
+
+    def send(self, message: Message) -> None:
+        """Reply with a message that carries no center."""
+        ...
+
+    def send_center(self, buffer: Buffer, version: int, *, duplicate: bool = False) -> None:
+        """Reply with the center held in ``buffer`` at ``version``."""
+        ...
+
+    def fail(self, code: ErrorCode, reason: str) -> None:
+        """Send an error frame and close."""
+        ...
+
+    def sweep(self, now: float, limits: Limits) -> None:
+        """Close the connection if one of its timeouts expired."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the connection at once (the server is stopping)."""
+        ...
+
+
+def all_finite(array: np.ndarray) -> bool:
+    """Whether ``array`` has no NaN or infinity.
+
+    ``a . a`` is NaN or infinite when any element is, and BLAS computes it in one pass
+    (measured: 0.07 ms for 1M float32, against 0.15 ms for ``isfinite().all()`` and 0.5 ms
+    for a float64 sum). Only when the dot overflows do we pay for the exact check.
+    """
+    flat = array.reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.dot(flat, flat)):
+            return True
+    return bool(np.isfinite(flat).all())
+
+
+class Update:
+    """A validated commit waiting to be applied; it owns its receive buffer's lease."""
+
+    __slots__ = ("lease", "message", "peer", "pulled_version")
+
+    def __init__(self, peer: Peer, message: Commit, lease: Lease, pulled_version: int) -> None:
+        self.peer = peer
+        self.message = message
+        self.lease = lease
+        self.pulled_version = pulled_version
+
+    @property
+    def worker(self) -> int:
+        """The committing worker."""
+        return self.message.worker
+
+    def meta(self, version: int) -> UpdateMeta:
+        """What the rule sees of this commit, applied at ``version``."""
+        m = self.message
+        return UpdateMeta(m.worker, self.pulled_version, version, m.attempt, m.seq)
+
+    def release(self) -> None:
+        """Give the receive buffer back (idempotent)."""
+        self.lease.release()

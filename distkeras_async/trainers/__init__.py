@@ -1,0 +1,43 @@
+"""The trainers: the classic named trainers and the two extension points.
+
+``DOWNPOUR(model, "adam", "categorical_crossentropy", num_workers=4).train(df)`` returns a new
+trained Keras model. :mod:`~distkeras_async.trainers.base` runs a training job (parameter
+server, Spark workers, history); :mod:`~distkeras_async.trainers.classic` names the classic
+trainers.
+"""
+
+from distkeras_async.trainers.base import (
+    AsynchronousDistributedTrainer,
+    DistributedTrainer,
+    SynchronizedDistributedTrainer,
+    Trainer,
+)
+from distkeras_async.trainers.classic import (
+    ADAG,
+    AEASGD,
+    DOWNPOUR,
+    EAMSGD,
+    EASGD,
+    AsynchronousEAMSGD,
+    AsynchronousEASGD,
+    AveragingTrainer,
+    DynSGD,
+    SingleTrainer,
+)
+
+__all__ = [
+    "ADAG",
+    "AEASGD",
+    "DOWNPOUR",
+    "EAMSGD",
+    "EASGD",
+    "AsynchronousDistributedTrainer",
+    "AsynchronousEAMSGD",
+    "AsynchronousEASGD",
+    "AveragingTrainer",
+    "DistributedTrainer",
+    "DynSGD",
+    "SingleTrainer",
+    "SynchronizedDistributedTrainer",
+    "Trainer",
+]

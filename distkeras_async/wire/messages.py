@@ -1,0 +1,368 @@
+"""Typed messages: one small frozen dataclass per op, validated when it is made.
+
+The server and the client speak in these, never in string-keyed mappings: a
+:class:`Commit` has an ``update``, a :class:`Welcome` a ``layout`` and a ``version``, an
+:class:`Error` a machine-readable :class:`~distkeras_async.errors.ErrorCode`. A message is
+checked against the op's schema (:mod:`~distkeras_async.wire.schema`) when it is built, so
+an invalid one fails where it is made (``LocalProtocolError``); one decoded from a peer was
+checked before it was built (``RemoteProtocolError``).
+
+Example::
+
+    frame = Commit(update, worker=0, attempt=0, seq=7).to_frame()
+    message = from_frame(frame)          # Commit(update=..., worker=0, attempt=0, seq=7)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from distkeras_async.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from distkeras_async.wire.frames import Frame, encode
+from distkeras_async.wire.schema import MAX_TEXT, Op, TensorSpec, check_fields, is_int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    """Base of every message: the sender's identity, which every frame carries.
+
+    Attributes:
+        worker: the worker id (0 for server messages).
+        attempt: the worker's Spark task attempt.
+        seq: the sender's sequence number (commits are deduplicated by it).
+    """
+
+    op: ClassVar[Op]
+    worker: int = 0
+    attempt: int = 0
+    seq: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("worker", "attempt", "seq"):
+            if not is_int(getattr(self, name)):
+                raise LocalProtocolError(f"{name} must be a non-negative int")
+        check_fields(self.op, self.wire_fields(), LocalProtocolError)
+
+    def wire_fields(self) -> dict[str, Any]:
+        """The op-specific header fields."""
+        return {}
+
+    def wire_tensors(self) -> tuple[np.ndarray, ...]:
+        """The tensors that follow the header."""
+        return ()
+
+    def to_frame(self) -> Frame:
+        """The frame that carries this message."""
+        return Frame(
+            self.op, self.worker, self.attempt, self.seq, self.wire_fields(), self.wire_tensors()
+        )
+
+    @classmethod
+    def _from_frame(cls, frame: Frame) -> Message:
+        return cls(worker=frame.worker, attempt=frame.attempt, seq=frame.seq)
+
+
+def _ids(frame: Frame) -> dict[str, int]:
+    return {"worker": frame.worker, "attempt": frame.attempt, "seq": frame.seq}
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge(Message):
+    """Server -> client, first: a nonce the client must answer with its proof."""
+
+    op: ClassVar[Op] = Op.CHALLENGE
+    nonce: bytes
+
+    def wire_fields(self) -> dict[str, Any]:
+        """``nonce``."""
+        return {"nonce": self.nonce}
+
+    @classmethod
+    def _from_frame(cls, frame: Frame) -> Message:
+        return cls(frame.fields["nonce"], **_ids(frame))
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    """Client -> server: proof of the secret for the challenge, and the client's own nonce."""
+
+    op: ClassVar[Op] = Op.HELLO
+    proof: bytes
+    nonce: bytes
+
+    def wire_fields(self) -> dict[str, Any]:
+        """``proof`` and ``nonce``."""
+        return {"proof": self.proof, "nonce": self.nonce}
+
+    @classmethod
+    def _from_frame(cls, frame: Frame) -> Message:
+        return cls(frame.fields["proof"], frame.fields["nonce"], **_ids(frame))
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome(Message):
+    """Server -> client: the server's proof, the layout and the run's settings.
+
+    Attributes:
+        proof: the server's answer to the client's nonce.
+        layout: the flat center's tensors, in ``get_weights()`` order.
+        algorithm: the algorithm's registered name.
+        hyperparameters: its settings.
+        version: the center's version now.
+        num_workers: workers in the run.
+        synchronous: whether commits meet in rounds.
+        next_seq: the sequence number this worker and attempt continue from.
+        round_timeout: seconds a synchronous round may wait.
+    """
+
+    op: ClassVar[Op] = Op.WELCOME
+    proof: bytes
+    layout: tuple[TensorSpec, ...]
+    algorithm: str
+    hyperparameters: Mapping[str, Any]
+    version: int
+    num_workers: int
+    synchronous: bool
+    next_seq: int
+    round_timeout: float
+
+    def wire_fields(self) -> dict[str, Any]:
+        """Every attribute, the layout as ``[[dtype, shape], ...]``."""
+        return {
+            "proof": self.proof,
+            "layout": [spec.to_wire() for spec in self.layout],
+            "algorithm": self.algorithm,
+            "hyperparameters": dict(self.hyperparameters),
+            "version": self.version,
+            "num_workers": self.num_workers,
+            "synchronous": self.synchronous,
+            "next_seq": self.next_seq,
+            "round_timeout": self.round_timeout,
+        }
+
+    @classmethod
+    def _from_frame(cls, frame: Frame) -> Message:
+        f = frame.fields
+        layout = tuple(TensorSpec(d, tuple(s)) for d, s in f["layout"])
+        return cls(
+            f["proof"],
+            layout,
+            f["algorithm"],
+            dict(f["hyperparameters"]),
+            f["version"],
+            f["num_workers"],
+            f["synchronous"],
+            f["next_seq"],
+            float(f["round_timeout"]),
+            **_ids(frame),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Pull(Message):
+    """Client -> server: send me the center."""
+
+    op: ClassVar[Op] = Op.PULL
+
+
+def _check_vector(update: object) -> None:
+    if not isinstance(update, np.ndarray):
+        raise LocalProtocolError(f"a tensor must be a numpy array, got {type(update).__name__}")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Commit(Message):
+    """Client -> server: apply ``update`` (one flat vector) with the algorithm's rule."""
+
+    op: ClassVar[Op] = Op.COMMIT
+    update: np.ndarray
+
+    def __post_init__(self) -> None:
+        _check_vector(self.update)
+        Message.__post_init__(self)
+
+    def wire_tensors(self) -> tuple[np.ndarray, ...]:
+        """The update."""
+        return (self.update,)
+
+    @classmethod
+    def _from_frame(cls, frame: Frame) -> Message:
+        return cls(frame.tensors[0], **_ids(frame))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CommitPull(Commit):
+    """Client -> server: apply ``update``, then reply with the new center (one round trip)."""
+
+    op: ClassVar[Op] = Op.COMMIT_PULL
+
+
+@dataclass(frozen=True, slots=True)
+class Report(Message):
+    """Client -> server: the worker's latest metrics, for statistics and progress bars."""
+
+    op: ClassVar[Op] = Op.REPORT
+    metrics: Mapping[str, float]
+
+    def wire_fields(self) -> dict[str, Any]:
+        """``metrics``."""
+        return {"metrics": dict(self.metrics)}
+
+    @classmethod
+    def _from_frame(cls, frame: Frame) -> Message:
+        return cls({k: float(v) for k, v in frame.fields["metrics"].items()}, **_ids(frame))
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Message):
+    """Either way, last on a connection: what went wrong, as a code and a sentence."""
+
+    op: ClassVar[Op] = Op.ERROR
+    code: ErrorCode
+    message: str
+
+    def wire_fields(self) -> dict[str, Any]:
+        """``code`` and ``message``."""
+        return {"code": str(self.code), "message": self.message}
+
+    @classmethod
+    def _from_frame(cls, frame: Frame) -> Message:
+        return cls(ErrorCode(frame.fields["code"]), frame.fields["message"], **_ids(frame))
+
+    @classmethod
+    def of(cls, code: ErrorCode, reason: str, **ids: int) -> Error:
+        """An error frame for ``reason``, cut to the limit if needed.
+
+        A long reason keeps its start and its end: a traceback's last lines say the most.
+        """
+        if len(reason) > MAX_TEXT:
+            reason = reason[:200] + "\n...\n" + reason[-(MAX_TEXT - 205) :]
+        return cls(code, reason, **ids)
+
+
+@dataclass(frozen=True, slots=True)
+class Bye(Message):
+    """Client -> server: the worker finished; the server closes the connection."""
+
+    op: ClassVar[Op] = Op.BYE
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Center(Message):
+    """Server -> client: the center (one flat vector) at ``version``.
+
+    ``duplicate`` says the commit this answers was a resend, recognised and not applied again.
+    """
+
+    op: ClassVar[Op] = Op.CENTER
+    center: np.ndarray
+    version: int
+    duplicate: bool = False
+
+    def __post_init__(self) -> None:
+        _check_vector(self.center)
+        Message.__post_init__(self)
+
+    def wire_fields(self) -> dict[str, Any]:
+        """``version``, and ``duplicate`` when set."""
+        fields: dict[str, Any] = {"version": self.version}
+        if self.duplicate:
+            fields["duplicate"] = True
+        return fields
+
+    def wire_tensors(self) -> tuple[np.ndarray, ...]:
+        """The center."""
+        return (self.center,)
+
+    @classmethod
+    def _from_frame(cls, frame: Frame) -> Message:
+        f = frame.fields
+        return cls(frame.tensors[0], f["version"], f.get("duplicate", False), **_ids(frame))
+
+
+@dataclass(frozen=True, slots=True)
+class Ack(Message):
+    """Server -> client: a commit or report was accepted; the center is at ``version``."""
+
+    op: ClassVar[Op] = Op.ACK
+    version: int
+    duplicate: bool = False
+
+    def wire_fields(self) -> dict[str, Any]:
+        """``version``, and ``duplicate`` when set."""
+        fields: dict[str, Any] = {"version": self.version}
+        if self.duplicate:
+            fields["duplicate"] = True
+        return fields
+
+    @classmethod
+    def _from_frame(cls, frame: Frame) -> Message:
+        f = frame.fields
+        return cls(f["version"], f.get("duplicate", False), **_ids(frame))
+
+
+MESSAGE_TYPES: Mapping[Op, type[Message]] = {
+    cls.op: cls
+    for cls in (
+        Challenge,
+        Hello,
+        Welcome,
+        Pull,
+        Commit,
+        CommitPull,
+        Report,
+        Error,
+        Bye,
+        Center,
+        Ack,
+    )
+}
+
+
+def from_frame(frame: Frame) -> Message:
+    """The typed message a decoded frame carries.
+
+    Raises:
+        RemoteProtocolError: if a tensor op does not carry exactly one tensor (the fields
+            were checked when the frame was decoded).
+    """
+    cls = MESSAGE_TYPES[frame.op]
+    if frame.tensors and len(frame.tensors) != 1:
+        raise RemoteProtocolError(
+            f"{frame.op.value!r} message must carry one flat vector, got {len(frame.tensors)}"
+        )
+    return cls._from_frame(frame)
+
+
+def encode_message(message: Message) -> list[bytes | memoryview]:
+    """Encode a message as buffers for ``writelines``/``sendmsg`` (tensors not copied)."""
+    return encode(message.to_frame())
+
+
+def encode_message_bytes(message: Message) -> bytes:
+    """Encode a message as one ``bytes`` object (copies; for tests and small messages)."""
+    return b"".join(bytes(b) for b in encode_message(message))
+
+
+__all__ = [
+    "MESSAGE_TYPES",
+    "Ack",
+    "Bye",
+    "Center",
+    "Challenge",
+    "Commit",
+    "CommitPull",
+    "Error",
+    "Hello",
+    "Message",
+    "Pull",
+    "Report",
+    "Welcome",
+    "encode_message",
+    "encode_message_bytes",
+    "from_frame",
+]

@@ -1,0 +1,243 @@
+"""What may appear in a frame: ops, limits, the dtype table, each op's fields, tensor specs.
+
+Everything a peer can put in a header is checked against this module before it is used:
+unknown ops, fields, dtypes and out-of-range numbers are refused by name. The schema is the
+contract; :mod:`~distkeras_async.wire.messages` builds one typed message per op on it.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+from distkeras_async.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+
+# Version 2: error frames carry a machine-readable `code`.
+PROTOCOL_VERSION = 2
+
+PREFIX = struct.Struct("<I")
+
+# A header holds a handful of scalars plus, in `welcome`, the model layout; 64 KiB fits the
+# layout of a model with thousands of weight tensors while bounding what a peer can make us parse.
+MAX_HEADER_BYTES = 64 * 1024
+
+# Default payload cap: 4 GiB is 1G float32 parameters, ten times the largest model we benchmark.
+# The server lowers it to the model's own size, the only payload it ever accepts.
+DEFAULT_MAX_PAYLOAD_BYTES = 4 * 1024**3
+
+# A tensor list longer than this is not a model update (updates are one flat vector).
+MAX_TENSORS = 4096
+MAX_NDIM = 32
+
+# Error and text fields are cut to this many characters: enough for a traceback's tail.
+MAX_TEXT = 4096
+
+# Fixed dtype table: dtype names on the wire are looked up here, never passed to np.dtype()
+# (np.dtype("O") would let a peer create object arrays).
+DTYPES: Mapping[str, np.dtype[Any]] = {
+    "float16": np.dtype("<f2"),
+    "float32": np.dtype("<f4"),
+    "float64": np.dtype("<f8"),
+    "int32": np.dtype("<i4"),
+    "int64": np.dtype("<i8"),
+    "uint8": np.dtype("u1"),
+}
+_DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+
+MAX_INT = 2**63 - 1
+
+
+class Op(StrEnum):
+    """Every message kind; replies (`center`, `ack`) are ops like the requests."""
+
+    CHALLENGE = "challenge"  # server -> client: nonce
+    HELLO = "hello"  # client -> server: proof of the secret
+    WELCOME = "welcome"  # server -> client: layout, algorithm, settings
+    PULL = "pull"  # client -> server: send me the center
+    COMMIT = "commit"  # client -> server: apply this update
+    COMMIT_PULL = "commit_pull"  # client -> server: apply, then send the new center
+    REPORT = "report"  # client -> server: metrics
+    ERROR = "error"  # either way: code and reason, then the connection closes
+    BYE = "bye"  # client -> server: orderly goodbye
+    CENTER = "center"  # server -> client: the center variable
+    ACK = "ack"  # server -> client: commit/report accepted
+
+
+# Ops whose frames carry tensors. A frame may carry several; the typed messages of this
+# protocol version carry exactly one flat vector (the server's allocator refuses others).
+TENSOR_OPS = frozenset({Op.COMMIT, Op.COMMIT_PULL, Op.CENTER})
+
+
+# --------------------------------------------------------------------------- field checks
+
+
+def is_int(value: object) -> bool:
+    """A non-negative int that fits msgpack's signed 64 bits."""
+    return type(value) is int and 0 <= value <= MAX_INT
+
+
+def is_number(value: object) -> bool:
+    """A finite int or float."""
+    return type(value) in (int, float) and math.isfinite(value)  # type: ignore[arg-type]
+
+
+def _is_bool(value: object) -> bool:
+    return type(value) is bool
+
+
+def _is_nonce(value: object) -> bool:
+    return isinstance(value, bytes) and len(value) == 32
+
+
+def _is_text(value: object) -> bool:
+    return isinstance(value, str) and len(value) <= MAX_TEXT
+
+
+def _is_code(value: object) -> bool:
+    return isinstance(value, str) and value in ErrorCode.__members__.values()
+
+
+def _is_scalar(value: object) -> bool:
+    return value is None or type(value) in (bool, str) or is_number(value)
+
+
+def _is_metrics(value: object) -> bool:
+    return (
+        isinstance(value, dict)
+        and len(value) <= 256
+        and all(isinstance(k, str) and len(k) <= 128 and is_number(v) for k, v in value.items())
+    )
+
+
+def _is_settings(value: object) -> bool:
+    return (
+        isinstance(value, dict)
+        and len(value) <= 256
+        and all(isinstance(k, str) and len(k) <= 128 and _is_scalar(v) for k, v in value.items())
+    )
+
+
+def _is_layout(value: object) -> bool:
+    if not isinstance(value, list) or len(value) > MAX_TENSORS:
+        return False
+    try:
+        for item in value:
+            spec_from_wire(item)
+    except RemoteProtocolError:
+        return False
+    return True
+
+
+Check = Callable[[object], bool]
+
+# op -> {field: (check, required)}; unknown fields are rejected, so the schema is the contract.
+FIELDS: Mapping[Op, Mapping[str, tuple[Check, bool]]] = {
+    Op.CHALLENGE: {"nonce": (_is_nonce, True)},
+    Op.HELLO: {"proof": (_is_nonce, True), "nonce": (_is_nonce, True)},
+    Op.WELCOME: {
+        "proof": (_is_nonce, True),
+        "layout": (_is_layout, True),
+        "algorithm": (_is_text, True),
+        "hyperparameters": (_is_settings, True),
+        "version": (is_int, True),
+        "num_workers": (is_int, True),
+        "synchronous": (_is_bool, True),
+        "next_seq": (is_int, True),
+        "round_timeout": (is_number, True),
+    },
+    Op.PULL: {},
+    Op.COMMIT: {},
+    Op.COMMIT_PULL: {},
+    Op.REPORT: {"metrics": (_is_metrics, True)},
+    Op.ERROR: {"code": (_is_code, True), "message": (_is_text, True)},
+    Op.BYE: {},
+    Op.CENTER: {"version": (is_int, True), "duplicate": (_is_bool, False)},
+    Op.ACK: {"version": (is_int, True), "duplicate": (_is_bool, False)},
+}
+
+
+def check_fields(op: Op, fields: Mapping[str, Any], error: type[Exception]) -> None:
+    """Raise ``error`` unless ``fields`` are exactly what ``op``'s schema allows."""
+    schema = FIELDS[op]
+    for name in fields:
+        if name not in schema:
+            raise error(f"unexpected field {name!r:.40} in {op.value!r} message")
+    for name, (check, required) in schema.items():
+        if name in fields:
+            if not check(fields[name]):
+                raise error(f"invalid value for field {name!r} in {op.value!r} message")
+        elif required:
+            raise error(f"missing field {name!r} in {op.value!r} message")
+
+
+def check_tensor_count(op: Op, count: int, error: type[Exception]) -> None:
+    """Raise ``error`` unless ``op`` may carry ``count`` tensors."""
+    if op in TENSOR_OPS and count == 0:
+        raise error(f"{op.value!r} message must carry at least one tensor")
+    if op not in TENSOR_OPS and count:
+        raise error(f"{op.value!r} message must not carry tensors")
+    if count > MAX_TENSORS:
+        raise error(f"too many tensors ({count} > {MAX_TENSORS})")
+
+
+# --------------------------------------------------------------------------- tensor specs
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """The dtype name and shape of one tensor in a frame."""
+
+    dtype: str
+    shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise LocalProtocolError(f"unsupported dtype {self.dtype!r}; allowed: {sorted(DTYPES)}")
+        if len(self.shape) > MAX_NDIM or not all(is_int(d) for d in self.shape):
+            raise LocalProtocolError(f"invalid shape {self.shape!r}")
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Number of payload bytes."""
+        return self.size * DTYPES[self.dtype].itemsize
+
+    @classmethod
+    def of(cls, array: np.ndarray) -> TensorSpec:
+        """The spec of a numpy array (which must have a wire dtype)."""
+        name = _DTYPE_NAMES.get(array.dtype.newbyteorder("<"))
+        if name is None or (array.dtype.byteorder == ">"):
+            raise LocalProtocolError(
+                f"dtype {array.dtype} cannot travel; allowed: {sorted(DTYPES)}"
+            )
+        return cls(name, tuple(int(d) for d in array.shape))
+
+    def to_wire(self) -> list[Any]:
+        """The ``[dtype, shape]`` pair as it appears in a header."""
+        return [self.dtype, list(self.shape)]
+
+
+def spec_from_wire(item: object) -> TensorSpec:
+    """A peer's ``[dtype, shape]`` pair as a TensorSpec, or RemoteProtocolError."""
+    if not (isinstance(item, list) and len(item) == 2):
+        raise RemoteProtocolError(f"tensor entry must be [dtype, shape], got {item!r:.80}")
+    dtype, shape = item
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise RemoteProtocolError(f"unsupported dtype {dtype!r:.40}; allowed: {sorted(DTYPES)}")
+    if not (isinstance(shape, list) and len(shape) <= MAX_NDIM and all(is_int(d) for d in shape)):
+        raise RemoteProtocolError(f"invalid tensor shape {shape!r:.80}")
+    # numpy refuses a shape whose non-zero dims overflow its index type even when another
+    # dim is 0 (so the tensor is empty and passes the payload limit): reject it here.
+    if math.prod(d for d in shape if d) * DTYPES[dtype].itemsize > MAX_INT:
+        raise RemoteProtocolError(f"tensor shape {shape!r:.80} is too large")
+    return TensorSpec(dtype, tuple(shape))

@@ -1,0 +1,18 @@
+"""The worker side: the blocking client, the exchange loop and the Keras worker.
+
+Keras is imported lazily (inside functions), so ``import distkeras_async.worker`` is cheap.
+"""
+
+from distkeras_async.worker.client import ParameterServerClient
+from distkeras_async.worker.exchange import LocalModel, StepRecord, WorkerSession, run_worker
+from distkeras_async.worker.keras_worker import KerasWorker, WorkerPlan
+
+__all__ = [
+    "KerasWorker",
+    "LocalModel",
+    "ParameterServerClient",
+    "StepRecord",
+    "WorkerPlan",
+    "WorkerSession",
+    "run_worker",
+]
