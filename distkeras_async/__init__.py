@@ -3,7 +3,7 @@
 The core (protocol, server, client, algorithms) imports neither Spark nor TensorFlow.
 """
 
-from distkeras_async import registry
+from distkeras_async import _compat, registry
 from distkeras_async.algorithm import Algorithm, Hyperparameter, ServerHandle, UpdateMeta
 from distkeras_async.errors import (
     AlgorithmError,
@@ -29,6 +29,8 @@ from distkeras_async.server.stats import ServerStats, WorkerStats
 from distkeras_async.wire.auth import new_secret
 from distkeras_async.worker.client import ParameterServerClient
 from distkeras_async.worker.exchange import LocalModel, StepRecord, WorkerSession, run_worker
+
+_compat.install()
 
 __version__ = "0.1.0"
 

@@ -6,7 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from distkeras_async.spark.arrow import ColumnError, batches_to_numpy, column_to_numpy
+from distkeras_async.errors import ColumnError
+from distkeras_async.spark.arrow import batches_to_numpy, column_to_numpy
 from distkeras_async.trainers.history import average_history, flatten_rows
 
 

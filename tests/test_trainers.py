@@ -14,8 +14,12 @@ pytest.importorskip("pyspark")
 from distkeras_async import trainers  # noqa: E402
 from distkeras_async.datasets import digits_mlp  # noqa: E402
 from distkeras_async.demo import TRAINER_NAMES, make_trainer  # noqa: E402
-from distkeras_async.errors import AlgorithmError, RoundFailedError  # noqa: E402
-from distkeras_async.spark import InsufficientSlotsError, WorkerFailedError  # noqa: E402
+from distkeras_async.errors import (  # noqa: E402  # noqa: E402
+    AlgorithmError,
+    InsufficientSlotsError,
+    RoundFailedError,
+    WorkerFailedError,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from distkeras_async import registry
 from distkeras_async.algorithm import Algorithm
-from distkeras_async.errors import AlgorithmError, WorkerFailedError
+from distkeras_async.errors import AlgorithmError, ErrorCode, WorkerFailedError
 from distkeras_async.server.parameter_server import ParameterServer
 from distkeras_async.server.stats import ServerStats
 from distkeras_async.trainers.history import average_history, flatten_rows
@@ -378,9 +378,11 @@ class DistributedTrainer(Trainer):
                     )
                 except WorkerFailedError as exc:
                     # The server's failure (a rule that raised, a failed round) is the cause;
-                    # the worker's traceback says where it surfaced.
-                    error = server.failure_error(detail=str(exc))
-                    if error is not None:
+                    # the worker's traceback says where it surfaced. A worker's own error is
+                    # best told by its traceback.
+                    if server.failure_code not in (None, ErrorCode.WORKER_FAILED):
+                        error = server.failure_error(detail=str(exc))
+                        assert error is not None
                         raise error from exc
                     raise
             server.raise_for_failure()
