@@ -11,15 +11,17 @@ import pytest
 keras = pytest.importorskip("keras")
 pytest.importorskip("pyspark")
 
-from distkeras_async import trainers  # noqa: E402
+from distkeras_async import registry, trainers  # noqa: E402
 from distkeras_async.datasets import digits_mlp  # noqa: E402
 from distkeras_async.demo import TRAINER_NAMES, make_trainer  # noqa: E402
-from distkeras_async.errors import (  # noqa: E402  # noqa: E402
+from distkeras_async.errors import (  # noqa: E402
     AlgorithmError,
     InsufficientSlotsError,
     RoundFailedError,
+    RuleFailedError,
     WorkerFailedError,
 )
+from distkeras_async.rules import DeltaAlgorithm  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -85,6 +87,69 @@ def test_worker_exception_reaches_the_driver(trainer_class, digits, ship_this_mo
     )
     with pytest.raises((WorkerFailedError, RoundFailedError), match="boom from the worker's loss"):
         trainer.train(train_df)
+
+
+class FailingServerRule(DeltaAlgorithm):
+    """A plugin with a bug in its server rule: it raises from the fourth commit on."""
+
+    name = "failing-server-rule"
+
+    def server_apply(self, center, update, meta):
+        if meta.version >= 3:
+            raise RuntimeError("plugin rule bug at version 3")
+        center += update
+
+
+class FailingRoundRule(registry.get("averaging")):  # type: ignore[misc]
+    """A synchronous plugin whose round rule raises from the third round on."""
+
+    name = "failing-round-rule"
+
+    def server_apply_round(self, center, updates, metas):
+        if metas[0].version >= 2:
+            raise KeyError("round rule bug")
+        center[:] = sum(updates) / len(updates)
+
+
+@pytest.mark.parametrize(
+    ("trainer_class", "algorithm", "message"),
+    [
+        (
+            "AsynchronousDistributedTrainer",
+            FailingServerRule,
+            r"'failing-server-rule': server_apply raised RuntimeError: plugin rule bug",
+        ),
+        (
+            "SynchronizedDistributedTrainer",
+            FailingRoundRule,
+            r"'failing-round-rule': server_apply_round raised KeyError: 'round rule bug'",
+        ),
+    ],
+)
+def test_a_plugin_rule_that_raises_fails_the_run_with_its_message(
+    trainer_class, algorithm, message, digits, ship_this_module
+):
+    """The wedge of issue #10: a rule that raises used to leave its receive buffer held, and
+    every later commit waited for its own timeout. Now train() raises the rule's error, and
+    no worker waited for a timeout to learn it."""
+    trainer = getattr(trainers, trainer_class)(
+        mlp(),
+        "adam",
+        "categorical_crossentropy",
+        num_workers=2,
+        algorithm=algorithm,
+        communication_window=2,
+        idle_timeout=600,
+        round_timeout=600,
+        **COMMON,
+    )
+    began = time.monotonic()
+    with pytest.raises(RuleFailedError, match=message) as caught:
+        trainer.train(digits.train)
+    text = str(caught.value)
+    assert "Traceback" in text and "the center was not changed" in text
+    assert "TimeoutError" not in text and "within" not in text.split("Traceback", maxsplit=1)[0]
+    print(f"{trainer_class}: train() raised after {time.monotonic() - began:.1f} s")
 
 
 def test_barrier_slot_shortage_fails_fast(digits):

@@ -281,7 +281,7 @@ class ServerCore:
                 reason = (
                     "update contains NaN or infinity"
                     if not all_finite(update.message.update)
-                    else "applying this update would make the center overflow to infinity"
+                    else "applying this update would make the center non-finite (overflow)"
                 )
                 update.peer.fail(ErrorCode.BAD_UPDATE, f"{reason}; the center was not changed")
                 return
@@ -308,7 +308,7 @@ class ServerCore:
                 self.fail_run(
                     ErrorCode.ROUND_FAILED,
                     f"synchronous round {self.stats.rounds + 1} would make the center "
-                    "overflow to infinity; the center was not changed",
+                    "non-finite (overflow); the center was not changed",
                 )
                 return
             self._publish(spare, metas)
@@ -323,7 +323,7 @@ class ServerCore:
         """Run an algorithm's rule; on any exception fail the run with its traceback."""
         try:
             # Overflow is found by the finiteness check of the result, not by warnings.
-            with np.errstate(over="ignore", invalid="ignore"):
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 call()
         except Exception as exc:
             trace = "".join(traceback.format_exception(exc))

@@ -22,6 +22,7 @@ import logging
 import os
 import ssl
 import threading
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -29,7 +30,13 @@ import numpy as np
 
 from distkeras_async import registry
 from distkeras_async.algorithm import Algorithm
-from distkeras_async.errors import DistKerasError, ErrorCode, from_code
+from distkeras_async.errors import (
+    DistKerasError,
+    ErrorCode,
+    HyperparameterError,
+    RuleFailedError,
+    from_code,
+)
 from distkeras_async.layout import Layout
 from distkeras_async.server.checkpoint import (
     Checkpoint,
@@ -56,6 +63,26 @@ T = TypeVar("T")
 # How often idle, half-sent and unread connections are looked for. One sweep is a loop over
 # the open connections, so once a second costs nothing and bounds every timeout's slack.
 SWEEP_INTERVAL = 1.0
+
+
+def check_workers(algorithm: Algorithm, num_workers: int) -> None:
+    """Run the algorithm's ``validate_workers``.
+
+    Raises:
+        HyperparameterError: the rule's own refusal, unchanged.
+        RuleFailedError: if the rule raised anything else (a bug in the rule), with the
+            algorithm's name and the rule's traceback.
+    """
+    try:
+        algorithm.validate_workers(num_workers)
+    except HyperparameterError:
+        raise
+    except Exception as exc:
+        trace = "".join(traceback.format_exception(exc))
+        raise RuleFailedError(
+            f"algorithm {algorithm.name!r}: validate_workers raised "
+            f"{type(exc).__name__}: {exc}\n{trace}"
+        ) from exc
 
 
 def _is_int(value: object) -> bool:
@@ -138,7 +165,7 @@ class ParameterServer:
             if not value > 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")
         self.algorithm = registry.resolve(algorithm, **hyperparameters)
-        self.algorithm.validate_workers(num_workers)
+        check_workers(self.algorithm, num_workers)
         self.layout = Layout.of(weights)
         if self.layout.size == 0:
             raise ValueError("the model has no weights to train")
@@ -401,6 +428,8 @@ class ParameterServer:
             state.stats.center_buffers = state.center.buffers
             state.stats.receive_buffers = state.receive.created
             state.stats.round_waiting = state.rounds.waiting
+            state.stats.center_buffers_in_use = state.center.in_use
+            state.stats.receive_buffers_in_use = state.receive.in_use
             return state.stats.snapshot()
 
         return self._call(snap)

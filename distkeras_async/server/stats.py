@@ -60,8 +60,12 @@ class ServerStats:
         connections: connections open now.
         connections_total: connections accepted since start.
         rejected: connections closed for a protocol, authentication or limit error.
-        center_buffers: model-sized buffers holding center versions.
-        receive_buffers: model-sized buffers for receiving commits.
+        center_buffers: model-sized buffers created for the center and its next versions.
+        receive_buffers: model-sized buffers created for receiving commits.
+        center_buffers_in_use: center buffers in use now: the published center, plus older
+            versions still being sent (1 when the server is quiet).
+        receive_buffers_in_use: receive buffers held now by commits on their way (0 when the
+            server is quiet: no buffer is ever left behind).
         started: ``time.time()`` when the server started.
         workers: per-worker statistics.
     """
@@ -77,6 +81,8 @@ class ServerStats:
     rejected: int = 0
     center_buffers: int = 0
     receive_buffers: int = 0
+    center_buffers_in_use: int = 0
+    receive_buffers_in_use: int = 0
     started: float = field(default_factory=time.time)
     workers: dict[int, WorkerStats] = field(default_factory=dict)
 

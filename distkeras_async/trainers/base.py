@@ -20,7 +20,7 @@ from typing import Any
 from distkeras_async import registry
 from distkeras_async.algorithm import Algorithm
 from distkeras_async.errors import AlgorithmError, ErrorCode, WorkerFailedError
-from distkeras_async.server.parameter_server import ParameterServer
+from distkeras_async.server.parameter_server import ParameterServer, check_workers
 from distkeras_async.server.stats import ServerStats
 from distkeras_async.trainers.history import average_history, flatten_rows
 from distkeras_async.wire.auth import check_secret, new_secret
@@ -285,7 +285,7 @@ class DistributedTrainer(Trainer):
         self.algorithm = registry.get(algorithm) if isinstance(algorithm, str) else algorithm
         self.hyperparameters = dict(hyperparameters)
         probe = registry.resolve(algorithm, **hyperparameters)  # validates now, on the driver
-        probe.validate_workers(self.num_workers)
+        check_workers(probe, self.num_workers)
         if self.synchronous is not None and probe.synchronous != self.synchronous:
             kind = "synchronous" if probe.synchronous else "asynchronous"
             other = (
