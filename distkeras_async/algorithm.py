@@ -32,7 +32,7 @@ from distkeras_async.errors import AlgorithmError, HyperparameterError
 
 
 class ServerHandle(Protocol):
-    """What a worker rule may call; :class:`~distkeras_async.client.ParameterServerClient` is one.
+    """What a worker rule may call (``worker.client.ParameterServerClient`` is one).
 
     ``pull`` and ``commit_pull`` return the center as one flat float32 vector; when ``out``
     is given, the center is received into it and ``out`` is returned.

@@ -7,7 +7,7 @@ clients do not share the server's interpreter lock). In the same run it measures
   update into a preallocated buffer, adds it to the center and sends the center back, with
   no framing, no authentication and no validation;
 * **distkeras-async** -- a real :class:`~distkeras_async.server.ParameterServer` running
-  DOWNPOUR, and real :class:`~distkeras_async.client.ParameterServerClient` workers doing
+  DOWNPOUR, and real :class:`~distkeras_async.worker.client.ParameterServerClient` workers doing
   ``commit_pull`` into a preallocated array.
 
 Each measurement runs ``duration`` seconds; the two alternate ``repeats`` times and the

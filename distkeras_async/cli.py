@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from distkeras_async import registry
+from distkeras_async import checks, registry
 from distkeras_async.errors import AlgorithmError, DistKerasError
 from distkeras_async.wire import auth
 
@@ -231,9 +231,10 @@ def _positive_int(text: str) -> int:
         value = int(float(text)) if "e" in text.lower() else int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
+    try:
+        return checks.positive_int(value, text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

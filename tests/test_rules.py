@@ -1,7 +1,7 @@
 """Every built-in rule checked against hand-computed numbers, through in-memory fake servers.
 
 All numbers are small dyadic fractions, exactly representable in float32, so most checks are
-exact equalities. The fakes follow the real server's bookkeeping (``_state.py``): the version
+exact equalities. The fakes follow the real server's bookkeeping (``server/core.py``): the version
 grows by one per applied commit (asynchronous) or per round (synchronous), and a worker's
 pulled version is recorded when it receives the center (``pull`` or ``commit_pull``).
 """

@@ -15,7 +15,7 @@ from typing import Any
 from pyspark.ml.param import Param, Params
 from pyspark.ml.param.shared import HasFeaturesCol, HasLabelCol, HasPredictionCol
 
-from distkeras_async import registry
+from distkeras_async import checks, registry
 from distkeras_async.errors import DistKerasError
 from distkeras_async.worker.serialization import (
     serialize_config,
@@ -136,11 +136,15 @@ def _hyperparameters(value: Any) -> dict[str, Any]:
 
 
 def _positive_int(value: Any) -> int:
+    # Spark's own int Params (maxIter, ...) go through TypeConverters.toInt, which takes an
+    # integral float such as 2.0; ours do the same, then the package's one positive-int rule.
+    # A converter raises TypeError: that is Spark's contract for Param converters.
     if isinstance(value, float) and value.is_integer():
-        value = int(value)  # as Spark's own TypeConverters.toInt accepts 2.0
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise TypeError(f"expected a positive int, got {value!r}")
-    return value
+        value = int(value)
+    try:
+        return checks.positive_int(value, "the value")
+    except ValueError as exc:
+        raise TypeError(str(exc)) from None
 
 
 class HasKerasModel(Params):

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from distkeras_async import checks
 from distkeras_async.errors import CheckpointError
 from distkeras_async.layout import FLAT_DTYPE, Layout
 
@@ -111,10 +112,8 @@ class Checkpointer:
         every: int | None = None,
         interval: float | None = None,
     ) -> None:
-        if every is not None and every < 1:
-            raise ValueError(f"checkpoint_every must be a positive number of updates, got {every}")
-        if interval is not None and not interval > 0:
-            raise ValueError(f"checkpoint_interval must be positive seconds, got {interval}")
+        checks.optional_positive_int(every, "checkpoint_every")
+        checks.optional_positive_number(interval, "checkpoint_interval")
         self.path = Path(path)
         self.layout = layout
         self.algorithm = algorithm

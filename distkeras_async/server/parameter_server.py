@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from distkeras_async import registry
+from distkeras_async import checks, registry
 from distkeras_async.algorithm import Algorithm
 from distkeras_async.errors import (
     DistKerasError,
@@ -83,10 +83,6 @@ def check_workers(algorithm: Algorithm, num_workers: int) -> None:
             f"algorithm {algorithm.name!r}: validate_workers raised "
             f"{type(exc).__name__}: {exc}\n{trace}"
         ) from exc
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class ParameterServer:
@@ -151,10 +147,11 @@ class ParameterServer:
     ) -> None:
         if isinstance(weights, np.ndarray):
             weights = [weights]
-        if not isinstance(num_workers, int) or num_workers < 1:
-            raise ValueError(f"num_workers must be a positive int, got {num_workers!r}")
-        if not 0 <= port <= 65535:
-            raise ValueError(f"port must be in 0..65535, got {port!r}")
+        checks.positive_int(num_workers, "num_workers")
+        checks.port(port, "port")
+        checks.optional_positive_int(max_connections, "max_connections")
+        checks.optional_positive_int(receive_buffers, "receive_buffers")
+        checks.positive_int(center_buffers, "center_buffers", minimum=2)
         for name, value in [
             ("round_timeout", round_timeout),
             ("idle_timeout", idle_timeout),
@@ -162,8 +159,7 @@ class ParameterServer:
             ("frame_timeout", frame_timeout),
             ("send_timeout", send_timeout),
         ]:
-            if not value > 0:
-                raise ValueError(f"{name} must be positive, got {value!r}")
+            checks.positive_number(value, name)
         self.algorithm = registry.resolve(algorithm, **hyperparameters)
         check_workers(self.algorithm, num_workers)
         self.layout = Layout.of(weights)
@@ -205,12 +201,6 @@ class ParameterServer:
         )
         if sync and self.limits.receive_buffers < num_workers:
             raise ValueError("a synchronous algorithm needs receive_buffers >= num_workers")
-        if (
-            isinstance(center_buffers, bool)
-            or not isinstance(center_buffers, int)
-            or center_buffers < 2
-        ):
-            raise ValueError(f"center_buffers must be an int >= 2, got {center_buffers!r}")
         self._use_uvloop = use_uvloop and uvloop is not None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

@@ -1,8 +1,9 @@
 """Spark glue: DataFrame -> partitions -> workers -> history rows back on the driver.
 
-The only module that imports pyspark. In the style of Spark's own TorchDistributor, the
-per-task function captures nothing but plain values (the :class:`WorkerPlan`), imports what
-runs on executors inside itself, and returns its results as Arrow rows. Synchronous
+Only ``spark/``, ``ml/`` and ``trainers/`` import pyspark (an import-linter contract holds
+it). In the style of Spark's own TorchDistributor, the per-task function captures nothing
+but plain values (the :class:`WorkerPlan`), imports what runs on executors inside itself,
+and returns its results as Arrow rows. Synchronous
 algorithms run as a barrier stage, so every worker is scheduled at once or the job fails;
 the slot count is checked first, so a cluster that is too small fails in seconds rather
 than after Spark's default ten minutes of retries.

@@ -18,6 +18,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F  # noqa: N812 - Spark's own convention
 from pyspark.sql import types as T  # noqa: N812
 
+from distkeras_async import checks
 from distkeras_async.layout import Layout
 from distkeras_async.spark.jobs import float_column
 from distkeras_async.worker.serialization import expand_custom_objects
@@ -54,8 +55,7 @@ class ModelPredictor:
 
         if not isinstance(keras_model, keras.Model) or not keras_model.built:
             raise ValueError("keras_model must be a built keras.Model")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        checks.positive_int(batch_size, "batch_size")
         self.features_col = features_col
         self.output_col = output_col
         self.batch_size = batch_size
@@ -117,21 +117,15 @@ def _predict_task(
         import keras
         import numpy as np
 
-        from distkeras_async.layout import Layout
         from distkeras_async.spark.arrow import column_to_numpy
+        from distkeras_async.worker.inputs import shape_inputs
 
         with keras.saving.custom_object_scope(dict(custom_objects)):
             model = keras.saving.deserialize_keras_object(json.loads(config))
         layout = Layout.from_wire(layout_wire)
         model.set_weights(layout.unflatten(np.frombuffer(weights, np.float32)))
-        try:
-            input_shape = tuple(model.inputs[0].shape[1:])
-        except (AttributeError, ValueError):
-            input_shape = ()
         for batch in batches:
-            x = column_to_numpy(batch.column(_FEATURES), _FEATURES)
-            if input_shape and None not in input_shape and x.ndim >= 1:
-                x = x.reshape((len(x), *input_shape))
+            (x,) = shape_inputs(model, [column_to_numpy(batch.column(_FEATURES), _FEATURES)])
             outputs = [
                 np.asarray(model.predict_on_batch(x[i : i + batch_size]), np.float32)
                 for i in range(0, len(x), batch_size)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from distkeras_async import registry
+from distkeras_async import checks, registry
 from distkeras_async.algorithm import Algorithm
 from distkeras_async.errors import AlgorithmError, ErrorCode, WorkerFailedError
 from distkeras_async.server.parameter_server import ParameterServer, check_workers
@@ -41,12 +41,6 @@ def _columns(value: Columns, name: str) -> tuple[str, ...]:
     if not columns or not all(isinstance(c, str) and c for c in columns):
         raise ValueError(f"{name} must be a column name or a non-empty list of names")
     return columns
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def read_ca(value: str | bytes) -> str:
@@ -112,15 +106,17 @@ class Trainer:
             if isinstance(metrics, Sequence) and not isinstance(metrics, str)
             else [metrics]
         )
-        self.num_epoch = _positive_int(num_epoch, "num_epoch")
-        self.batch_size = _positive_int(batch_size, "batch_size")
+        self.num_epoch = checks.positive_int(num_epoch, "num_epoch")
+        self.batch_size = checks.positive_int(batch_size, "batch_size")
         self.features_col = _columns(features_col, "features_col")
         self.label_col = _columns(label_col, "label_col")
         self.custom_objects = expand_custom_objects(custom_objects)
         self.loss_weights = loss_weights
         self.progress = progress
         self.worker_threads = (
-            None if worker_threads is None else _positive_int(worker_threads, "worker_threads")
+            None
+            if worker_threads is None
+            else checks.positive_int(worker_threads, "worker_threads")
         )
         # Fails now, naming the bad argument, rather than inside a Spark task.
         self.model_spec: ModelSpec = describe_model(
@@ -242,10 +238,8 @@ class DistributedTrainer(Trainer):
             progress=progress,
             worker_threads=worker_threads,
         )
-        self.num_workers = _positive_int(num_workers, "num_workers")
-        if not isinstance(master_port, int) or not 0 <= master_port <= 65535:
-            raise ValueError(f"master_port must be in 0..65535, got {master_port!r}")
-        self.master_port = master_port
+        self.num_workers = checks.positive_int(num_workers, "num_workers")
+        self.master_port = checks.port(master_port, "master_port")
         self.master_host = master_host
         self.bind_host = bind_host
         if (ssl_context is None) != (tls_ca is None):
@@ -259,15 +253,11 @@ class DistributedTrainer(Trainer):
         self.tls_ca = None if tls_ca is None else read_ca(tls_ca)
         self.tls_server_hostname = tls_server_hostname
         self.secret = None if secret is None else check_secret(secret)
-        if not round_timeout > 0:
-            raise ValueError(f"round_timeout must be positive, got {round_timeout!r}")
-        self.round_timeout = float(round_timeout)
-        if not idle_timeout > 0:
-            raise ValueError(f"idle_timeout must be positive, got {idle_timeout!r}")
-        self.idle_timeout = float(idle_timeout)
-        if snapshot_interval is not None and not snapshot_interval > 0:
-            raise ValueError(f"snapshot_interval must be positive, got {snapshot_interval!r}")
-        self.snapshot_interval = snapshot_interval
+        self.round_timeout = checks.positive_number(round_timeout, "round_timeout")
+        self.idle_timeout = checks.positive_number(idle_timeout, "idle_timeout")
+        self.snapshot_interval = checks.optional_positive_number(
+            snapshot_interval, "snapshot_interval"
+        )
         if worker_class is not None:
             from distkeras_async.worker.keras_worker import KerasWorker
 

@@ -1,14 +1,15 @@
 """The Keras side of one worker: what runs inside a Spark task.
 
-:func:`train_worker` rebuilds the model from its :class:`~distkeras_async.serialization.ModelSpec`,
-connects to the parameter server, and trains its partition under the algorithm's worker rule.
-For every algorithm that does not act on each step, the local steps run inside
+:func:`train_worker` rebuilds the model from its
+:class:`~distkeras_async.worker.serialization.ModelSpec`, connects to the parameter server,
+and trains its partition under the algorithm's worker rule. For every algorithm that does not act on each step, the local steps run inside
 ``model.fit`` and the exchanges happen in a callback, so a worker pays no per-step overhead
 that ``model.fit`` does not pay itself. Algorithms that act on every step (EAMSGD's Nesterov
-momentum) run through :func:`~distkeras_async.loop.run_worker` with ``train_on_batch``.
+momentum) run through :func:`~distkeras_async.worker.exchange.run_worker` with
+``train_on_batch``.
 
-This module imports Keras lazily and never imports pyspark: ``spark.py`` calls it with plain
-numpy arrays and ids.
+This module imports Keras lazily and never imports pyspark: :mod:`distkeras_async.spark`
+calls it with plain numpy arrays and ids.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from distkeras_async.errors import LayoutMismatchError
 from distkeras_async.layout import Layout
 from distkeras_async.worker.client import ParameterServerClient
 from distkeras_async.worker.exchange import StepRecord, WorkerSession, run_worker
+from distkeras_async.worker.inputs import shape_inputs
 from distkeras_async.worker.serialization import ModelSpec, build_model
 
 logger = logging.getLogger(__name__)
@@ -113,7 +115,7 @@ def _backend_variables(model: Any) -> list[Any] | None:
 
 
 class KerasLocalModel:
-    """A Keras model as a :class:`~distkeras_async.loop.LocalModel` (flat float32 weights).
+    """A Keras model as an exchange ``LocalModel``: flat float32 weights in and out.
 
     On TensorFlow it assigns the backend variables directly: ``model.set_weights`` took 490 us
     for the digits MLP's four tensors and ``assign(..., read_value=False)`` 170 us (measured
@@ -218,29 +220,6 @@ def _pack(arrays: Sequence[np.ndarray]) -> Any:
     return arrays[0] if len(arrays) == 1 else list(arrays)
 
 
-def _input_shapes(model: Any, count: int) -> list[Any]:
-    """The model's input shapes, or None each where the model does not declare them."""
-    try:
-        shapes = [tuple(t.shape) for t in model.inputs]
-    except (AttributeError, TypeError, ValueError):  # subclassed models have no `inputs`
-        return [None] * count
-    return shapes if len(shapes) == count else [None] * count
-
-
-def _shape_for(arrays: Sequence[np.ndarray], shapes: Sequence[Any]) -> list[np.ndarray]:
-    """Reshape each column to its model input shape (e.g. images) when the sizes agree."""
-    out = []
-    for array, shape in zip(arrays, shapes, strict=True):
-        dims = tuple(shape[1:]) if shape is not None else ()
-        reshaped = array
-        if dims and None not in dims and array.ndim >= 1:
-            target = (len(array), *[int(d) for d in dims])
-            if int(np.prod(target[1:])) == int(np.prod(array.shape[1:])):
-                reshaped = array.reshape(target)
-        out.append(reshaped)
-    return out
-
-
 class KerasWorker:
     """What one worker does with its partition; subclass it to customise a worker.
 
@@ -284,8 +263,7 @@ class KerasWorker:
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Model inputs and targets from the partition's columns (default: reshape to inputs)."""
         rows = len(x[0]) if x else 0
-        shapes = _input_shapes(model, len(x)) if rows else [None] * len(x)
-        return _shape_for(x, shapes), list(y)
+        return shape_inputs(model, x) if rows else list(x), list(y)
 
     def train_step(self, model: Any, batch: tuple[Any, Any]) -> Mapping[str, float]:
         """One local optimizer step on ``batch`` = (inputs, targets); returns its metrics."""

@@ -1,0 +1,43 @@
+"""Feature columns to model inputs: one reshaping rule for training and prediction.
+
+A DataFrame column arrives as a flat ``(rows, n)`` array (a Spark vector or an array column);
+a model may want ``(rows, 8, 8, 1)`` (an image). Each column is reshaped to its model input's
+shape when the model declares it and the sizes agree, and left alone otherwise (so the model's
+own error names a real mismatch). Training (:class:`~distkeras_async.worker.KerasWorker`) and
+prediction (:class:`~distkeras_async.spark.ModelPredictor`) both use this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def input_shapes(model: Any, count: int) -> list[Any]:
+    """The model's input shapes, or None each where the model does not declare them."""
+    try:
+        shapes = [tuple(t.shape) for t in model.inputs]
+    except (AttributeError, TypeError, ValueError):  # subclassed models have no `inputs`
+        return [None] * count
+    return shapes if len(shapes) == count else [None] * count
+
+
+def reshape_columns(arrays: Sequence[np.ndarray], shapes: Sequence[Any]) -> list[np.ndarray]:
+    """Reshape each column to its input shape (e.g. images) where the sizes agree."""
+    out = []
+    for array, shape in zip(arrays, shapes, strict=True):
+        dims = tuple(shape[1:]) if shape is not None else ()
+        reshaped = array
+        if dims and None not in dims and array.ndim >= 1:
+            target = (len(array), *[int(d) for d in dims])
+            if int(np.prod(target[1:])) == int(np.prod(array.shape[1:])):
+                reshaped = array.reshape(target)
+        out.append(reshaped)
+    return out
+
+
+def shape_inputs(model: Any, columns: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """``columns`` (one per model input) reshaped to the model's inputs."""
+    return reshape_columns(columns, input_shapes(model, len(columns)))
