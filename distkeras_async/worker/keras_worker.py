@@ -2,11 +2,11 @@
 
 :func:`train_worker` rebuilds the model from its
 :class:`~distkeras_async.worker.serialization.ModelSpec`, connects to the parameter server,
-and trains its partition under the algorithm's worker rule. For every algorithm that does not act on each step, the local steps run inside
-``model.fit`` and the exchanges happen in a callback, so a worker pays no per-step overhead
-that ``model.fit`` does not pay itself. Algorithms that act on every step (EAMSGD's Nesterov
-momentum) run through :func:`~distkeras_async.worker.exchange.run_worker` with
-``train_on_batch``.
+and trains its partition under the algorithm's worker rule. For every algorithm that does
+not act on each step, the local steps run inside ``model.fit`` and the exchanges happen in a
+callback, so a worker pays no per-step overhead that ``model.fit`` does not pay itself.
+Algorithms that act on every step (EAMSGD's Nesterov momentum) run through
+:func:`~distkeras_async.worker.exchange.run_worker` with ``train_on_batch``.
 
 This module imports Keras lazily and never imports pyspark: :mod:`distkeras_async.spark`
 calls it with plain numpy arrays and ids.
