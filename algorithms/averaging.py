@@ -29,6 +29,8 @@ class ModelAveraging(Algorithm):
 
     name = "averaging"
     synchronous = True
+    # The mean of the round's weights (a = 0, each b_i = 1/p): a bounded linear update.
+    linear_update = True
 
     _center: np.ndarray
 

@@ -29,6 +29,8 @@ class DynSGD(DeltaAlgorithm):
 
     name = "dynsgd"
     synchronous = False
+    # center + update / (staleness + 1): a bounded linear update (the factor is at most 1).
+    linear_update = True
 
     def server_apply(self, center: np.ndarray, update: np.ndarray, meta: UpdateMeta) -> None:
         """Add the commit scaled by ``1 / (staleness + 1)``."""

@@ -148,12 +148,20 @@ class Algorithm:
         synchronous: whether the server applies commits in rounds of every live worker.
         allow_nonfinite: whether updates may contain NaN or infinity (the server rejects
             such commits otherwise, before they touch the center).
+        linear_update: a promise that the server rule is a bounded linear update: the next
+            center is ``a * center + sum_i b_i * update_i`` elementwise, with ``|a| <= 1``
+            and every ``|b_i| <= 1``, that its out-of-place form may be called with ``out``
+            being ``center``, and that it cannot raise for finite inputs of the layout's
+            size. The server then applies it in place when it can prove the result finite,
+            saving a pass over the model. A subclass that overrides the server rule below
+            the class that made the promise does not inherit it.
         hyperparameters: name -> declaration, including the inherited ones.
     """
 
     name: ClassVar[str] = ""
     synchronous: ClassVar[bool] = False
     allow_nonfinite: ClassVar[bool] = False
+    linear_update: ClassVar[bool] = False
     hyperparameters: ClassVar[Mapping[str, Hyperparameter]] = {
         "communication_window": positive(
             5, "local steps between two exchanges with the parameter server", kind=int
@@ -305,6 +313,23 @@ class Algorithm:
             self.server_update_round(out, center, updates, metas)
         else:
             Algorithm.server_update_round(self, out, center, updates, metas)
+
+    @classmethod
+    def declares_linear_update(cls) -> bool:
+        """Whether :attr:`linear_update` holds for this class's own server rules.
+
+        The promise counts only where it was made at or below every server-rule method the
+        class uses, so overriding ``server_apply`` in a subclass withdraws it.
+        """
+        if not cls.linear_update:
+            return False
+        names = (
+            ("server_apply_round", "server_update_round")
+            if cls.synchronous
+            else ("server_apply", "server_update")
+        )
+        promise = _owner(cls, "linear_update")
+        return all(issubclass(promise, _owner(cls, name)) for name in names)
 
     @classmethod
     def check_contract(cls) -> None:

@@ -87,6 +87,9 @@ class DeltaAlgorithm(Algorithm):
 
     _last: np.ndarray
 
+    # center + update: a bounded linear update (see Algorithm.linear_update).
+    linear_update = True
+
     def delta_scale(self) -> float:
         """Factor applied to the local change before it is committed."""
         return 1.0
@@ -140,6 +143,9 @@ class ElasticAlgorithm(Algorithm):
     rho: float
     learning_rate: float
     _center: np.ndarray
+
+    # center + e (or + the sum of a round's e_i): a bounded linear update.
+    linear_update = True
 
     @property
     def alpha(self) -> float:

@@ -517,3 +517,46 @@ def test_plugin_reusing_a_name_with_another_target(plugin_dir: tuple[Path, list[
     assert "dupplugin_rules:OtherDownpour" in message
     assert "distkeras-async" in message
     assert "distkeras_async.algorithms.downpour:Downpour" in message
+
+
+# -- the server's out-of-place and in-place forms ----------------------------------------
+
+
+def _server_results(algorithm: Algorithm, center: np.ndarray, updates: list[np.ndarray]):
+    """The next center three ways: in place (server_apply*), into ``out``, and aliased."""
+    metas = [UpdateMeta(w, 3, 5) for w in range(len(updates))]
+    in_place = center.copy()
+    out = np.full_like(center, np.nan)
+    aliased = center.copy()
+    if algorithm.synchronous:
+        algorithm.server_apply_round(in_place, [u.copy() for u in updates], metas)
+        algorithm.apply_round(out, center.copy(), [u.copy() for u in updates], metas)
+        if algorithm.declares_linear_update():
+            algorithm.apply_round(aliased, aliased, [u.copy() for u in updates], metas)
+    else:
+        algorithm.server_apply(in_place, updates[0].copy(), metas[0])
+        algorithm.apply_update(out, center.copy(), updates[0].copy(), metas[0])
+        if algorithm.declares_linear_update():
+            algorithm.apply_update(aliased, aliased, updates[0].copy(), metas[0])
+    return in_place, out, aliased
+
+
+def test_the_server_forms_of_a_rule_agree(cls):
+    """apply_update/apply_round (what the server calls) match the in-place rule exactly, and
+    a rule that promises a bounded linear update gives the same result with out = center and
+    stays within max|center| + sum max|update|."""
+    rng = np.random.default_rng(7)
+    algorithm = cls()
+    center = rng.normal(size=64).astype(np.float32)
+    updates = [rng.normal(size=64).astype(np.float32) for _ in range(3 if cls.synchronous else 1)]
+    in_place, out, aliased = _server_results(algorithm, center, updates)
+    np.testing.assert_array_equal(out, in_place)
+    if cls.declares_linear_update():
+        np.testing.assert_array_equal(aliased, in_place)
+        bound = np.max(np.abs(center)) + sum(np.max(np.abs(u)) for u in updates)
+        assert np.max(np.abs(in_place)) <= bound * (1 + 1e-6)
+
+
+def test_every_builtin_promises_a_bounded_linear_update():
+    for name in BUILTINS:
+        assert registry.get(name).declares_linear_update(), name

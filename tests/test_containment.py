@@ -186,7 +186,7 @@ def test_a_commit_that_would_overflow_is_refused_and_changes_nothing(make_server
     client = connect(server)
     client.commit(ones(3e38))
     before = server.center_flat
-    with pytest.raises(ServerError, match="non-finite") as caught:
+    with pytest.raises(ServerError, match="not be finite") as caught:
         client.commit(ones(3e38))  # finite, but 3e38 + 3e38 is infinity in float32
     assert caught.value.code is ErrorCode.BAD_UPDATE
     assert server.center_flat.tobytes() == before.tobytes()  # bit for bit
@@ -203,7 +203,7 @@ def test_a_synchronous_round_that_would_overflow_fails_the_run(make_server, conn
     # The mean's running sum overflows: the round is refused, the run fails, and the center
     # is still the initial one.
     assert len(errors) == 2 and all(isinstance(e, RoundFailedError) for e in errors), errors
-    assert all("non-finite" in str(e) for e in errors)
+    assert all("not be finite" in str(e) for e in errors)
     assert server.center_flat.tobytes() == np.zeros(N, np.float32).tobytes()
     quiet(server)
 
@@ -234,10 +234,65 @@ def test_a_rule_that_produces_nan_from_finite_updates_is_refused(make_server, co
 
     server = make_server(algorithm=Divides)
     client = connect(server)
-    with pytest.raises(ServerError, match="non-finite"):
+    with pytest.raises(ServerError, match="not be finite"):
         client.commit(ones())
     np.testing.assert_array_equal(server.center_flat, np.zeros(N))
     quiet(server)
+
+
+def test_linear_rules_update_in_place_when_nothing_reads_the_center(make_server, connect):
+    server = make_server()
+    client = connect(server)
+    for _ in range(5):
+        client.commit(ones())
+    stats = server.stats()
+    # DOWNPOUR is a bounded linear update: no spare buffer was ever needed.
+    assert stats.in_place_updates == 5 and stats.center_buffers == 1
+    np.testing.assert_array_equal(server.center_flat, ones(5.0))
+
+
+def test_large_finite_values_fall_back_to_a_spare_buffer_and_are_accepted(make_server, connect):
+    server = make_server()
+    client = connect(server)
+    client.commit(ones(1e38))
+    client.commit(ones(1e38))  # 2e38 is finite, but too close to the limit to prove in place
+    np.testing.assert_array_equal(server.center_flat, ones(2e38))
+    stats = server.stats()
+    assert stats.in_place_updates == 1 and stats.center_buffers == 2
+
+
+def test_only_the_class_that_promises_a_linear_update_keeps_the_promise():
+    class Scaled(DeltaAlgorithm):  # overrides the rule DeltaAlgorithm promised about
+        name = "scaled"
+
+        def server_apply(self, center: np.ndarray, update: np.ndarray, meta: UpdateMeta) -> None:
+            center *= 10.0
+
+    class Promised(Scaled):
+        name = "promised"
+        linear_update = True
+
+    assert DeltaAlgorithm.declares_linear_update()
+    assert not Scaled.declares_linear_update()
+    assert Promised.declares_linear_update()
+    assert not Algorithm.declares_linear_update()
+
+
+def test_a_linear_rule_that_raises_in_place_says_so(make_server, connect):
+    class BrokenPromise(DeltaAlgorithm):
+        name = "broken-promise"
+        linear_update = True
+
+        def server_apply(self, center: np.ndarray, update: np.ndarray, meta: UpdateMeta) -> None:
+            raise RuntimeError("broke its promise")
+
+        def server_update(self, out, center, update, meta) -> None:
+            raise RuntimeError("broke its promise")
+
+    server = make_server(algorithm=BrokenPromise)
+    client = connect(server)
+    with pytest.raises(RuleFailedError, match="may be partly updated"):
+        client.commit(ones())
 
 
 # --------------------------------------------------------------------------- buffer ownership

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-import traceback
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,12 +33,13 @@ from distkeras_async.errors import (
     RemoteProtocolError,
 )
 from distkeras_async.layout import Layout
+from distkeras_async.server.apply import CenterUpdater, describe_failure, finite_norm
 from distkeras_async.server.buffers import BufferPool, CenterStore, Lease
 from distkeras_async.server.checkpoint import Checkpointer
 from distkeras_async.server.limits import Limits
 from distkeras_async.server.rounds import Rounds
 from distkeras_async.server.stats import ServerStats
-from distkeras_async.server.update import Peer, Update, all_finite
+from distkeras_async.server.update import Peer, Update
 from distkeras_async.wire import auth
 from distkeras_async.wire.messages import Ack, Commit, CommitPull, Hello, Welcome
 
@@ -86,10 +86,7 @@ class ServerCore:
         self._active: dict[int, Peer] = {}
         self._latest_attempt: dict[int, int] = {}
         self._last_seq: dict[tuple[int, int], int] = {}
-        # Updates (and completed rounds) waiting for a spare center buffer, applied in order.
-        self._queue: deque[Callable[[Lease], None]] = deque()
-        self._queued_updates: set[Update] = set()
-        self._waiting_for_center = False
+        self.updater = CenterUpdater(self.center, algorithm, self, lambda: self.version)
         self.rounds = Rounds(
             num_workers, limits.round_timeout, loop, self._round_complete, self._round_failed
         )
@@ -213,11 +210,11 @@ class ServerCore:
     def commit(self, peer: Peer, message: Commit, lease: Lease, pulled_version: int) -> None:
         """Take a commit whose payload arrived whole; ``lease`` (its buffer) becomes ours.
 
-        It is applied now, queued until a center buffer frees up, or joins the synchronous
+        It is applied now or after the updates waiting before it, or joins the synchronous
         round; the reply follows when it was applied.
 
         Raises:
-            BadUpdateError: if a synchronous update is not finite (the center is unchanged).
+            BadUpdateError: if the update is not finite (the center is unchanged).
             RemoteProtocolError: if a worker commits twice in one round.
         """
         with lease:  # released on every path unless handed to an Update below
@@ -226,16 +223,16 @@ class ServerCore:
                 self.stats.worker(message.worker).duplicates += 1
                 self._reply(peer, message, duplicate=True)
                 return
-            # Synchronous updates are checked on arrival, so the error names the worker,
-            # not the whole round.
-            if (
-                self.algorithm.synchronous
-                and not self.algorithm.allow_nonfinite
-                and not all_finite(message.update)
-            ):
-                raise BadUpdateError("update contains NaN or infinity; the center was not changed")
+            norm = math.inf  # not measured when the algorithm allows non-finite updates
+            if not self.algorithm.allow_nonfinite:
+                measured = finite_norm(message.update)
+                if measured is None:
+                    raise BadUpdateError(
+                        "update contains NaN or infinity; the center was not changed"
+                    )
+                norm = measured
             self._last_seq[key] = message.seq
-            update = Update(peer, message, lease.take(), pulled_version)
+            update = Update(peer, message, lease.take(), pulled_version, norm)
         if self.algorithm.synchronous:
             try:
                 self.rounds.join(update)
@@ -243,105 +240,44 @@ class ServerCore:
                 update.release()
                 raise
         else:
-            self._queued_updates.add(update)
-            self._enqueue(lambda spare: self._apply_async(update, spare))
-
-    # -- applying ----------------------------------------------------------------------
-
-    def _enqueue(self, operation: Callable[[Lease], None]) -> None:
-        self._queue.append(operation)
-        self._drain()
-
-    def _drain(self) -> None:
-        """Run queued operations in order while spare center buffers are available."""
-        self._waiting_for_center = False
-        while self._queue and self.failure is None:
-            spare = self.center.spare()
-            if spare is None:
-                if not self._waiting_for_center:
-                    self._waiting_for_center = True
-                    self.center.wait(self._drain)
-                return
-            operation = self._queue.popleft()
-            with spare:  # published by the operation, or released here
-                operation(spare)
-
-    def _apply_async(self, update: Update, spare: Lease) -> None:
-        try:
-            meta = update.meta(self.version)
-            center = self.center.array
-            if not self._run_rule(
-                "server_apply",
-                lambda: self.algorithm.apply_update(
-                    spare.array, center, update.message.update, meta
-                ),
-            ):
-                return
-            if not self.algorithm.allow_nonfinite and not all_finite(spare.array):
-                reason = (
-                    "update contains NaN or infinity"
-                    if not all_finite(update.message.update)
-                    else "applying this update would make the center non-finite (overflow)"
-                )
-                update.peer.fail(ErrorCode.BAD_UPDATE, f"{reason}; the center was not changed")
-                return
-            self._publish(spare, [meta])
-            self._reply(update.peer, update.message)
-        finally:
-            update.release()
-            self._queued_updates.discard(update)
+            self.updater.submit([update])
 
     def _round_complete(self, members: Sequence[Update]) -> None:
-        self._enqueue(lambda spare: self._apply_round(members, spare))
+        self.updater.submit(members)
 
-    def _apply_round(self, members: Sequence[Update], spare: Lease) -> None:
-        try:
-            metas = [m.meta(self.version) for m in members]
-            center = self.center.array
-            updates = [m.message.update for m in members]
-            if not self._run_rule(
-                "server_apply_round",
-                lambda: self.algorithm.apply_round(spare.array, center, updates, metas),
-            ):
-                return
-            if not self.algorithm.allow_nonfinite and not all_finite(spare.array):
-                self.fail_run(
-                    ErrorCode.ROUND_FAILED,
-                    f"synchronous round {self.stats.rounds + 1} would make the center "
-                    "non-finite (overflow); the center was not changed",
-                )
-                return
-            self._publish(spare, metas)
-            self.stats.rounds += 1
-            for m in members:
-                self._reply(m.peer, m.message)
-        finally:
-            for m in members:
-                m.release()
+    # -- what the updater reports (its Outcome) ----------------------------------------
 
-    def _run_rule(self, rule: str, call: Callable[[], None]) -> bool:
-        """Run an algorithm's rule; on any exception fail the run with its traceback."""
-        try:
-            # Overflow is found by the finiteness check of the result, not by warnings.
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                call()
-        except Exception as exc:
-            trace = "".join(traceback.format_exception(exc))
-            self.fail_run(
-                ErrorCode.RULE_FAILED,
-                f"algorithm {self.algorithm.name!r}: {rule} raised "
-                f"{type(exc).__name__}: {exc}; the center was not changed\n{trace}",
-            )
-            return False
-        return True
-
-    def _publish(self, spare: Lease, metas: Sequence[UpdateMeta]) -> None:
-        self.center.publish(spare)
+    def applied(self, members: Sequence[Update], metas: Sequence[UpdateMeta]) -> None:
+        """The next center was published: count it, reply to its workers."""
         for meta in metas:
             self._count_commit(meta)
         self.version += 1
         self.stats.version = self.version
+        if self.algorithm.synchronous:
+            self.stats.rounds += 1
         self.maybe_checkpoint()
+        for m in members:
+            self._reply(m.peer, m.message)
+
+    def refused(self, members: Sequence[Update], reason: str) -> None:
+        """The result would not be finite: refuse the commit (a round fails the run)."""
+        if self.algorithm.synchronous:
+            self.fail_run(
+                ErrorCode.ROUND_FAILED,
+                f"synchronous round {self.stats.rounds + 1}: {reason}; the center was not changed",
+            )
+        else:
+            (update,) = members
+            update.peer.fail(
+                ErrorCode.BAD_UPDATE,
+                f"applying this update: {reason}; the center was not changed",
+            )
+
+    def rule_failed(self, rule: str, error: Exception, in_place: bool) -> None:
+        """The algorithm's rule raised: the run fails, with its traceback."""
+        self.fail_run(
+            ErrorCode.RULE_FAILED, describe_failure(self.algorithm, rule, error, in_place)
+        )
 
     def _count_commit(self, meta: UpdateMeta) -> None:
         self.stats.commits += 1
@@ -389,10 +325,7 @@ class ServerCore:
         logger.error("parameter server failed: %s", reason)
         self.failure = Failure(code, reason)
         self.rounds.cancel()
-        self._queue.clear()
-        for update in self._queued_updates:
-            update.release()
-        self._queued_updates.clear()
+        self.updater.cancel()
         for peer in list(self.peers):
             peer.fail(code, reason)
 

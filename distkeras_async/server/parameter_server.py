@@ -420,6 +420,7 @@ class ParameterServer:
             state.stats.round_waiting = state.rounds.waiting
             state.stats.center_buffers_in_use = state.center.in_use
             state.stats.receive_buffers_in_use = state.receive.in_use
+            state.stats.in_place_updates = state.updater.in_place
             return state.stats.snapshot()
 
         return self._call(snap)

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from enum import Enum
-from typing import Any, Protocol
+from typing import Protocol
 
 from distkeras_async.errors import (
     AuthenticationError,
@@ -32,6 +32,7 @@ from distkeras_async.errors import (
 from distkeras_async.server.buffers import Buffer, Lease
 from distkeras_async.server.core import ServerCore
 from distkeras_async.server.limits import Limits
+from distkeras_async.server.stats import WorkerStats
 from distkeras_async.wire import auth
 from distkeras_async.wire.decoder import FrameDecoder
 from distkeras_async.wire.frames import FrameHeader
@@ -145,6 +146,7 @@ class Session:
         self.state = State.HANDSHAKE
         self.nonce = auth.new_nonce()
         self._worker: int | None = None
+        self._worker_stats: WorkerStats | None = None
         self.attempt = 0
         self.pulled_version = 0
         self.said_bye = False
@@ -185,9 +187,12 @@ class Session:
             return
         self._write([Challenge(self.nonce)])
 
+    # buffer() and received() run once per read: a 4 MB commit arrives in about 16 reads on
+    # loopback, so they stay lean (measured: 12% of the server's time with more layers).
+
     def buffer(self) -> memoryview:
         """Where the next incoming bytes go."""
-        if self.closed:
+        if self.state is State.CLOSED:
             return memoryview(bytearray(4096))  # discard what still arrives
         if self.frame_started is None:
             self.frame_started = time.monotonic()
@@ -195,12 +200,17 @@ class Session:
 
     def received(self, nbytes: int) -> None:
         """``nbytes`` arrived in the last :meth:`buffer`."""
-        if self.closed:
+        if self.state is State.CLOSED:
             return
         self.core.stats.bytes_in += nbytes
-        if self._worker is not None:
-            self.core.stats.worker(self._worker).bytes_in += nbytes
-        self._guard(lambda: self._decoded(self.decoder.buffer_updated, nbytes))
+        if self._worker_stats is not None:
+            self._worker_stats.bytes_in += nbytes
+        try:
+            self.decoder.buffer_updated(nbytes)
+            if self._collect():
+                self._process()
+        except Exception as exc:
+            self._failed(exc)
 
     def writable(self) -> None:
         """The transport drained its write buffer: unsent centers are sent, go on."""
@@ -251,15 +261,22 @@ class Session:
             lease.release()
             return
         self._receiving = lease
-        self._guard(lambda: self._decoded(self.decoder.provide_payload_buffer, lease.buffer.view))
+        try:
+            self.decoder.provide_payload_buffer(lease.buffer.view)
+            if self._collect():
+                self._process()
+        except Exception as exc:
+            self._failed(exc)
         # Reading resumes even while a reply is unsent: a TLS transport must read to flush
         # its writes. Requests still wait in the inbox until the reply has drained.
         if not self.closed and not self.awaiting:
             self.link.resume_reading()
 
-    def _decoded(self, feed: Callable[[Any], None], argument: object) -> None:
-        feed(argument)
+    def _collect(self) -> bool:
+        """Queue the frames the decoder completed; whether there were any."""
+        collected = False
         while (frame := self.decoder.next_frame()) is not None:
+            collected = True
             self.frame_started = None
             lease = None
             if frame.tensors:
@@ -271,15 +288,13 @@ class Session:
                     f"more than {MAX_QUEUED_REQUESTS} requests sent without reading the replies"
                 )
             self._inbox.append(request)
-        self._process()
+        return collected
 
-    def _guard(self, action: Callable[[], None]) -> None:
-        """Run ``action``; any error closes this connection with a matching error frame."""
-        try:
-            action()
-        except (ProtocolError, AuthenticationError, RunFailedError) as exc:
+    def _failed(self, exc: Exception) -> None:
+        """Close this connection with the error frame ``exc`` calls for."""
+        if isinstance(exc, ProtocolError | AuthenticationError | RunFailedError):
             self.fail(_code(exc), str(exc))
-        except Exception as exc:  # a bug must not take the server down
+        else:  # a bug must not take the server down
             logger.exception("internal error on connection %s", self.link.peer)
             self.fail(ErrorCode.INTERNAL, f"internal server error: {type(exc).__name__}: {exc}")
 
@@ -295,7 +310,9 @@ class Session:
         ):
             request = self._inbox.popleft()
             try:
-                self._guard(lambda request=request: self._handle(request))  # type: ignore[misc]
+                self._handle(request)
+            except Exception as exc:
+                self._failed(exc)
             finally:
                 request.release()
 
@@ -337,6 +354,7 @@ class Session:
     def _hello(self, hello: Hello) -> None:
         welcome = self.core.welcome(self, hello, self.nonce)
         self._worker, self.attempt = hello.worker, hello.attempt
+        self._worker_stats = self.core.stats.worker(hello.worker)
         self.pulled_version = welcome.version
         self.state = State.READY
         self._write([welcome])

@@ -66,6 +66,8 @@ class ServerStats:
             versions still being sent (1 when the server is quiet).
         receive_buffers_in_use: receive buffers held now by commits on their way (0 when the
             server is quiet: no buffer is ever left behind).
+        in_place_updates: updates applied in place (a bounded linear rule, proven finite,
+            with no send reading the center); the others went through a spare buffer.
         started: ``time.time()`` when the server started.
         workers: per-worker statistics.
     """
@@ -83,6 +85,7 @@ class ServerStats:
     receive_buffers: int = 0
     center_buffers_in_use: int = 0
     receive_buffers_in_use: int = 0
+    in_place_updates: int = 0
     started: float = field(default_factory=time.time)
     workers: dict[int, WorkerStats] = field(default_factory=dict)
 

@@ -63,13 +63,16 @@ def all_finite(array: np.ndarray) -> bool:
 class Update:
     """A validated commit waiting to be applied; it owns its receive buffer's lease."""
 
-    __slots__ = ("lease", "message", "peer", "pulled_version")
+    __slots__ = ("lease", "message", "norm", "peer", "pulled_version")
 
-    def __init__(self, peer: Peer, message: Commit, lease: Lease, pulled_version: int) -> None:
+    def __init__(
+        self, peer: Peer, message: Commit, lease: Lease, pulled_version: int, norm: float
+    ) -> None:
         self.peer = peer
         self.message = message
         self.lease = lease
         self.pulled_version = pulled_version
+        self.norm = norm  # sqrt(u . u): bounds every element (inf when not checked)
 
     @property
     def worker(self) -> int:
