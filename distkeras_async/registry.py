@@ -8,10 +8,16 @@ a class at run time.
 from __future__ import annotations
 
 import logging
+import traceback
 from importlib.metadata import EntryPoint, entry_points
 
 from distkeras_async.algorithm import Algorithm
-from distkeras_async.errors import HyperparameterError, PluginError, UnknownAlgorithmError
+from distkeras_async.errors import (
+    HyperparameterError,
+    PluginError,
+    RuleFailedError,
+    UnknownAlgorithmError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -118,3 +124,23 @@ def resolve(algorithm: str | type[Algorithm] | Algorithm, **hyperparameters: obj
         raise PluginError(f"{algorithm!r} is not an algorithm name, class or instance")
     cls.check_contract()
     return cls(**hyperparameters)
+
+
+def check_workers(algorithm: Algorithm, num_workers: int) -> None:
+    """Run the algorithm's ``validate_workers``.
+
+    Raises:
+        HyperparameterError: the rule's own refusal, unchanged.
+        RuleFailedError: if the rule raised anything else (a bug in the rule), with the
+            algorithm's name and the rule's traceback.
+    """
+    try:
+        algorithm.validate_workers(num_workers)
+    except HyperparameterError:
+        raise
+    except Exception as exc:
+        trace = "".join(traceback.format_exception(exc))
+        raise RuleFailedError(
+            f"algorithm {algorithm.name!r}: validate_workers raised "
+            f"{type(exc).__name__}: {exc}\n{trace}"
+        ) from exc

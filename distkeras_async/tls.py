@@ -1,8 +1,9 @@
-"""A self-signed TLS certificate for trying TLS on one machine (tests, benchmarks, demos).
+"""TLS helpers: the CA certificates workers verify the server with, and a test certificate.
 
-Production certificates come from your own CA; this makes a throwaway one for an IP
-address so that ``ssl_context``/``tls_ca`` can be exercised end to end. It needs the
-``cryptography`` package (in the ``test`` extra), imported only when called.
+:func:`read_ca` reads what the trainers' ``tls_ca`` accepts. Production certificates come
+from your own CA; :func:`write_self_signed_certificate` makes a throwaway one for an IP
+address so that ``ssl_context``/``tls_ca`` can be exercised end to end (tests, benchmarks);
+it needs the ``cryptography`` package (in the ``test`` extra), imported only when called.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import ssl
 
 
 def write_self_signed_certificate(
@@ -62,3 +64,22 @@ def write_self_signed_certificate(
             )
         )
     return cert_path, key_path
+
+
+def read_ca(value: str | bytes) -> str:
+    """CA certificates as PEM text, from PEM text or bytes or a path to a PEM file.
+
+    Raises:
+        ValueError: if it is neither, or ``ssl`` cannot load it.
+    """
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        if not os.path.isfile(text):
+            raise ValueError(f"tls_ca is neither PEM text nor a file: {text[:80]!r}")
+        with open(text, encoding="ascii", errors="replace") as f:
+            text = f.read()
+    try:
+        ssl.create_default_context(cadata=text)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ValueError(f"tls_ca holds no usable CA certificate: {exc}") from exc
+    return text

@@ -22,7 +22,6 @@ import logging
 import os
 import ssl
 import threading
-import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -33,8 +32,6 @@ from distkeras_async.algorithm import Algorithm
 from distkeras_async.errors import (
     DistKerasError,
     ErrorCode,
-    HyperparameterError,
-    RuleFailedError,
     from_code,
 )
 from distkeras_async.layout import Layout
@@ -63,26 +60,6 @@ T = TypeVar("T")
 # How often idle, half-sent and unread connections are looked for. One sweep is a loop over
 # the open connections, so once a second costs nothing and bounds every timeout's slack.
 SWEEP_INTERVAL = 1.0
-
-
-def check_workers(algorithm: Algorithm, num_workers: int) -> None:
-    """Run the algorithm's ``validate_workers``.
-
-    Raises:
-        HyperparameterError: the rule's own refusal, unchanged.
-        RuleFailedError: if the rule raised anything else (a bug in the rule), with the
-            algorithm's name and the rule's traceback.
-    """
-    try:
-        algorithm.validate_workers(num_workers)
-    except HyperparameterError:
-        raise
-    except Exception as exc:
-        trace = "".join(traceback.format_exception(exc))
-        raise RuleFailedError(
-            f"algorithm {algorithm.name!r}: validate_workers raised "
-            f"{type(exc).__name__}: {exc}\n{trace}"
-        ) from exc
 
 
 class ParameterServer:
@@ -161,7 +138,7 @@ class ParameterServer:
         ]:
             checks.positive_number(value, name)
         self.algorithm = registry.resolve(algorithm, **hyperparameters)
-        check_workers(self.algorithm, num_workers)
+        registry.check_workers(self.algorithm, num_workers)
         self.layout = Layout.of(weights)
         if self.layout.size == 0:
             raise ValueError("the model has no weights to train")

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import ssl
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -20,9 +18,11 @@ from typing import Any
 from distkeras_async import checks, registry
 from distkeras_async.algorithm import Algorithm
 from distkeras_async.errors import AlgorithmError, ErrorCode, WorkerFailedError
-from distkeras_async.server.parameter_server import ParameterServer, check_workers
+from distkeras_async.server.parameter_server import ParameterServer
 from distkeras_async.server.stats import ServerStats
+from distkeras_async.tls import read_ca
 from distkeras_async.trainers.history import average_history, flatten_rows
+from distkeras_async.trainers.snapshots import CenterSnapshots
 from distkeras_async.wire.auth import check_secret, new_secret
 from distkeras_async.worker.serialization import (
     ModelSpec,
@@ -41,25 +41,6 @@ def _columns(value: Columns, name: str) -> tuple[str, ...]:
     if not columns or not all(isinstance(c, str) and c for c in columns):
         raise ValueError(f"{name} must be a column name or a non-empty list of names")
     return columns
-
-
-def read_ca(value: str | bytes) -> str:
-    """CA certificates as PEM text, from PEM text or bytes or a path to a PEM file.
-
-    Raises:
-        ValueError: if it is neither, or ``ssl`` cannot load it.
-    """
-    text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
-    if "-----BEGIN CERTIFICATE-----" not in text:
-        if not os.path.isfile(text):
-            raise ValueError(f"tls_ca is neither PEM text nor a file: {text[:80]!r}")
-        with open(text, encoding="ascii", errors="replace") as f:
-            text = f.read()
-    try:
-        ssl.create_default_context(cadata=text)
-    except (ssl.SSLError, ValueError) as exc:
-        raise ValueError(f"tls_ca holds no usable CA certificate: {exc}") from exc
-    return text
 
 
 class Trainer:
@@ -275,7 +256,7 @@ class DistributedTrainer(Trainer):
         self.algorithm = registry.get(algorithm) if isinstance(algorithm, str) else algorithm
         self.hyperparameters = dict(hyperparameters)
         probe = registry.resolve(algorithm, **hyperparameters)  # validates now, on the driver
-        check_workers(probe, self.num_workers)
+        registry.check_workers(probe, self.num_workers)
         if self.synchronous is not None and probe.synchronous != self.synchronous:
             kind = "synchronous" if probe.synchronous else "asynchronous"
             other = (
@@ -360,7 +341,7 @@ class DistributedTrainer(Trainer):
                 dataframe, [*self.features_col, *self.label_col], self.num_workers, shuffle=shuffle
             )
             bar = ProgressBar(server, type(self).__name__) if show else contextlib.nullcontext()
-            snapshots = _Snapshots(server, began, self.snapshot_interval)
+            snapshots = CenterSnapshots(server, began, self.snapshot_interval)
             with bar, snapshots:
                 try:
                     rows = sparkglue.run_workers(
@@ -393,32 +374,6 @@ class DistributedTrainer(Trainer):
         Recorded every ``snapshot_interval`` seconds (when set), plus the final weights.
         """
         return list(self.snapshots)
-
-
-class _Snapshots:
-    """Copies the center every ``interval`` seconds from a background thread."""
-
-    def __init__(self, server: ParameterServer, began: float, interval: float | None) -> None:
-        self.server, self.began, self.interval = server, began, interval
-        self.taken: list[tuple[float, list[Any]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="distkeras-snapshots", daemon=True)
-
-    def __enter__(self) -> _Snapshots:
-        if self.interval:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(10)
-
-    def _run(self) -> None:
-        assert self.interval is not None
-        while not self._stop.wait(self.interval):
-            if self.server.running:
-                self.taken.append((time.time() - self.began, self.server.center))
 
 
 class SynchronizedDistributedTrainer(DistributedTrainer):
