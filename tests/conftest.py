@@ -153,7 +153,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 @pytest.fixture(scope="session")
 def spark() -> Iterator[Any]:
     """One embedded local[2] Spark session for the whole test run, loopback only."""
-    pyspark_sql = pytest.importorskip("pyspark.sql")
+    import pyspark.sql as pyspark_sql
+
     from distkeras_async.spark import FAST_BARRIER_CONF
 
     builder = (
@@ -192,3 +193,26 @@ def make_tls_contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext, P
     server_ctx.load_cert_chain(cert_path, key_path)
     client_ctx = ssl.create_default_context(cafile=cert_path)
     return server_ctx, client_ctx, Path(cert_path)
+
+
+# --------------------------------------------------------------------------- no silent skips
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With DISTKERAS_FORBID_SKIPS=1 (set by .ci/run), any skipped test fails the run.
+
+    Every dependency CI needs is installed by `.ci/run` itself, so a skip there means a
+    missing install step or a broken environment, never a reason to pass.
+    """
+    if os.environ.get("DISTKERAS_FORBID_SKIPS") != "1":
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if skipped:
+        names = ", ".join(sorted({report.nodeid for report in skipped})[:10])
+        if reporter is not None:
+            reporter.write_line(
+                f"DISTKERAS_FORBID_SKIPS: {len(skipped)} test(s) skipped ({names}); failing",
+                red=True,
+            )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

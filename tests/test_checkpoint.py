@@ -112,3 +112,87 @@ def test_time_based_checkpoints_and_validation(tmp_path, secret):
             wait_until(lambda: load_checkpoint(path).version == 2)
     finally:
         server.stop()
+
+
+def _random_checkpoint(path, algorithm="downpour", hyperparameters=None, version=41):
+    layout = Layout.of([np.zeros((2, 3), np.float32), np.zeros(4, np.float32)])
+    rng = np.random.default_rng(3)
+    center = rng.normal(size=10).astype(np.float32) * 1e3  # nothing a fresh model would hold
+    save_checkpoint(
+        path,
+        Checkpoint(
+            center,
+            version,
+            layout,
+            algorithm,
+            {"communication_window": 5} if hyperparameters is None else hyperparameters,
+        ),
+    )
+    return center
+
+
+def test_a_resumed_server_starts_from_the_checkpoint_bit_for_bit(tmp_path, secret):
+    path = tmp_path / "c.npz"
+    center = _random_checkpoint(path)
+    weights = [np.zeros((2, 3), np.float32), np.zeros(4, np.float32)]
+    with (
+        ParameterServer(
+            weights, "downpour", num_workers=1, secret=secret, resume_from=path
+        ) as server,
+        ParameterServerClient("127.0.0.1", server.port, secret, 0, timeout=10) as client,
+    ):
+        assert client.version == 41
+        assert client.pull().tobytes() == center.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "hyperparameters", "message"),
+    [
+        ("averaging", {}, r"written by algorithm 'downpour'; this run uses 'averaging'"),
+        (
+            "downpour",
+            {"communication_window": 7},
+            r"communication_window: 5 in the checkpoint, 7 now",
+        ),
+    ],
+)
+def test_resuming_with_another_algorithm_or_hyperparameters_is_refused(
+    tmp_path, secret, algorithm, hyperparameters, message
+):
+    path = tmp_path / "c.npz"
+    _random_checkpoint(path)
+    weights = [np.zeros((2, 3), np.float32), np.zeros(4, np.float32)]
+    with pytest.raises(CheckpointError, match=message):
+        ParameterServer(
+            weights, algorithm, num_workers=1, secret=secret, resume_from=path, **hyperparameters
+        )
+
+
+def test_a_synchronous_run_resumes_and_its_rounds_continue(tmp_path, secret):
+    path = tmp_path / "sync.npz"
+    center = _random_checkpoint(path, "averaging", {"communication_window": 5}, version=9)
+    weights = [np.zeros((2, 3), np.float32), np.zeros(4, np.float32)]
+    with ParameterServer(
+        weights, "averaging", num_workers=2, secret=secret, resume_from=path
+    ) as server:
+        clients = [
+            ParameterServerClient("127.0.0.1", server.port, secret, w, timeout=10) for w in range(2)
+        ]
+        assert clients[0].pull().tobytes() == center.tobytes()
+        replies = {}
+        threads = [
+            threading.Thread(
+                target=lambda w=w: replies.__setitem__(
+                    w, clients[w].commit_pull(np.full(10, float(w + 1), np.float32))
+                )
+            )
+            for w in range(2)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        np.testing.assert_array_equal(replies[0], np.full(10, 1.5))  # the round's mean
+        assert server.version == 10  # version 9 plus one round
+        for client in clients:
+            client.close()

@@ -36,10 +36,14 @@ def test_bench_wire_json(capsys):
     assert main([*argv, "--repeats", "1", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["params"] == 20000 and result["workers"] == 2
-    assert result["round_trips_per_s"] > 0 and result["baseline_round_trips_per_s"] > 0
-    assert result["ratio"] == pytest.approx(
-        result["round_trips_per_s"] / result["baseline_round_trips_per_s"]
-    )
+    assert (result["repeats"], result["duration_s"]) == (1, 0.3)
+    # One sample per side, each a count of round trips in 0.3 s with 2 clients: the medians
+    # are those samples, and the bytes moved follow from the parameter count.
+    (ours,) = result["samples"]["round_trips_per_s"]
+    (base,) = result["samples"]["baseline_round_trips_per_s"]
+    assert (result["round_trips_per_s"], result["baseline_round_trips_per_s"]) == (ours, base)
+    assert ours * 0.3 >= 2 and base * 0.3 >= 2  # each client completed round trips
+    assert result["megabytes_per_s"] == pytest.approx(ours * 2 * 20000 * 4 / 1e6)
 
 
 def test_bench_wire_text(capsys):

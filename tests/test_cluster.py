@@ -29,9 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import pyspark
 import pytest
-
-pyspark = pytest.importorskip("pyspark")
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

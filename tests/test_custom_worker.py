@@ -7,12 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-pytest.importorskip("pyspark")
-
-from distkeras_async.datasets import digits_mlp  # noqa: E402
-from distkeras_async.trainers import DOWNPOUR  # noqa: E402
-from distkeras_async.worker import KerasWorker  # noqa: E402
+from distkeras_async.datasets import digits_mlp
+from distkeras_async.trainers import DOWNPOUR
+from distkeras_async.worker import KerasWorker
 
 pytestmark = pytest.mark.slow
 

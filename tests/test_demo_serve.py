@@ -39,7 +39,8 @@ def test_demo_trains_prints_the_table_and_plots(tmp_path):
     assert rows[0].split()[:2] == ["SingleTrainer", "1"]  # the baseline row comes first
     assert rows[1].split()[:2] == ["DOWNPOUR", "2"]
     for row in rows[:2]:
-        assert 0.0 < float(row.split()[-1]) <= 1.0
+        # Two epochs of digits: both trainers learn far beyond chance (0.1).
+        assert float(row.split()[-1]) >= 0.8, row
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
@@ -73,7 +74,8 @@ def test_demo_on_a_busy_port_explains_in_one_line():
 
 @pytest.fixture
 def saved_model(tmp_path) -> Path:
-    keras = pytest.importorskip("keras")
+    import keras
+
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     path = tmp_path / "model.keras"
     model.save(path)
@@ -81,7 +83,8 @@ def saved_model(tmp_path) -> Path:
 
 
 def test_serve_runs_a_standalone_parameter_server(tmp_path, saved_model, secret):
-    keras = pytest.importorskip("keras")
+    import keras
+
     (tmp_path / "secret").write_text(secret.hex())
     output = tmp_path / "trained.keras"
     process = subprocess.Popen(

@@ -13,9 +13,6 @@ import time
 
 import pytest
 
-pytest.importorskip("keras")
-pytest.importorskip("pyspark")
-
 from distkeras_async.datasets import digits_mlp
 from distkeras_async.errors import RoundFailedError
 from distkeras_async.server.checkpoint import load_checkpoint
@@ -57,10 +54,9 @@ def test_a_synchronous_worker_that_never_arrives_fails_the_run_fast(
         round_timeout=3,
         worker_class=NeverArrives,
     )
-    began = time.monotonic()
+    # The round's own 3 s timeout fails the run: no worker waits for its client timeout.
     with pytest.raises(RoundFailedError, match=r"timed out after 3 s: worker\(s\) \[1\]"):
         trainer.train(digits.train)
-    assert time.monotonic() - began < 90
     assert digits.train.count() > 0  # the Spark job ended: the cluster takes new work at once
 
 
@@ -81,7 +77,7 @@ TRAINING_SCRIPT = textwrap.dedent(
 )
 
 
-def test_a_run_killed_midway_resumes_from_its_checkpoint(digits, tmp_path):
+def test_a_run_killed_midway_resumes_from_its_checkpoint(digits, tmp_path, monkeypatch):
     checkpoint = tmp_path / "center.npz"
     script = tmp_path / "train.py"
     script.write_text(TRAINING_SCRIPT)
@@ -105,18 +101,31 @@ def test_a_run_killed_midway_resumes_from_its_checkpoint(digits, tmp_path):
     model.set_weights(saved.layout.unflatten(saved.center))
     accuracy_at_kill = digits.accuracy(model)
 
+    from distkeras_async.trainers import base as training
+
+    first_centers = []
+    original = training.ParameterServer
+
+    def record(*args, **kwargs):
+        server = original(*args, **kwargs)
+        first_centers.append(server.center_flat)  # what it serves before any commit
+        return server
+
+    monkeypatch.setattr(training, "ParameterServer", record)
     trainer = DOWNPOUR(
         digits_mlp(seed=1),
         "adam",
         "categorical_crossentropy",
         num_workers=2,
         batch_size=32,
-        communication_window=5,
+        communication_window=2,  # the killed run's: a resume must not change the rule
         num_epoch=8,
         master_port=0,
         progress=False,
     )
     trained = trainer.train(digits.train, resume_from=str(checkpoint))
+    (first,) = first_centers
+    assert first.tobytes() == saved.center.tobytes()  # the checkpoint, bit for bit
     stats = trainer.get_parameter_server_stats()
     # The resumed center started at the checkpoint's version, and from its weights (a
     # different seed would start far from a trained model).

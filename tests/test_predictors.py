@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-pytest.importorskip("pyspark")
-
-from distkeras_async.datasets import digits_mlp  # noqa: E402
-from distkeras_async.spark import ModelPredictor  # noqa: E402
+from distkeras_async.datasets import digits_mlp
+from distkeras_async.spark import ModelPredictor
 
 pytestmark = pytest.mark.slow
 

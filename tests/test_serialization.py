@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 
+import keras
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-
-from distkeras_async.worker.serialization import (  # noqa: E402
+from distkeras_async.worker.serialization import (
     ModelSpec,
     SerializationError,
     build_model,

@@ -13,19 +13,16 @@ import subprocess
 import sys
 import textwrap
 
+import keras
 import numpy as np
 import pytest
+from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+from pyspark.ml.feature import StandardScaler, StringIndexer, VectorAssembler
+from pyspark.ml.linalg import Vectors, VectorUDT
+from pyspark.sql import types as T  # noqa: N812
 
-keras = pytest.importorskip("keras")
-pytest.importorskip("pyspark")
-
-from pyspark.ml import Pipeline, PipelineModel  # noqa: E402
-from pyspark.ml.evaluation import MulticlassClassificationEvaluator  # noqa: E402
-from pyspark.ml.feature import StandardScaler, StringIndexer, VectorAssembler  # noqa: E402
-from pyspark.ml.linalg import Vectors, VectorUDT  # noqa: E402
-from pyspark.sql import types as T  # noqa: E402, N812
-
-from distkeras_async.ml import ArgmaxTransformer, KerasEstimator  # noqa: E402
+from distkeras_async.ml import ArgmaxTransformer, KerasEstimator
 
 CULTIVARS = ("barolo", "grignolino", "barbera")
 

@@ -95,6 +95,42 @@ def load_checkpoint(path: str | os.PathLike[str], layout: Layout | None = None) 
     return checkpoint
 
 
+def check_resumable(
+    checkpoint: Checkpoint, path: object, algorithm: str, hyperparameters: dict[str, Any]
+) -> None:
+    """Refuse to resume a run with another algorithm or other hyperparameters.
+
+    A center trained by one rule is not a valid state of another (an elastic center is not
+    an averaged one, a different window changes what a commit means), so resuming must not
+    silently change them.
+
+    Raises:
+        CheckpointError: naming what differs and both values.
+    """
+    if checkpoint.algorithm != algorithm:
+        raise CheckpointError(
+            f"{path} was written by algorithm {checkpoint.algorithm!r}; this run uses "
+            f"{algorithm!r}: resume with the algorithm that wrote it"
+        )
+    # Compare as the checkpoint stores them (JSON), so 5 and 5.0 are not told apart twice.
+    ours = json.loads(json.dumps(hyperparameters))
+    differ = sorted(
+        key
+        for key in set(ours) | set(checkpoint.hyperparameters)
+        if ours.get(key) != checkpoint.hyperparameters.get(key)
+    )
+    if differ:
+        details = ", ".join(
+            f"{key}: {checkpoint.hyperparameters.get(key)!r} in the checkpoint, "
+            f"{ours.get(key)!r} now"
+            for key in differ
+        )
+        raise CheckpointError(
+            f"{path} was written with other hyperparameters of {algorithm!r} ({details}): "
+            "resume with the same ones"
+        )
+
+
 class Checkpointer:
     """Writes the server's center every ``every`` updates and/or every ``interval`` seconds.
 

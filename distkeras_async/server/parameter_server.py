@@ -38,6 +38,7 @@ from distkeras_async.layout import Layout
 from distkeras_async.server.checkpoint import (
     Checkpoint,
     Checkpointer,
+    check_resumable,
     load_checkpoint,
     save_checkpoint,
 )
@@ -146,6 +147,7 @@ class ParameterServer:
         self._initial_version = 0
         if resume_from is not None:
             resumed = load_checkpoint(resume_from, self.layout)
+            check_resumable(resumed, resume_from, self.algorithm.name, self.algorithm.settings)
             self._initial, self._initial_version = resumed.center, resumed.version
             logger.info("resuming from %s at version %d", resume_from, resumed.version)
         self.checkpointer: Checkpointer | None = None
