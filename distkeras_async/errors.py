@@ -60,6 +60,14 @@ class BadUpdateError(RemoteProtocolError):
     code = ErrorCode.BAD_UPDATE
 
 
+class RunEndedError(RemoteProtocolError):
+    """A request reached a server whose run already failed; it carries the run's code."""
+
+    def __init__(self, message: str, code: ErrorCode) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class AuthenticationError(DistKerasError):
     """The handshake failed: wrong secret, replayed proof, or an impostor server."""
 

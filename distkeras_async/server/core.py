@@ -31,6 +31,7 @@ from distkeras_async.errors import (
     ErrorCode,
     LimitExceededError,
     RemoteProtocolError,
+    RunEndedError,
 )
 from distkeras_async.layout import Layout
 from distkeras_async.server.apply import CenterUpdater, describe_failure, finite_norm
@@ -312,7 +313,7 @@ class ServerCore:
 
     def _refuse_if_failed(self) -> None:
         if self.failure is not None:
-            raise _RunFailedError(self.failure)
+            raise RunEndedError(self.failure.reason, self.failure.code)
 
     def fail_run(self, code: ErrorCode, reason: str) -> None:
         """Fail the run: every worker gets ``reason`` at once and no update is applied any more.
@@ -328,11 +329,3 @@ class ServerCore:
         self.updater.cancel()
         for peer in list(self.peers):
             peer.fail(code, reason)
-
-
-class _RunFailedError(RemoteProtocolError):
-    """A request reached a server whose run already failed (carries the run's failure)."""
-
-    def __init__(self, failure: Failure) -> None:
-        super().__init__(failure.reason)
-        self.code = failure.code
