@@ -29,3 +29,12 @@ class ADAG(DeltaAlgorithm):
     def delta_scale(self) -> float:
         """Normalize the accumulated change by the window length."""
         return 1.0 / self.communication_window
+
+    def lagging_center_hint(self, num_workers: int) -> str:
+        """ADAG's pace is num_workers / communication_window of one worker's."""
+        return (
+            f"ADAG commits 1/communication_window of each worker's progress, so the center "
+            f"moves at num_workers / communication_window = {num_workers}/"
+            f"{self.communication_window} of one worker's pace: lower communication_window "
+            "(to the number of workers or below) or add workers."
+        )

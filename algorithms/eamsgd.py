@@ -17,6 +17,11 @@ look-ahead sign is ``+`` (the 2017 Distributed Keras worker used ``x - delta*v``
 multiplied by the learning rate a second time). With plain SGD as the worker optimizer this
 reproduces Algorithm 2 exactly. With another local optimizer (Adam, ...) the momentum is
 applied on top of that optimizer's step, a departure from the paper.
+
+The default momentum is 0.7, not the paper's 0.9: the momentum scales every local step by up
+to :math:`1/(1-\delta)`, and on top of Adam's own first-moment averaging 0.9 overshot
+(digits, 2 workers, 10 epochs: 0.917 with 0.9, 0.961 with 0.7). With plain SGD, 0.9 is the
+better choice (0.92 against 0.84).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ class AsynchronousEAMSGD(AsyncElasticAlgorithm):
     synchronous = False
     hyperparameters: ClassVar[dict[str, Hyperparameter]] = {
         "momentum": Hyperparameter(
-            0.9, float, "Nesterov momentum delta of the local steps", minimum=0.0, maximum=0.999
+            0.7, float, "Nesterov momentum delta of the local steps", minimum=0.0, maximum=0.999
         ),
     }
 

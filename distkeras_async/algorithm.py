@@ -242,6 +242,17 @@ class Algorithm:
         """Whether this algorithm overrides :meth:`worker_step`."""
         return cls.worker_step is not Algorithm.worker_step
 
+    def lagging_center_hint(self, num_workers: int) -> str:
+        """What to change when the center kept little of what the workers learned.
+
+        The trainer's learning check quotes this in its warning; an algorithm whose rule has
+        a step size of its own says which hyperparameter sets it.
+        """
+        return (
+            f"Exchange more often: communication_window={self.communication_window} local "
+            "steps pass between exchanges; try a smaller one."
+        )
+
     # -- server rule ---------------------------------------------------------------------
 
     def server_apply(self, center: np.ndarray, update: np.ndarray, meta: UpdateMeta) -> None:

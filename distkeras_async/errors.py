@@ -181,3 +181,10 @@ class WorkerFailedError(DistKerasError):
 
 class DemoError(DistKerasError):
     """The demo cannot run here (no Java, for instance); the message says what to do."""
+
+
+# -- warnings ------------------------------------------------------------------------------
+
+
+class CenterStayedBehindWarning(UserWarning):
+    """A run ended, but the returned center kept little of what the workers learned."""

@@ -165,6 +165,15 @@ class ElasticAlgorithm(Algorithm):
         self._center = server.pull()
         return self._center.copy()
 
+    def lagging_center_hint(self, num_workers: int) -> str:
+        """The elastic step is the knob: alpha = learning_rate * rho."""
+        return (
+            f"The elastic step alpha = learning_rate * rho = {self.learning_rate:g} * "
+            f"{self.rho:g} = {self.alpha:g} moves the center by that fraction of a worker's "
+            "distance per exchange: raise rho or learning_rate (learning_rate=0.01 with "
+            "rho=5 gives alpha = 0.05)."
+        )
+
     def elastic_move(self, weights: np.ndarray, center: np.ndarray) -> np.ndarray:
         """Return ``e = alpha * (weights - center)`` and apply ``weights -= e`` in place."""
         elastic: np.ndarray = np.subtract(weights, center, dtype=np.float32)

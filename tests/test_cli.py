@@ -25,7 +25,7 @@ def test_algorithms_lists_every_algorithm_with_hyperparameters(capsys):
 def test_algorithms_json(capsys):
     assert main(["algorithms", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["eamsgd"]["hyperparameters"]["momentum"] == 0.9
+    assert data["eamsgd"]["hyperparameters"]["momentum"] == 0.7
     assert data["easgd"]["synchronous"] is True
     assert data["downpour"]["synchronous"] is False
     assert data["downpour"]["class"].endswith("Downpour")

@@ -707,7 +707,7 @@ def test_valid_values_are_converted() -> None:
         "communication_window": 3,
         "rho": 0.5,
         "learning_rate": 1.0,
-        "momentum": 0.9,
+        "momentum": 0.7,
     }
 
 

@@ -80,6 +80,11 @@ def float_column(df: DataFrame, name: str) -> Column:
     )
 
 
+def numeric_columns(df: DataFrame, columns: Sequence[str]) -> DataFrame:
+    """``columns`` (each once) as numbers or arrays of numbers; vectors become arrays."""
+    return df.select(*[float_column(df, c) for c in dict.fromkeys(columns)])
+
+
 def prepare(
     df: DataFrame,
     columns: Sequence[str],
@@ -93,7 +98,7 @@ def prepare(
     Vector columns become ``array<float>`` in Spark itself (``vector_to_array``), so workers
     receive plain Arrow lists; ``shuffle`` also randomises which rows go to which worker.
     """
-    selected = df.select(*[float_column(df, c) for c in dict.fromkeys(columns)])
+    selected = numeric_columns(df, columns)
     if shuffle:
         selected = selected.orderBy(F.rand(seed))
     return selected.repartition(num_partitions)

@@ -12,12 +12,18 @@ import contextlib
 import logging
 import ssl
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from distkeras_async import checks, registry
 from distkeras_async.algorithm import Algorithm
-from distkeras_async.errors import AlgorithmError, ErrorCode, WorkerFailedError
+from distkeras_async.errors import (
+    AlgorithmError,
+    CenterStayedBehindWarning,
+    ErrorCode,
+    WorkerFailedError,
+)
 from distkeras_async.server.parameter_server import ParameterServer
 from distkeras_async.server.stats import ServerStats
 from distkeras_async.tls import read_ca
@@ -164,6 +170,11 @@ class DistributedTrainer(Trainer):
             ``train(df, resume_from=checkpoint_path)`` continues from it.
         checkpoint_every: updates between checkpoints.
         checkpoint_interval: seconds between checkpoints.
+        check_learning: after training, compare the returned center's loss on a sample of
+            512 training rows with the initial weights' and the workers' last losses, and
+            warn (``CenterStayedBehindWarning``, naming the hyperparameter to change) when
+            the center kept less than half of what the workers learned; the losses are in
+            :attr:`learning_report`. Costs one small Spark job and two evaluations.
         worker_class: a :class:`~distkeras_async.worker.KerasWorker` subclass that customises
             what each worker does (data preparation, local step); see
             ``docs/custom-worker.md``.
@@ -203,6 +214,7 @@ class DistributedTrainer(Trainer):
         checkpoint_path: str | None = None,
         checkpoint_every: int | None = None,
         checkpoint_interval: float | None = None,
+        check_learning: bool = True,
         **hyperparameters: Any,
     ) -> None:
         super().__init__(
@@ -251,6 +263,9 @@ class DistributedTrainer(Trainer):
         self.checkpoint_every = checkpoint_every
         self.checkpoint_interval = checkpoint_interval
         self.snapshots: list[tuple[float, list[Any]]] = []
+        self.check_learning = bool(check_learning)
+        self.learning_report: Any = None
+        self.warnings: list[str] = []
         # Workers get the class, not the name: a class registered at run time in a notebook
         # exists only in the driver's registry, and Spark ships the class to the executors.
         self.algorithm = registry.get(algorithm) if isinstance(algorithm, str) else algorithm
@@ -310,6 +325,7 @@ class DistributedTrainer(Trainer):
             resume_from=resume_from,
             **self.hyperparameters,
         )
+        initial = server.center  # before any commit (the checkpoint's, when resuming)
         try:
             port = server.start()
         except OSError as exc:
@@ -366,7 +382,38 @@ class DistributedTrainer(Trainer):
         self.snapshots = [*snapshots.taken, (time.time() - began, weights)]
         self.history = flatten_rows(rows)
         self.training_time = time.time() - began
-        return self._trained_model(weights)
+        model = self._trained_model(weights)
+        if self.check_learning:
+            self._check_learning(dataframe, model, initial, weights)
+        return model
+
+    def _check_learning(
+        self, dataframe: Any, model: Any, initial: list[Any], center: list[Any]
+    ) -> None:
+        """Warn when the returned center kept little of what the workers learned."""
+        from distkeras_async.spark import jobs as sparkglue
+        from distkeras_async.trainers import learning
+
+        columns = [*self.features_col, *self.label_col]
+        sample = learning.sample_rows(
+            sparkglue.numeric_columns(dataframe, columns), self.features_col, self.label_col
+        )
+        result = learning.report(model, initial, center, sample, self.history)
+        model.set_weights(center)  # report() evaluated other weights in this model
+        self.learning_report = result
+        if result is None or not result.stayed_behind:
+            return
+        hint = registry.resolve(self.algorithm, **self.hyperparameters).lagging_center_hint(
+            self.num_workers
+        )
+        message = (
+            f"{type(self).__name__} returned a center that kept {result.share:.0%} of what "
+            f"its workers learned: its loss on {len(sample[0][0])} training rows is "
+            f"{result.center_loss:.3f}, against {result.initial_loss:.3f} for the initial "
+            f"weights and {result.worker_loss:.3f} for the workers' last steps. {hint}"
+        )
+        self.warnings.append(message)
+        warnings.warn(message, CenterStayedBehindWarning, stacklevel=3)
 
     def get_center_snapshots(self) -> list[tuple[float, list[Any]]]:
         """``(seconds since the start, center weights)`` pairs recorded during the last run.

@@ -1,0 +1,115 @@
+"""Did the run learn? A check after training that a returned center never passes for trained.
+
+A run can end without an error and still return a useless model: a center that the rule
+moved too little (an elastic step of 1e-4, a window that divides every commit away), while
+the workers themselves learned. After training, the driver evaluates the loss of the
+returned center and of the initial weights on a small sample of the training rows, and
+compares them with the workers' own last losses. When the center kept less than half of the
+improvement the workers made, the trainer warns (:class:`CenterStayedBehindWarning`) and
+names the hyperparameter to change, as the algorithm describes it.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+# Rows of the training data the check evaluates on: enough for a stable mean loss, few enough
+# that collecting them to the driver and two evaluations cost well under a second.
+SAMPLE_ROWS = 512
+
+# The center must keep at least this share of the loss improvement the workers made.
+MIN_SHARE = 0.5
+
+# The workers' "last" loss is the mean of their last steps: this share of each one's steps.
+LAST_STEPS = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class LearningReport:
+    """Losses on the sample: the initial weights, the returned center, the workers' last."""
+
+    initial_loss: float
+    center_loss: float
+    worker_loss: float
+
+    @property
+    def share(self) -> float:
+        """The share of the workers' loss improvement the center kept (1: all of it)."""
+        gained = self.initial_loss - self.worker_loss
+        if gained <= 0:
+            return 1.0  # the workers did not improve either: nothing to compare with
+        return (self.initial_loss - self.center_loss) / gained
+
+    @property
+    def stayed_behind(self) -> bool:
+        """Whether the center kept less than :data:`MIN_SHARE` of the workers' improvement."""
+        return self.share < MIN_SHARE
+
+
+def workers_last_loss(history: Sequence[Mapping[str, Any]]) -> float | None:
+    """The median over workers of each worker's mean loss over its last steps."""
+    per_worker: dict[int, list[float]] = {}
+    for row in history:
+        loss = row.get("loss")
+        if loss is not None and math.isfinite(loss):
+            per_worker.setdefault(int(row["worker"]), []).append(float(loss))
+    lasts = []
+    for losses in per_worker.values():
+        tail = losses[-max(1, int(len(losses) * LAST_STEPS)) :]
+        lasts.append(sum(tail) / len(tail))
+    return statistics.median(lasts) if lasts else None
+
+
+def sample_rows(
+    prepared: Any, features: Sequence[str], labels: Sequence[str], rows: int = SAMPLE_ROWS
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Up to ``rows`` rows of a prepared DataFrame (numeric and array columns) as arrays."""
+    collected = prepared.limit(rows).collect()
+
+    def column(name: str) -> np.ndarray:
+        return np.asarray([row[name] for row in collected], dtype=np.float32)
+
+    return [column(c) for c in features], [column(c) for c in labels]
+
+
+def evaluate(model: Any, xs: Sequence[np.ndarray], ys: Sequence[np.ndarray]) -> float:
+    """The model's compiled loss on the sample."""
+    from distkeras_async.worker.inputs import shape_inputs
+
+    x = shape_inputs(model, list(xs))
+    y = list(ys)
+    logs = model.evaluate(
+        x[0] if len(x) == 1 else x, y[0] if len(y) == 1 else y, verbose=0, return_dict=True
+    )
+    return float(logs["loss"])
+
+
+def report(
+    model: Any,
+    initial: Sequence[np.ndarray],
+    center: Sequence[np.ndarray],
+    sample: tuple[list[np.ndarray], list[np.ndarray]],
+    history: Sequence[Mapping[str, Any]],
+) -> LearningReport | None:
+    """Compare the returned center with the initial weights and the workers' progress.
+
+    ``model`` is a compiled model of the run's architecture; its weights are changed.
+    Returns None when there is nothing to compare (no sample, no worker loss).
+    """
+    xs, ys = sample
+    worker_loss = workers_last_loss(history)
+    if worker_loss is None or not len(xs[0]):
+        return None
+    model.set_weights(initial)
+    initial_loss = evaluate(model, xs, ys)
+    model.set_weights(center)
+    center_loss = evaluate(model, xs, ys)
+    if not (math.isfinite(initial_loss) and math.isfinite(center_loss)):
+        return None
+    return LearningReport(initial_loss, center_loss, worker_loss)
