@@ -171,6 +171,14 @@ class ColumnError(ValueError):
     """A DataFrame column cannot be turned into a numeric array; the message names it."""
 
 
+class InputDataError(DistKerasError, ValueError):
+    """The training data does not fit the model or cannot train it.
+
+    An empty DataFrame, a width that does not match, nulls, NaN: the message names the
+    column, what was expected and what was found, and what to change.
+    """
+
+
 class InsufficientSlotsError(DistKerasError):
     """The cluster cannot run every worker of a synchronous algorithm at once."""
 

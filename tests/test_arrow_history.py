@@ -65,9 +65,35 @@ def test_history_is_flattened_and_averaged_per_iteration():
         {"worker": 0, "iteration": 1, "timestamp": 3.0, "metrics": [("loss", 1.0), ("acc", 0.5)]},
         {"worker": 0, "iteration": 0, "timestamp": 1.0, "metrics": {"loss": 2.0, "acc": 0.25}},
     ]
-    history = flatten_rows(rows)
-    assert [(h["worker"], h["iteration"]) for h in history] == [(0, 0), (0, 1), (1, 0)]
-    assert history[0] == {"worker": 0, "iteration": 0, "timestamp": 1.0, "loss": 2.0, "acc": 0.25}
+    # Worker 1's first attempt was killed: the server kept its steps 0 and 1.
+    lost = {(1, 0): [(0, 0.5, {"loss": 9.0}), (1, 0.7, {"loss": 8.0})]}
+    for row in rows:
+        row["attempt"] = 1 if row["worker"] == 1 else 0
+    history = flatten_rows(rows, lost)
+    assert [(h["worker"], h["iteration"], h["attempt"]) for h in history] == [
+        (0, 0, 0),
+        (0, 1, 0),
+        (1, 0, 0),
+        (1, 0, 1),
+        (1, 1, 0),
+    ]
+    assert history[0] == {
+        "worker": 0,
+        "attempt": 0,
+        "iteration": 0,
+        "timestamp": 1.0,
+        "loss": 2.0,
+        "acc": 0.25,
+    }
+    assert history[2] == {
+        "worker": 1,
+        "attempt": 0,
+        "iteration": 0,
+        "timestamp": 0.5,
+        "retried": True,
+        "loss": 9.0,
+    }
+    # The average is over the steps that count: a killed attempt's are left out.
     averaged = average_history(history)
     assert averaged[0] == {"iteration": 0, "workers": 2, "timestamp": 2.0, "acc": 0.25, "loss": 3.0}
     assert averaged[1]["workers"] == 1 and averaged[1]["loss"] == 1.0

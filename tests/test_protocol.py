@@ -48,11 +48,15 @@ VALID_FIELDS: dict[Op, dict[str, Any]] = {
         "synchronous": False,
         "next_seq": 3,
         "round_timeout": 2.5,
+        "progress": 0,
     },
     Op.PULL: {},
-    Op.COMMIT: {},
+    Op.COMMIT: {"steps": 40},
     Op.COMMIT_PULL: {},
-    Op.REPORT: {"metrics": {"loss": 0.25, "step": 3, "acc": -1.5}},
+    Op.REPORT: {
+        "metrics": {"loss": 0.25, "step": 3, "acc": -1.5},
+        "history": [[0, 1.5, {"loss": 0.3}], [1, 2.5, {}]],
+    },
     Op.ERROR: {"code": "rule_failed", "message": "something went wrong: é ✓"},
     Op.BYE: {},
     Op.CENTER: {"version": 7},
@@ -1249,13 +1253,22 @@ FIELD_STRATEGIES: dict[Op, st.SearchStrategy[dict[str, Any]]] = {
             "synchronous": st.booleans(),
             "next_seq": ids,
             "round_timeout": numbers,
+            "progress": ids,
         }
     ),
     Op.PULL: st.just({}),
-    Op.COMMIT: st.just({}),
-    Op.COMMIT_PULL: st.just({}),
+    Op.COMMIT: st.fixed_dictionaries({}, optional={"steps": ids}),
+    Op.COMMIT_PULL: st.fixed_dictionaries({}, optional={"steps": ids}),
     Op.REPORT: st.fixed_dictionaries(
-        {"metrics": st.dictionaries(st.text(max_size=20), numbers, max_size=5)}
+        {"metrics": st.dictionaries(st.text(max_size=20), numbers, max_size=5)},
+        optional={
+            "history": st.lists(
+                st.tuples(
+                    ids, numbers, st.dictionaries(st.text(max_size=20), numbers, max_size=3)
+                ).map(list),
+                max_size=5,
+            )
+        },
     ),
     Op.ERROR: st.fixed_dictionaries(
         {"code": st.sampled_from([str(c) for c in ErrorCode]), "message": texts}

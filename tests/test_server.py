@@ -176,6 +176,7 @@ def test_client_rejects_an_impostor_server(secret):
                             "synchronous": False,
                             "next_seq": 0,
                             "round_timeout": 10.0,
+                            "progress": 0,
                         },
                     )
                 )
@@ -213,6 +214,7 @@ def _silent_after_handshake(listener: socket.socket, secret: bytes, handshake: b
                 "synchronous": False,
                 "next_seq": 1,
                 "round_timeout": 10.0,
+                "progress": 0,
             }
             conn.sendall(encode_bytes(Frame(Op.WELCOME, fields=welcome)))
         with contextlib.suppress(OSError):

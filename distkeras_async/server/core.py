@@ -40,9 +40,9 @@ from distkeras_async.server.checkpoint import Checkpointer
 from distkeras_async.server.limits import Limits
 from distkeras_async.server.rounds import Rounds
 from distkeras_async.server.stats import ServerStats
-from distkeras_async.server.update import Peer, Update
+from distkeras_async.server.update import Peer, StepRecord, Update
 from distkeras_async.wire import auth
-from distkeras_async.wire.messages import Ack, Commit, CommitPull, Hello, Welcome
+from distkeras_async.wire.messages import Ack, Commit, CommitPull, Hello, Report, Welcome
 
 logger = logging.getLogger("distkeras_async.server")
 
@@ -87,6 +87,13 @@ class ServerCore:
         self._active: dict[int, Peer] = {}
         self._latest_attempt: dict[int, int] = {}
         self._last_seq: dict[tuple[int, int], int] = {}
+        # Local steps of each worker applied (or queued to be) by any of its attempts: a
+        # retried asynchronous task resumes after them.
+        self.progress: dict[int, int] = {}
+        # Every attempt's step records (from its reports), and the attempts that said bye:
+        # the steps of an attempt that was killed stay in the run's history.
+        self.step_records: dict[tuple[int, int], list[StepRecord]] = {}
+        self.finished_attempts: set[tuple[int, int]] = set()
         self.updater = CenterUpdater(self.center, algorithm, self, lambda: self.version)
         self.rounds = Rounds(
             num_workers, limits.round_timeout, loop, self._round_complete, self._round_failed
@@ -176,6 +183,7 @@ class ServerCore:
             # commits are not mistaken for resends of its predecessor's.
             self._last_seq.get((worker, attempt), -1) + 1,
             self.limits.round_timeout,
+            0 if self.algorithm.synchronous else self.progress.get(worker, 0),
         )
 
     def seen(self, worker: int) -> None:
@@ -187,16 +195,22 @@ class ServerCore:
         """Reply with the current center."""
         self._send_center(peer, worker)
 
-    def report(self, peer: Peer, worker: int, metrics: dict[str, float]) -> None:
-        """Record a worker's metrics and acknowledge them."""
-        stats = self.stats.worker(worker)
-        stats.last_metrics = dict(metrics)
+    def report(self, peer: Peer, message: Report) -> None:
+        """Record a worker's metrics and step records, and acknowledge them."""
+        stats = self.stats.worker(message.worker)
+        stats.last_metrics = dict(message.metrics)
         stats.reports += 1
+        if message.history:
+            records = self.step_records.setdefault((message.worker, message.attempt), [])
+            records.extend((i, t, dict(m)) for i, t, m in message.history)
         peer.send(Ack(self.version))
 
-    def bye(self, worker: int) -> None:
+    def bye(self, worker: int, attempt: int) -> None:
         """A worker finished; a synchronous run stops waiting for it."""
         self.stats.worker(worker).finished = True
+        self.finished_attempts.add((worker, attempt))
+        # A finished attempt's steps come back with its task's result: keep only the others'.
+        self.step_records.pop((worker, attempt), None)
         if self.algorithm.synchronous:
             self.rounds.leave(worker)
 
@@ -233,6 +247,12 @@ class ServerCore:
                     )
                 norm = measured
             self._last_seq[key] = message.seq
+            if message.steps is not None and not self.algorithm.synchronous:
+                # Recorded on acceptance, not on application: a queued update is applied
+                # unless the run fails, so a retry that connects meanwhile must not redo it.
+                self.progress[message.worker] = max(
+                    self.progress.get(message.worker, 0), message.steps
+                )
             update = Update(peer, message, lease.take(), pulled_version, norm)
         if self.algorithm.synchronous:
             try:

@@ -47,6 +47,7 @@ from distkeras_async.server.limits import Limits
 from distkeras_async.server.session import Session
 from distkeras_async.server.stats import ServerStats
 from distkeras_async.server.transport import Transport
+from distkeras_async.server.update import StepRecord
 from distkeras_async.wire import auth
 
 try:
@@ -403,6 +404,30 @@ class ParameterServer:
             return state.stats.snapshot()
 
         return self._call(snap)
+
+    def unfinished_attempts(
+        self,
+    ) -> dict[tuple[int, int], list[tuple[int, float, dict[str, float]]]]:
+        """The step records of every attempt that never said goodbye (killed, lost).
+
+        Keyed by ``(worker, attempt)``; each record is ``(iteration, timestamp, metrics)`` as
+        the worker reported it (the last half second before an attempt died may be missing).
+        """
+        state = self._require_state()
+
+        def collect() -> dict[tuple[int, int], list[StepRecord]]:
+            return {
+                key: list(records)
+                for key, records in state.step_records.items()
+                if key not in state.finished_attempts
+            }
+
+        return self._call(collect)
+
+    def progress(self, worker: int) -> int:
+        """Local steps of ``worker`` applied to the center by any of its attempts."""
+        state = self._require_state()
+        return self._call(lambda: state.progress.get(worker, 0))
 
     @property
     def failure(self) -> str | None:

@@ -335,10 +335,10 @@ class Session:
             assert request.lease is not None
             self.core.commit(self, message, request.lease.take(), self.pulled_version)
         elif isinstance(message, Report):
-            self.core.report(self, worker, dict(message.metrics))
+            self.core.report(self, message)
         elif isinstance(message, Bye):
             self.said_bye = True
-            self.core.bye(worker)
+            self.core.bye(worker, self.attempt)
             self.close()
             return
         else:  # Error: the worker reports its failure and leaves

@@ -16,6 +16,9 @@ from distkeras_async.server.buffers import Buffer, Lease
 from distkeras_async.server.limits import Limits
 from distkeras_async.wire.messages import Commit, Message
 
+# One step of a worker's history as it travels: (iteration, timestamp, metrics).
+StepRecord = tuple[int, float, dict[str, float]]
+
 
 class Peer(Protocol):
     """What the core may do with a connection (a session implements it)."""

@@ -17,10 +17,19 @@ import pyarrow as pa
 from distkeras_async.errors import ColumnError
 
 
+def _refuse_nulls(array: pa.Array, name: str) -> None:
+    if array.null_count:
+        nulls = np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False))
+        raise ColumnError(
+            f"column {name!r} has {array.null_count} null value(s), the first at row "
+            f"{int(nulls[0])}: drop or fill them before training (DataFrame.na.drop, "
+            "Imputer)"
+        )
+
+
 def _list_to_numpy(array: pa.Array, name: str, dtype: np.dtype) -> np.ndarray:
     rows = len(array)
-    if array.null_count:
-        raise ColumnError(f"column {name!r} has {array.null_count} null value(s)")
+    _refuse_nulls(array, name)
     if pa.types.is_fixed_size_list(array.type):
         width = array.type.list_size
         values = array.flatten()
@@ -42,8 +51,7 @@ def _to_numpy(array: pa.Array, name: str, dtype: np.dtype) -> np.ndarray:
     if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
         return _list_to_numpy(array, name, dtype)
     if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
-        if array.null_count:
-            raise ColumnError(f"column {name!r} has {array.null_count} null value(s)")
+        _refuse_nulls(array, name)
         return np.asarray(array.to_numpy(zero_copy_only=False), dtype=dtype)
     raise ColumnError(
         f"column {name!r} has Arrow type {kind}; expected numbers, vectors or arrays of numbers"

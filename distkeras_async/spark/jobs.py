@@ -11,6 +11,7 @@ than after Spark's default ten minutes of retries.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -22,12 +23,19 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F  # noqa: N812 - Spark's own convention
 from pyspark.sql import types as T  # noqa: N812
 
-from distkeras_async.errors import InsufficientSlotsError, WorkerFailedError
+from distkeras_async.errors import (
+    ColumnError,
+    InputDataError,
+    InsufficientSlotsError,
+    WorkerFailedError,
+)
 from distkeras_async.worker.keras_worker import WorkerPlan
 
 logger = logging.getLogger(__name__)
 
-HISTORY_SCHEMA = "worker int, iteration long, timestamp double, metrics map<string,double>"
+HISTORY_SCHEMA = (
+    "worker int, attempt int, iteration long, timestamp double, metrics map<string,double>"
+)
 
 # Spark settings that make a barrier stage with too few slots fail fast instead of
 # retrying for ten minutes; they must be set before the SparkContext starts.
@@ -70,7 +78,10 @@ def float_column(df: DataFrame, name: str) -> Column:
         raise KeyError(f"column {name!r} is not in the DataFrame (have {df.columns})")
     kind = df.schema[name].dataType
     if isinstance(kind, VectorUDT):
-        return vector_to_array(F.col(name), "float32").alias(name)
+        # vector_to_array fails inside the JVM on a null vector, naming nothing; a null array
+        # reaches the worker, which names the column and the row.
+        converted = vector_to_array(F.col(name), "float32")
+        return F.when(F.col(name).isNull(), F.lit(None)).otherwise(converted).alias(name)
     if isinstance(kind, T.ArrayType):
         return F.col(name).alias(name)
     if isinstance(kind, T.NumericType | T.BooleanType):
@@ -78,6 +89,38 @@ def float_column(df: DataFrame, name: str) -> Column:
     raise TypeError(
         f"column {name!r} has type {kind.simpleString()}; expected a vector, an array or a number"
     )
+
+
+# Spark job groups of the training run's own jobs: the input checks, and the training job.
+CHECK_GROUP = "distkeras-async-checks"
+TRAINING_GROUP = "distkeras-async-training"
+
+
+@contextlib.contextmanager
+def job_group(spark: SparkSession, group: str, description: str) -> Iterator[None]:
+    """Run the jobs started inside under a Spark job group, then restore the previous one.
+
+    Spark's UI and status tracker show a run's jobs by their group.
+    """
+    sc = spark.sparkContext
+    previous = sc.getLocalProperty("spark.jobGroup.id")
+    previous_description = sc.getLocalProperty("spark.job.description")
+    sc.setJobGroup(group, description)
+    try:
+        yield
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", previous)  # type: ignore[arg-type]
+        sc.setLocalProperty("spark.job.description", previous_description)  # type: ignore[arg-type]
+
+
+def first_row(df: DataFrame, columns: Sequence[str]) -> dict[str, Any] | None:
+    """The first row of ``columns`` (vectors as arrays), or None for an empty DataFrame.
+
+    One small Spark job under :data:`CHECK_GROUP`; no pass over the data.
+    """
+    with job_group(df.sparkSession, CHECK_GROUP, "distkeras-async: checking the input"):
+        rows = numeric_columns(df, columns).head(1)
+    return rows[0].asDict() if rows else None
 
 
 def numeric_columns(df: DataFrame, columns: Sequence[str]) -> DataFrame:
@@ -122,10 +165,11 @@ def warm_up(df: DataFrame, workers: int) -> None:
     df.repartition(workers).mapInArrow(task, "ok int", barrier=True).collect()
 
 
-def _history_batch(records: Sequence[Any]) -> pa.RecordBatch:
+def _history_batch(records: Sequence[Any], attempt: int) -> pa.RecordBatch:
     return pa.RecordBatch.from_pydict(
         {
             "worker": pa.array([r.worker for r in records], pa.int32()),
+            "attempt": pa.array([attempt] * len(records), pa.int32()),
             "iteration": pa.array([r.iteration for r in records], pa.int64()),
             "timestamp": pa.array([r.timestamp for r in records], pa.float64()),
             "metrics": pa.array(
@@ -157,15 +201,20 @@ def run_workers(
 
         context = TaskContext.get()
         assert context is not None
-        arrays = batches_to_numpy(batches, [*features, *labels])
+        worker, attempt = context.partitionId(), context.attemptNumber()
+        try:
+            arrays = batches_to_numpy(batches, [*features, *labels])
+        except ColumnError as exc:
+            raise InputDataError(
+                f"worker {worker} (attempt {attempt}), in its partition: {exc}"
+            ) from exc
         x, y = arrays[: len(features)], arrays[len(features) :]
-        history = train_worker(
-            plan, context.partitionId(), context.attemptNumber(), x, y, task_cores=context.cpus()
-        )
-        yield _history_batch(history)
+        history = train_worker(plan, worker, attempt, x, y, task_cores=context.cpus())
+        yield _history_batch(history, attempt)
 
     try:
-        rows = df.mapInArrow(task, HISTORY_SCHEMA, barrier=barrier).collect()
+        with job_group(spark, TRAINING_GROUP, "distkeras-async: training"):
+            rows = df.mapInArrow(task, HISTORY_SCHEMA, barrier=barrier).collect()
     except Exception as exc:
         if type(exc).__module__.startswith(("pyspark", "py4j")):
             raise WorkerFailedError(f"a worker failed:\n{_worker_traceback(exc)}") from exc

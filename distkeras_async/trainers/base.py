@@ -12,7 +12,6 @@ import contextlib
 import logging
 import ssl
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,14 +19,16 @@ from distkeras_async import checks, registry
 from distkeras_async.algorithm import Algorithm
 from distkeras_async.errors import (
     AlgorithmError,
-    CenterStayedBehindWarning,
     ErrorCode,
     WorkerFailedError,
 )
 from distkeras_async.server.parameter_server import ParameterServer
 from distkeras_async.server.stats import ServerStats
 from distkeras_async.tls import read_ca
+from distkeras_async.trainers.failures import unfinished_workers
 from distkeras_async.trainers.history import average_history, flatten_rows
+from distkeras_async.trainers.input_checks import check_first_row
+from distkeras_async.trainers.learning import check_center
 from distkeras_async.trainers.snapshots import CenterSnapshots
 from distkeras_async.wire.auth import check_secret, new_secret
 from distkeras_async.worker.serialization import (
@@ -175,6 +176,13 @@ class DistributedTrainer(Trainer):
             warn (``CenterStayedBehindWarning``, naming the hyperparameter to change) when
             the center kept less than half of what the workers learned; the losses are in
             :attr:`learning_report`. Costs one small Spark job and two evaluations.
+        allow_nonfinite_inputs: let NaN and infinity in the feature and label columns reach
+            the model; by default a worker refuses them, naming the column and the row.
+        on_retry: what Spark's retry of a failed asynchronous worker does: ``"resume"`` (the
+            default) continues after the local steps whose updates the server already
+            applied, so no row's update is applied twice and none is lost; ``"restart"``
+            trains its partition again from the start. The history keeps the failed
+            attempt's steps either way, marked ``retried``. Synchronous runs fail instead.
         worker_class: a :class:`~distkeras_async.worker.KerasWorker` subclass that customises
             what each worker does (data preparation, local step); see
             ``docs/custom-worker.md``.
@@ -215,6 +223,8 @@ class DistributedTrainer(Trainer):
         checkpoint_every: int | None = None,
         checkpoint_interval: float | None = None,
         check_learning: bool = True,
+        allow_nonfinite_inputs: bool = False,
+        on_retry: str = "resume",
         **hyperparameters: Any,
     ) -> None:
         super().__init__(
@@ -264,6 +274,10 @@ class DistributedTrainer(Trainer):
         self.checkpoint_interval = checkpoint_interval
         self.snapshots: list[tuple[float, list[Any]]] = []
         self.check_learning = bool(check_learning)
+        self.allow_nonfinite_inputs = bool(allow_nonfinite_inputs)
+        if on_retry not in ("resume", "restart"):
+            raise ValueError(f"on_retry must be 'resume' or 'restart', got {on_retry!r}")
+        self.on_retry = on_retry
         self.learning_report: Any = None
         self.warnings: list[str] = []
         # Workers get the class, not the name: a class registered at run time in a notebook
@@ -307,6 +321,16 @@ class DistributedTrainer(Trainer):
 
         session = dataframe.sparkSession
         began = time.time()
+        # The data against the model, from its first row, before anything starts. A custom
+        # worker whose prepare() transforms the columns is only checked for emptiness.
+        check_first_row(
+            sparkglue.first_row(dataframe, [*self.features_col, *self.label_col]),
+            self.master_model,
+            self.loss,
+            self.features_col,
+            self.label_col,
+            shapes=not self._custom_prepare(),
+        )
         host = self.master_host or sparkglue.driver_host(session)
         secret = self.secret or new_secret()
         server = ParameterServer(
@@ -350,6 +374,8 @@ class DistributedTrainer(Trainer):
             worker_class=self.worker_class,
             tls_ca=self.tls_ca,
             tls_server_hostname=self.tls_server_hostname,
+            allow_nonfinite_inputs=self.allow_nonfinite_inputs,
+            on_retry=self.on_retry,
         )
         show = attached_to_terminal() if self.progress is None else self.progress
         try:
@@ -371,49 +397,32 @@ class DistributedTrainer(Trainer):
                         error = server.failure_error(detail=str(exc))
                         assert error is not None
                         raise error from exc
-                    raise
+                    # Spark names a task, not a worker (a killed Python worker leaves no
+                    # traceback at all): say which workers had not finished, and how far.
+                    raise WorkerFailedError(f"{exc}\n{unfinished_workers(server)}") from exc
             server.raise_for_failure()
             if self.checkpoint_path is not None:
                 server.checkpoint()
             weights = server.center
             self.parameter_server_stats = server.stats()
+            lost = server.unfinished_attempts()
         finally:
             server.stop()
         self.snapshots = [*snapshots.taken, (time.time() - began, weights)]
-        self.history = flatten_rows(rows)
+        self.history = flatten_rows(rows, lost)
         self.training_time = time.time() - began
         model = self._trained_model(weights)
-        if self.check_learning:
-            self._check_learning(dataframe, model, initial, weights)
+        if self.check_learning and not self._custom_prepare():
+            self.learning_report = check_center(self, dataframe, model, initial, weights)
         return model
 
-    def _check_learning(
-        self, dataframe: Any, model: Any, initial: list[Any], center: list[Any]
-    ) -> None:
-        """Warn when the returned center kept little of what the workers learned."""
-        from distkeras_async.spark import jobs as sparkglue
-        from distkeras_async.trainers import learning
+    def _custom_prepare(self) -> bool:
+        """Whether a custom worker class turns the columns into inputs its own way."""
+        from distkeras_async.worker.keras_worker import KerasWorker
 
-        columns = [*self.features_col, *self.label_col]
-        sample = learning.sample_rows(
-            sparkglue.numeric_columns(dataframe, columns), self.features_col, self.label_col
+        return (
+            self.worker_class is not None and self.worker_class.prepare is not KerasWorker.prepare
         )
-        result = learning.report(model, initial, center, sample, self.history)
-        model.set_weights(center)  # report() evaluated other weights in this model
-        self.learning_report = result
-        if result is None or not result.stayed_behind:
-            return
-        hint = registry.resolve(self.algorithm, **self.hyperparameters).lagging_center_hint(
-            self.num_workers
-        )
-        message = (
-            f"{type(self).__name__} returned a center that kept {result.share:.0%} of what "
-            f"its workers learned: its loss on {len(sample[0][0])} training rows is "
-            f"{result.center_loss:.3f}, against {result.initial_loss:.3f} for the initial "
-            f"weights and {result.worker_loss:.3f} for the workers' last steps. {hint}"
-        )
-        self.warnings.append(message)
-        warnings.warn(message, CenterStayedBehindWarning, stacklevel=3)
 
     def get_center_snapshots(self) -> list[tuple[float, list[Any]]]:
         """``(seconds since the start, center weights)`` pairs recorded during the last run.

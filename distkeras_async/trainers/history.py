@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 
-def flatten_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def flatten_rows(
+    rows: Iterable[Mapping[str, Any]],
+    lost: Mapping[tuple[int, int], Sequence[tuple[int, float, Mapping[str, float]]]] | None = None,
+) -> list[dict[str, Any]]:
     """History rows as returned by the workers -> one flat dict per worker step.
 
-    Each dict has ``worker``, ``iteration``, ``timestamp`` and one key per metric (``loss``,
-    ``accuracy``, ...), sorted by worker then iteration.
+    Each dict has ``worker``, ``attempt``, ``iteration``, ``timestamp`` and one key per metric
+    (``loss``, ``accuracy``, ...), sorted by worker, iteration, then attempt. ``lost`` holds
+    the step records the server kept of attempts that never finished (a killed task); their
+    steps are kept too, marked ``"retried": True``.
     """
     out = []
     for row in rows:
@@ -21,12 +26,25 @@ def flatten_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         out.append(
             {
                 "worker": int(row["worker"]),
+                "attempt": int(row.get("attempt") or 0),
                 "iteration": int(row["iteration"]),
                 "timestamp": float(row["timestamp"]),
                 **{str(k): float(v) for k, v in metrics.items()},
             }
         )
-    out.sort(key=lambda r: (r["worker"], r["iteration"]))
+    for (worker, attempt), records in (lost or {}).items():
+        for iteration, timestamp, step_metrics in records:
+            out.append(
+                {
+                    "worker": worker,
+                    "attempt": attempt,
+                    "iteration": int(iteration),
+                    "timestamp": float(timestamp),
+                    "retried": True,
+                    **{str(k): float(v) for k, v in step_metrics.items()},
+                }
+            )
+    out.sort(key=lambda r: (r["worker"], r["iteration"], r["attempt"]))
     return out
 
 
@@ -34,15 +52,20 @@ def average_history(history: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]
     """Average every metric over the workers, step by step.
 
     Returns one dict per iteration with ``iteration``, ``workers`` (how many workers had that
-    step), ``timestamp`` (the latest) and the mean of each metric.
+    step), ``timestamp`` (the latest) and the mean of each metric. Steps of an attempt that
+    was retried (``retried``) are left out: its retry's steps replace them.
     """
     by_step: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
     for record in history:
-        by_step[int(record["iteration"])].append(record)
+        if not record.get("retried"):
+            by_step[int(record["iteration"])].append(record)
     out = []
     for iteration in sorted(by_step):
         records = by_step[iteration]
-        keys = sorted({k for r in records for k in r} - {"worker", "iteration", "timestamp"})
+        keys = sorted(
+            {k for r in records for k in r}
+            - {"worker", "attempt", "iteration", "timestamp", "retried"}
+        )
         averaged: dict[str, Any] = {
             "iteration": iteration,
             "workers": len(records),

@@ -11,13 +11,19 @@ names the hyperparameter to change, as the algorithm describes it.
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from distkeras_async.errors import CenterStayedBehindWarning
+
+logger = logging.getLogger(__name__)
 
 # Rows of the training data the check evaluates on: enough for a stable mean loss, few enough
 # that collecting them to the driver and two evaluations cost well under a second.
@@ -28,6 +34,10 @@ MIN_SHARE = 0.5
 
 # The workers' "last" loss is the mean of their last steps: this share of each one's steps.
 LAST_STEPS = 0.1
+
+# Below this relative improvement of the workers' loss there is nothing to compare with:
+# the shares of a tiny gain are noise.
+MIN_GAIN = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +52,8 @@ class LearningReport:
     def share(self) -> float:
         """The share of the workers' loss improvement the center kept (1: all of it)."""
         gained = self.initial_loss - self.worker_loss
-        if gained <= 0:
-            return 1.0  # the workers did not improve either: nothing to compare with
+        if gained <= MIN_GAIN * abs(self.initial_loss):
+            return 1.0  # the workers barely improved either: nothing to compare with
         return (self.initial_loss - self.center_loss) / gained
 
     @property
@@ -113,3 +123,42 @@ def report(
     if not (math.isfinite(initial_loss) and math.isfinite(center_loss)):
         return None
     return LearningReport(initial_loss, center_loss, worker_loss)
+
+
+def check_center(
+    trainer: Any, dataframe: Any, model: Any, initial: list[Any], center: list[Any]
+) -> LearningReport | None:
+    """Run the check after a trainer's run; warn when the center stayed behind.
+
+    ``model`` holds the returned center again when this returns. The warning is also
+    appended to ``trainer.warnings``.
+    """
+    from distkeras_async import registry
+    from distkeras_async.spark import jobs as sparkglue
+
+    columns = [*trainer.features_col, *trainer.label_col]
+    with sparkglue.job_group(
+        dataframe.sparkSession, sparkglue.CHECK_GROUP, "distkeras-async: checking the result"
+    ):
+        sample = sample_rows(
+            sparkglue.numeric_columns(dataframe, columns), trainer.features_col, trainer.label_col
+        )
+    try:
+        result = report(model, initial, center, sample, trainer.history)
+    except Exception:  # a check must never fail a run that trained
+        logger.warning("could not evaluate the learning check", exc_info=True)
+        result = None
+    model.set_weights(center)  # report() evaluated other weights in this model
+    if result is None or not result.stayed_behind:
+        return result
+    algorithm = registry.resolve(trainer.algorithm, **trainer.hyperparameters)
+    hint = algorithm.lagging_center_hint(trainer.num_workers)
+    message = (
+        f"{type(trainer).__name__} returned a center that kept {result.share:.0%} of what "
+        f"its workers learned: its loss on {len(sample[0][0])} training rows is "
+        f"{result.center_loss:.3f}, against {result.initial_loss:.3f} for the initial "
+        f"weights and {result.worker_loss:.3f} for the workers' last steps. {hint}"
+    )
+    trainer.warnings.append(message)
+    warnings.warn(message, CenterStayedBehindWarning, stacklevel=3)
+    return result

@@ -117,6 +117,8 @@ class Welcome(Message):
         synchronous: whether commits meet in rounds.
         next_seq: the sequence number this worker and attempt continue from.
         round_timeout: seconds a synchronous round may wait.
+        progress: local steps of this worker already applied to the center, by any of its
+            attempts (a retried task resumes after them).
     """
 
     op: ClassVar[Op] = Op.WELCOME
@@ -129,6 +131,7 @@ class Welcome(Message):
     synchronous: bool
     next_seq: int
     round_timeout: float
+    progress: int = 0
 
     def wire_fields(self) -> dict[str, Any]:
         """Every attribute, the layout as ``[[dtype, shape], ...]``."""
@@ -142,6 +145,7 @@ class Welcome(Message):
             "synchronous": self.synchronous,
             "next_seq": self.next_seq,
             "round_timeout": self.round_timeout,
+            "progress": self.progress,
         }
 
     @classmethod
@@ -158,6 +162,7 @@ class Welcome(Message):
             f["synchronous"],
             f["next_seq"],
             float(f["round_timeout"]),
+            f["progress"],
             **_ids(frame),
         )
 
@@ -176,14 +181,23 @@ def _check_vector(update: object) -> None:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Commit(Message):
-    """Client -> server: apply ``update`` (one flat vector) with the algorithm's rule."""
+    """Client -> server: apply ``update`` (one flat vector) with the algorithm's rule.
+
+    ``steps``, when given, is how many local steps of the worker the update includes (all of
+    them, since its first); the server remembers it for a retried attempt to resume after.
+    """
 
     op: ClassVar[Op] = Op.COMMIT
     update: np.ndarray
+    steps: int | None = None
 
     def __post_init__(self) -> None:
         _check_vector(self.update)
         Message.__post_init__(self)
+
+    def wire_fields(self) -> dict[str, Any]:
+        """``steps``, when given."""
+        return {} if self.steps is None else {"steps": self.steps}
 
     def wire_tensors(self) -> tuple[np.ndarray, ...]:
         """The update."""
@@ -191,7 +205,7 @@ class Commit(Message):
 
     @classmethod
     def _from_frame(cls, frame: Frame) -> Message:
-        return cls(frame.tensors[0], **_ids(frame))
+        return cls(frame.tensors[0], frame.fields.get("steps"), **_ids(frame))
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -203,18 +217,31 @@ class CommitPull(Commit):
 
 @dataclass(frozen=True, slots=True)
 class Report(Message):
-    """Client -> server: the worker's latest metrics, for statistics and progress bars."""
+    """Client -> server: the worker's latest metrics, and its step records since the last.
+
+    The server keeps the records of every attempt, so the steps of an attempt that was killed
+    are not lost from the run's history.
+    """
 
     op: ClassVar[Op] = Op.REPORT
     metrics: Mapping[str, float]
+    history: tuple[tuple[int, float, Mapping[str, float]], ...] = ()
 
     def wire_fields(self) -> dict[str, Any]:
-        """``metrics``."""
-        return {"metrics": dict(self.metrics)}
+        """``metrics``, and ``history`` as ``[[iteration, timestamp, metrics], ...]``."""
+        fields: dict[str, Any] = {"metrics": dict(self.metrics)}
+        if self.history:
+            fields["history"] = [[i, t, dict(m)] for i, t, m in self.history]
+        return fields
 
     @classmethod
     def _from_frame(cls, frame: Frame) -> Message:
-        return cls({k: float(v) for k, v in frame.fields["metrics"].items()}, **_ids(frame))
+        history = tuple(
+            (i, float(t), {k: float(v) for k, v in m.items()})
+            for i, t, m in frame.fields.get("history", ())
+        )
+        metrics = {k: float(v) for k, v in frame.fields["metrics"].items()}
+        return cls(metrics, history, **_ids(frame))
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,8 @@ import numpy as np
 
 from distkeras_async.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
-# Version 2: error frames carry a machine-readable `code`.
+# Version 2: error frames carry a machine-readable `code`; commits carry the worker's step count,
+# the welcome the steps already applied for the worker, reports the step records.
 PROTOCOL_VERSION = 2
 
 PREFIX = struct.Struct("<I")
@@ -37,6 +38,10 @@ MAX_NDIM = 32
 
 # Error and text fields are cut to this many characters: enough for a traceback's tail.
 MAX_TEXT = 4096
+
+# Step records one report may carry; a worker sends more in several reports (the header
+# limit, 64 KiB, bounds them further: the reporter flushes well before either).
+MAX_HISTORY = 2048
 
 # Fixed dtype table: dtype names on the wire are looked up here, never passed to np.dtype()
 # (np.dtype("O") would let a peer create object arrays).
@@ -115,6 +120,22 @@ def _is_metrics(value: object) -> bool:
     )
 
 
+def _is_history(value: object) -> bool:
+    """Step records ``[iteration, timestamp, {metric: value}]``, at most MAX_HISTORY."""
+    return (
+        isinstance(value, list)
+        and len(value) <= MAX_HISTORY
+        and all(
+            isinstance(r, list)
+            and len(r) == 3
+            and is_int(r[0])
+            and is_number(r[1])
+            and _is_metrics(r[2])
+            for r in value
+        )
+    )
+
+
 def _is_settings(value: object) -> bool:
     return (
         isinstance(value, dict)
@@ -150,11 +171,12 @@ FIELDS: Mapping[Op, Mapping[str, tuple[Check, bool]]] = {
         "synchronous": (_is_bool, True),
         "next_seq": (is_int, True),
         "round_timeout": (is_number, True),
+        "progress": (is_int, True),
     },
     Op.PULL: {},
-    Op.COMMIT: {},
-    Op.COMMIT_PULL: {},
-    Op.REPORT: {"metrics": (_is_metrics, True)},
+    Op.COMMIT: {"steps": (is_int, False)},
+    Op.COMMIT_PULL: {"steps": (is_int, False)},
+    Op.REPORT: {"metrics": (_is_metrics, True), "history": (_is_history, False)},
     Op.ERROR: {"code": (_is_code, True), "message": (_is_text, True)},
     Op.BYE: {},
     Op.CENTER: {"version": (is_int, True), "duplicate": (_is_bool, False)},

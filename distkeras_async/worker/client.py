@@ -18,7 +18,7 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -60,6 +60,10 @@ M = TypeVar("M", bound=Message)
 # Extra seconds a commit may wait beyond the server's round timeout before the client gives
 # up by itself: the server's own timeout error should normally arrive first.
 _ROUND_MARGIN = 30.0
+
+
+def _finite(metrics: Mapping[str, float]) -> dict[str, float]:
+    return {str(k): float(v) for k, v in metrics.items() if np.isfinite(v)}
 
 
 class ParameterServerClient:
@@ -143,6 +147,9 @@ class ParameterServerClient:
         self.round_timeout: float = welcome.round_timeout
         self.synchronous_rounds: bool = welcome.synchronous
         self._seq = max(self._seq, welcome.next_seq)
+        self.progress: int = welcome.progress
+        # The worker's local steps so far; sent with every commit (see Commit.steps).
+        self.steps: int | None = None
 
     @property
     def num_params(self) -> int:
@@ -158,7 +165,7 @@ class ParameterServerClient:
 
     def commit(self, update: np.ndarray) -> None:
         """Send an update for the server rule and wait until it is accepted."""
-        self._send(Commit(self._check_update(update), **self._ids()))
+        self._send(Commit(self._check_update(update), self.steps, **self._ids()))
         reply = self._receive(Ack)
         self.version = reply.version
         if reply.duplicate:
@@ -166,13 +173,28 @@ class ParameterServerClient:
 
     def commit_pull(self, update: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Send an update and receive the center after it was applied, in one round trip."""
-        self._send(CommitPull(self._check_update(update), **self._ids()))
+        self._send(CommitPull(self._check_update(update), self.steps, **self._ids()))
         return self._receive_center(out)
 
-    def report(self, metrics: Mapping[str, float]) -> None:
-        """Send metrics (e.g. the latest loss) for the server's statistics."""
-        clean = {str(k): float(v) for k, v in metrics.items() if np.isfinite(v)}
-        self._send(Report(clean, **self._ids()))
+    def report(
+        self,
+        metrics: Mapping[str, float],
+        history: Sequence[tuple[int, float, Mapping[str, float]]] = (),
+    ) -> None:
+        """Send metrics (e.g. the latest loss), and step records, for the server to keep.
+
+        Args:
+            metrics: the latest metrics (non-finite values are left out).
+            history: ``(iteration, timestamp, metrics)`` of the steps since the last report
+                (at most ``MAX_HISTORY``; non-finite metric values are left out).
+        """
+        self._send(
+            Report(
+                _finite(metrics),
+                tuple((int(i), float(t), _finite(m)) for i, t, m in history),
+                **self._ids(),
+            )
+        )
         self._receive(Ack)
 
     def report_error(self, message: str) -> None:

@@ -60,6 +60,10 @@ class WorkerSession:
         worker_id: recorded in the history.
         on_exchange: called after each exchange with the latest metrics plus ``steps``, the
             number of local steps so far (e.g. to report them).
+        first_step: the number of the first local step: a retried task that resumes after
+            ``first_step`` steps already applied continues the numbering.
+        on_progress: called with the number of local steps so far (counted from the first
+            of the partition) right before each exchange, so the commit can carry it.
     """
 
     def __init__(
@@ -70,16 +74,25 @@ class WorkerSession:
         *,
         worker_id: int = 0,
         on_exchange: Callable[[Mapping[str, float]], None] | None = None,
+        first_step: int = 0,
+        on_progress: Callable[[int], None] | None = None,
     ) -> None:
         self.model = model
         self.algorithm = algorithm
         self.server = server
         self.worker_id = worker_id
         self.on_exchange = on_exchange
+        self.first_step = first_step
+        self.on_progress = on_progress
         self.history: list[StepRecord] = []
         self.exchanges = 0
         self._pending = 0
         self._metrics: Mapping[str, float] = {}
+
+    @property
+    def steps(self) -> int:
+        """Local steps so far, counted from the first step of the partition."""
+        return self.first_step + len(self.history)
 
     def start(self) -> None:
         """Run the rule's ``worker_start`` and adopt the weights it returns."""
@@ -88,24 +101,28 @@ class WorkerSession:
     def step_done(self, metrics: Mapping[str, float]) -> None:
         """Record a finished local step; exchange when the window is full."""
         self._metrics = metrics
-        self.history.append(
-            StepRecord(self.worker_id, len(self.history), time.time(), dict(metrics))
-        )
+        self.history.append(StepRecord(self.worker_id, self.steps, time.time(), dict(metrics)))
         self._pending += 1
         if self._pending >= self.algorithm.communication_window:
+            self._progress()
             self.model.set_flat(self.algorithm.worker_exchange(self.model.get_flat(), self.server))
             self._pending = 0
             self.exchanges += 1
             if self.on_exchange is not None:
-                self.on_exchange({**metrics, "steps": float(len(self.history))})
+                self.on_exchange({**metrics, "steps": float(self.steps)})
 
     def finish(self) -> None:
         """Commit what remains (``worker_finish``), unless the last step just exchanged."""
         if self._pending or not self.exchanges:
+            self._progress()
             self.model.set_flat(self.algorithm.worker_finish(self.model.get_flat(), self.server))
             self._pending = 0
             if self.on_exchange is not None and self._metrics:
-                self.on_exchange({**self._metrics, "steps": float(len(self.history))})
+                self.on_exchange({**self._metrics, "steps": float(self.steps)})
+
+    def _progress(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.steps)
 
 
 def run_worker(
@@ -135,6 +152,12 @@ def run_worker(
         The history: one record per local step.
     """
     session = WorkerSession(model, algorithm, server, worker_id=worker_id, on_exchange=on_exchange)
+    return run_session(session, batches)
+
+
+def run_session(session: WorkerSession, batches: Iterable[Any]) -> list[StepRecord]:
+    """Drive ``session`` over ``batches`` with its model's ``train_step`` (see run_worker)."""
+    model, algorithm = session.model, session.algorithm
     session.start()
     every_step = algorithm.acts_every_step()
     for batch in batches:

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from distkeras_async.errors import InputDataError
+
 
 def input_shapes(model: Any, count: int) -> list[Any]:
     """The model's input shapes, or None each where the model does not declare them."""
@@ -41,3 +43,28 @@ def reshape_columns(arrays: Sequence[np.ndarray], shapes: Sequence[Any]) -> list
 def shape_inputs(model: Any, columns: Sequence[np.ndarray]) -> list[np.ndarray]:
     """``columns`` (one per model input) reshaped to the model's inputs."""
     return reshape_columns(columns, input_shapes(model, len(columns)))
+
+
+def check_finite(
+    columns: Sequence[np.ndarray], names: Sequence[str], worker: int, attempt: int
+) -> None:
+    """Refuse a partition with NaN or infinity in a column, naming the column and the row.
+
+    A non-finite input makes a non-finite loss, then a non-finite update that the server
+    refuses: this says where the data is wrong instead.
+
+    Raises:
+        InputDataError: for the first column with a non-finite value.
+    """
+    for column, name in zip(columns, names, strict=True):
+        if not len(column):
+            continue
+        finite = np.isfinite(column.reshape(len(column), -1)).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            raise InputDataError(
+                f"worker {worker} (attempt {attempt}): column {name!r} has NaN or infinity at "
+                f"row {int(bad[0])} of its partition ({len(bad)} row(s) in all): clean the "
+                "data (DataFrame.na.drop, Imputer), or pass allow_nonfinite_inputs=True if the "
+                "model handles them"
+            )

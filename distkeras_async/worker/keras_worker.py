@@ -14,6 +14,7 @@ calls it with plain numpy arrays and ids.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import ssl
@@ -29,8 +30,8 @@ from distkeras_async.algorithm import Algorithm
 from distkeras_async.errors import LayoutMismatchError
 from distkeras_async.layout import Layout
 from distkeras_async.worker.client import ParameterServerClient
-from distkeras_async.worker.exchange import StepRecord, WorkerSession, run_worker
-from distkeras_async.worker.inputs import shape_inputs
+from distkeras_async.worker.exchange import StepRecord, WorkerSession, run_session
+from distkeras_async.worker.inputs import check_finite, shape_inputs
 from distkeras_async.worker.serialization import ModelSpec, build_model
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,9 @@ class WorkerPlan:
         worker_class: the :class:`KerasWorker` (sub)class each worker runs.
         tls_ca: PEM CA certificates to verify the server's TLS certificate (None: plain TCP).
         tls_server_hostname: the name expected in that certificate (None: ``host``).
+        allow_nonfinite_inputs: let NaN and infinity in the data reach the model.
+        on_retry: what a retried attempt of an asynchronous worker does: ``"resume"`` after
+            the local steps the server already applied, or ``"restart"`` its partition.
     """
 
     model_spec: str
@@ -77,6 +81,8 @@ class WorkerPlan:
     worker_class: type[KerasWorker] | None = None
     tls_ca: str | None = None
     tls_server_hostname: str | None = None
+    allow_nonfinite_inputs: bool = False
+    on_retry: str = "resume"
 
     def make_algorithm(self) -> Algorithm:
         """A fresh instance of the plan's algorithm for this worker."""
@@ -162,33 +168,44 @@ class KerasLocalModel:
 
 
 class _Reporter:
-    """Reports the latest metrics (and samples seen) to the server for its progress bar.
+    """Reports the latest metrics and the step records to the server.
 
-    A report is a round trip (0.27 ms measured on loopback); after every exchange that is a
-    few percent of a small model's step time for a progress bar that refreshes twice a
-    second, so it is sent at most every ``REPORT_INTERVAL`` seconds.
+    The server keeps every attempt's records, so the steps of an attempt that is killed stay
+    in the run's history. A report is a round trip (0.27 ms measured on loopback); after every
+    exchange that is a few percent of a small model's step time, so it is sent at most every
+    ``REPORT_INTERVAL`` seconds, or when ``MAX_RECORDS`` steps are waiting.
     """
 
     REPORT_INTERVAL = 0.5
+    MAX_RECORDS = 500  # far below the protocol's MAX_HISTORY and 64 KiB header
 
     def __init__(self, client: ParameterServerClient, batch_size: int) -> None:
         self.client = client
         self.batch_size = batch_size
         self.latest: dict[str, float] = {}
         self.sent_at = 0.0
+        self.history: list[StepRecord] = []
+        self._sent = 0
 
     def __call__(self, metrics: Mapping[str, float]) -> None:
         self.latest = dict(metrics)
         now = time.monotonic()
-        if now - self.sent_at >= self.REPORT_INTERVAL:
+        waiting = len(self.history) - self._sent
+        if now - self.sent_at >= self.REPORT_INTERVAL or waiting >= self.MAX_RECORDS:
             self.flush(now)
 
     def flush(self, now: float | None = None) -> None:
-        """Send the latest metrics now."""
-        if not self.latest:
+        """Send the latest metrics and the waiting step records now."""
+        if not self.latest and self._sent == len(self.history):
             return
         steps = self.latest.get("steps", 0.0)
-        self.client.report({**self.latest, "samples": steps * self.batch_size})
+        metrics = {**self.latest, "samples": steps * self.batch_size} if self.latest else {}
+        while True:
+            records = self.history[self._sent : self._sent + self.MAX_RECORDS]
+            self.client.report(metrics, [(r.iteration, r.timestamp, r.metrics) for r in records])
+            self._sent += len(records)
+            if self._sent >= len(self.history):
+                break
         self.sent_at = time.monotonic() if now is None else now
 
 
@@ -204,13 +221,24 @@ def _fit_callback(session: WorkerSession) -> Any:
     return ExchangeCallback()
 
 
+def epoch_order(rows: int, worker: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """The order of a partition's rows in one epoch: the same in every attempt of the task.
+
+    A retried attempt must see the rows in the order the killed one saw them, to know which
+    updates the server already applied; so the shuffle is seeded by worker and epoch, never
+    by a generator's state or Keras' own (unseeded) shuffle.
+    """
+    if not shuffle:
+        return np.arange(rows)
+    return np.random.default_rng((worker, epoch)).permutation(rows)
+
+
 def _batches(
-    x: Sequence[np.ndarray], y: Sequence[np.ndarray], plan: WorkerPlan, seed: int
+    x: Sequence[np.ndarray], y: Sequence[np.ndarray], plan: WorkerPlan, worker: int
 ) -> Iterator[tuple[Any, Any]]:
     rows = len(x[0]) if x else 0
-    rng = np.random.default_rng(seed)
-    for _ in range(plan.num_epoch):
-        order = rng.permutation(rows) if plan.shuffle else np.arange(rows)
+    for epoch in range(plan.num_epoch):
+        order = epoch_order(rows, worker, epoch, plan.shuffle)
         for start in range(0, rows, plan.batch_size):
             index = order[start : start + plan.batch_size]
             yield _pack([a[index] for a in x]), _pack([a[index] for a in y])
@@ -275,7 +303,7 @@ class KerasWorker:
         self, x: Sequence[np.ndarray], y: Sequence[np.ndarray]
     ) -> Iterator[tuple[Any, Any]]:
         """The local batches of every epoch (reshuffled each epoch when the plan says so)."""
-        return _batches(x, y, self.plan, seed=self.worker_id)
+        return _batches(x, y, self.plan, self.worker_id)
 
     # -- the run -----------------------------------------------------------------------
 
@@ -319,34 +347,64 @@ class KerasWorker:
             xs, ys = self.prepare(model, x, y)
             rows = len(xs[0]) if xs else 0
             local = KerasLocalModel(model, layout, step=lambda batch: self.train_step(model, batch))
+            # A retried attempt of an asynchronous task resumes after the steps the server
+            # already applied (from any attempt): no row's update is applied twice.
+            resume = plan.on_retry == "resume" and not algorithm.synchronous
+            skip = client.progress if resume else 0
             report = _Reporter(client, plan.batch_size)
-            if rows == 0 or not self.uses_fit(algorithm):
-                history = run_worker(
-                    local,
-                    algorithm,
-                    client,
-                    self.batches(xs, ys),
-                    worker_id=self.worker_id,
-                    on_exchange=report,
-                )
-                report.flush()
-                return history
             session = WorkerSession(
-                local, algorithm, client, worker_id=self.worker_id, on_exchange=report
+                local,
+                algorithm,
+                client,
+                worker_id=self.worker_id,
+                on_exchange=report,
+                first_step=skip,
+                on_progress=lambda steps: setattr(client, "steps", steps),
             )
-            session.start()
-            model.fit(
-                _pack(xs),
-                _pack(ys),
-                batch_size=plan.batch_size,
-                epochs=plan.num_epoch,
-                shuffle=plan.shuffle,
-                verbose=0,
-                callbacks=[_fit_callback(session)],
-            )
-            session.finish()
+            report.history = session.history
+            if rows == 0 or not self.uses_fit(algorithm):
+                run_session(session, itertools.islice(self.batches(xs, ys), skip, None))
+            else:
+                session.start()
+                callback = _fit_callback(session)
+                for fit_x, fit_y, epochs in self._fit_calls(xs, ys, rows, skip):
+                    model.fit(
+                        _pack(fit_x),
+                        _pack(fit_y),
+                        batch_size=plan.batch_size,
+                        epochs=epochs,
+                        shuffle=False,
+                        verbose=0,
+                        callbacks=[callback],
+                    )
+                session.finish()
             report.flush()
             return session.history
+
+    def _fit_calls(
+        self, xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], rows: int, skip: int
+    ) -> Iterator[tuple[list[np.ndarray], list[np.ndarray], int]]:
+        """``model.fit`` calls that take the partition's steps ``skip`` onwards, in order.
+
+        Without shuffling (and nothing to skip) that is one call for every epoch, the fastest
+        path; with shuffling, one call per epoch on that epoch's order (``epoch_order``).
+        """
+        plan = self.plan
+        per_epoch = -(-rows // plan.batch_size)
+        epoch, batch = divmod(skip, per_epoch)
+        if not plan.shuffle:
+            if batch:
+                start = batch * plan.batch_size
+                yield [a[start:] for a in xs], [a[start:] for a in ys], 1
+                epoch += 1
+            if epoch < plan.num_epoch:
+                yield list(xs), list(ys), plan.num_epoch - epoch
+            return
+        for e in range(epoch, plan.num_epoch):
+            order = epoch_order(rows, self.worker_id, e, shuffle=True)
+            if e == epoch and batch:
+                order = order[batch * plan.batch_size :]
+            yield [a[order] for a in xs], [a[order] for a in ys], 1
 
 
 def train_worker(
@@ -357,6 +415,12 @@ def train_worker(
     y: Sequence[np.ndarray],
     task_cores: int = 1,
 ) -> list[StepRecord]:
-    """Train one worker's partition with the plan's worker class; returns its history."""
+    """Train one worker's partition with the plan's worker class; returns its history.
+
+    Raises:
+        InputDataError: if a column holds NaN or infinity (unless the plan allows them).
+    """
+    if not plan.allow_nonfinite_inputs:
+        check_finite([*x, *y], [*plan.features, *plan.labels], worker_id, attempt)
     worker = (plan.worker_class or KerasWorker)(plan, worker_id, attempt, task_cores)
     return worker.run(x, y)
