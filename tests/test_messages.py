@@ -47,7 +47,7 @@ EXAMPLES: list[Message] = [
         12,
     ),
     Pull(**IDS),
-    Commit(np.arange(5, dtype=np.float32), 40, **IDS),
+    Commit(np.arange(5, dtype=np.float32), 40, ((38, 1.0, {"loss": 0.5}),), **IDS),
     CommitPull(np.arange(5, dtype=np.float32), **IDS),
     Report({"loss": 0.5, "samples": 320.0}, ((0, 1.5, {"loss": 0.7}), (1, 2.0, {})), **IDS),
     Error(ErrorCode.RULE_FAILED, "the rule raised", **IDS),

@@ -247,6 +247,9 @@ class ServerCore:
                     )
                 norm = measured
             self._last_seq[key] = message.seq
+            if message.history:
+                records = self.step_records.setdefault(key, [])
+                records.extend((i, t, dict(m)) for i, t, m in message.history)
             if message.steps is not None and not self.algorithm.synchronous:
                 # Recorded on acceptance, not on application: a queued update is applied
                 # unless the run fails, so a retry that connects meanwhile must not redo it.

@@ -174,6 +174,17 @@ class Pull(Message):
     op: ClassVar[Op] = Op.PULL
 
 
+StepRecords = tuple[tuple[int, float, Mapping[str, float]], ...]
+
+
+def _history_to_wire(history: StepRecords) -> list[list[Any]]:
+    return [[i, t, dict(m)] for i, t, m in history]
+
+
+def _history_from_wire(items: Any) -> StepRecords:
+    return tuple((i, float(t), {k: float(v) for k, v in m.items()}) for i, t, m in items)
+
+
 def _check_vector(update: object) -> None:
     if not isinstance(update, np.ndarray):
         raise LocalProtocolError(f"a tensor must be a numpy array, got {type(update).__name__}")
@@ -185,19 +196,28 @@ class Commit(Message):
 
     ``steps``, when given, is how many local steps of the worker the update includes (all of
     them, since its first); the server remembers it for a retried attempt to resume after.
+    ``history`` holds the records ``(iteration, timestamp, metrics)`` of the steps this
+    update adds, so the server keeps the history of every step it applied, even of an attempt
+    that is killed later.
     """
 
     op: ClassVar[Op] = Op.COMMIT
     update: np.ndarray
     steps: int | None = None
+    history: StepRecords = ()
 
     def __post_init__(self) -> None:
         _check_vector(self.update)
         Message.__post_init__(self)
 
     def wire_fields(self) -> dict[str, Any]:
-        """``steps``, when given."""
-        return {} if self.steps is None else {"steps": self.steps}
+        """``steps`` and ``history``, when given."""
+        fields: dict[str, Any] = {}
+        if self.steps is not None:
+            fields["steps"] = self.steps
+        if self.history:
+            fields["history"] = _history_to_wire(self.history)
+        return fields
 
     def wire_tensors(self) -> tuple[np.ndarray, ...]:
         """The update."""
@@ -205,7 +225,12 @@ class Commit(Message):
 
     @classmethod
     def _from_frame(cls, frame: Frame) -> Message:
-        return cls(frame.tensors[0], frame.fields.get("steps"), **_ids(frame))
+        return cls(
+            frame.tensors[0],
+            frame.fields.get("steps"),
+            _history_from_wire(frame.fields.get("history", ())),
+            **_ids(frame),
+        )
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -225,22 +250,19 @@ class Report(Message):
 
     op: ClassVar[Op] = Op.REPORT
     metrics: Mapping[str, float]
-    history: tuple[tuple[int, float, Mapping[str, float]], ...] = ()
+    history: StepRecords = ()
 
     def wire_fields(self) -> dict[str, Any]:
         """``metrics``, and ``history`` as ``[[iteration, timestamp, metrics], ...]``."""
         fields: dict[str, Any] = {"metrics": dict(self.metrics)}
         if self.history:
-            fields["history"] = [[i, t, dict(m)] for i, t, m in self.history]
+            fields["history"] = _history_to_wire(self.history)
         return fields
 
     @classmethod
     def _from_frame(cls, frame: Frame) -> Message:
-        history = tuple(
-            (i, float(t), {k: float(v) for k, v in m.items()})
-            for i, t, m in frame.fields.get("history", ())
-        )
         metrics = {k: float(v) for k, v in frame.fields["metrics"].items()}
+        history = _history_from_wire(frame.fields.get("history", ()))
         return cls(metrics, history, **_ids(frame))
 
 

@@ -18,8 +18,8 @@ import numpy as np
 
 from distkeras_async.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
-# Version 2: error frames carry a machine-readable `code`; commits carry the worker's step count,
-# the welcome the steps already applied for the worker, reports the step records.
+# Version 2: error frames carry a machine-readable `code`; commits carry the worker's step count
+# and the records of the steps they include, the welcome the steps already applied.
 PROTOCOL_VERSION = 2
 
 PREFIX = struct.Struct("<I")
@@ -174,8 +174,8 @@ FIELDS: Mapping[Op, Mapping[str, tuple[Check, bool]]] = {
         "progress": (is_int, True),
     },
     Op.PULL: {},
-    Op.COMMIT: {"steps": (is_int, False)},
-    Op.COMMIT_PULL: {"steps": (is_int, False)},
+    Op.COMMIT: {"steps": (is_int, False), "history": (_is_history, False)},
+    Op.COMMIT_PULL: {"steps": (is_int, False), "history": (_is_history, False)},
     Op.REPORT: {"metrics": (_is_metrics, True), "history": (_is_history, False)},
     Op.ERROR: {"code": (_is_code, True), "message": (_is_text, True)},
     Op.BYE: {},

@@ -57,6 +57,9 @@ logger = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
 
+# Step records one commit carries (a few KiB); a window with more sends the rest in reports.
+_COMMIT_RECORDS = 500
+
 # Extra seconds a commit may wait beyond the server's round timeout before the client gives
 # up by itself: the server's own timeout error should normally arrive first.
 _ROUND_MARGIN = 30.0
@@ -148,8 +151,10 @@ class ParameterServerClient:
         self.synchronous_rounds: bool = welcome.synchronous
         self._seq = max(self._seq, welcome.next_seq)
         self.progress: int = welcome.progress
-        # The worker's local steps so far; sent with every commit (see Commit.steps).
+        # The worker's local steps so far, and the records of the steps the next commit
+        # adds; both travel with the next commit (see Commit.steps and Commit.history).
         self.steps: int | None = None
+        self.history: list[tuple[int, float, Mapping[str, float]]] = []
 
     @property
     def num_params(self) -> int:
@@ -165,7 +170,9 @@ class ParameterServerClient:
 
     def commit(self, update: np.ndarray) -> None:
         """Send an update for the server rule and wait until it is accepted."""
-        self._send(Commit(self._check_update(update), self.steps, **self._ids()))
+        self._send(
+            Commit(self._check_update(update), self.steps, self._take_history(), **self._ids())
+        )
         reply = self._receive(Ack)
         self.version = reply.version
         if reply.duplicate:
@@ -173,8 +180,18 @@ class ParameterServerClient:
 
     def commit_pull(self, update: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Send an update and receive the center after it was applied, in one round trip."""
-        self._send(CommitPull(self._check_update(update), self.steps, **self._ids()))
+        self._send(
+            CommitPull(self._check_update(update), self.steps, self._take_history(), **self._ids())
+        )
         return self._receive_center(out)
+
+    def _take_history(self) -> tuple[tuple[int, float, Mapping[str, float]], ...]:
+        """The step records for the next commit; a long backlog goes ahead in reports."""
+        records, self.history = self.history, []
+        while len(records) > _COMMIT_RECORDS:  # a window longer than the header holds
+            self.report({}, records[:_COMMIT_RECORDS])
+            records = records[_COMMIT_RECORDS:]
+        return tuple((int(i), float(t), _finite(m)) for i, t, m in records)
 
     def report(
         self,

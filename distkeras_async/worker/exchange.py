@@ -9,7 +9,7 @@ another LocalModel (its own training step, its own data preparation), not copyin
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -62,8 +62,9 @@ class WorkerSession:
             number of local steps so far (e.g. to report them).
         first_step: the number of the first local step: a retried task that resumes after
             ``first_step`` steps already applied continues the numbering.
-        on_progress: called with the number of local steps so far (counted from the first
-            of the partition) right before each exchange, so the commit can carry it.
+        on_progress: called right before each exchange with the number of local steps so far
+            (counted from the first of the partition) and the records of the steps since the
+            previous exchange, so the commit can carry them.
     """
 
     def __init__(
@@ -75,7 +76,7 @@ class WorkerSession:
         worker_id: int = 0,
         on_exchange: Callable[[Mapping[str, float]], None] | None = None,
         first_step: int = 0,
-        on_progress: Callable[[int], None] | None = None,
+        on_progress: Callable[[int, Sequence[StepRecord]], None] | None = None,
     ) -> None:
         self.model = model
         self.algorithm = algorithm
@@ -85,6 +86,7 @@ class WorkerSession:
         self.first_step = first_step
         self.on_progress = on_progress
         self.history: list[StepRecord] = []
+        self._reported = 0  # history records already handed to on_progress
         self.exchanges = 0
         self._pending = 0
         self._metrics: Mapping[str, float] = {}
@@ -122,7 +124,8 @@ class WorkerSession:
 
     def _progress(self) -> None:
         if self.on_progress is not None:
-            self.on_progress(self.steps)
+            self.on_progress(self.steps, self.history[self._reported :])
+            self._reported = len(self.history)
 
 
 def run_worker(

@@ -167,45 +167,41 @@ class KerasLocalModel:
         return {k: float(v) for k, v in logs.items()}
 
 
-class _Reporter:
-    """Reports the latest metrics and the step records to the server.
+def _progress(client: ParameterServerClient, steps: int, records: Sequence[StepRecord]) -> None:
+    """Before an exchange: the step count and the new step records ride on the commit."""
+    client.steps = steps
+    client.history.extend((r.iteration, r.timestamp, r.metrics) for r in records)
 
-    The server keeps every attempt's records, so the steps of an attempt that is killed stay
-    in the run's history. A report is a round trip (0.27 ms measured on loopback); after every
-    exchange that is a few percent of a small model's step time, so it is sent at most every
-    ``REPORT_INTERVAL`` seconds, or when ``MAX_RECORDS`` steps are waiting.
+
+class _Reporter:
+    """Reports the latest metrics (and samples seen) to the server for its progress bar.
+
+    A report is a round trip (0.27 ms measured on loopback); after every exchange that is a
+    few percent of a small model's step time for a progress bar that refreshes twice a
+    second, so it is sent at most every ``REPORT_INTERVAL`` seconds. (The step records
+    travel with the commits, not here.)
     """
 
     REPORT_INTERVAL = 0.5
-    MAX_RECORDS = 500  # far below the protocol's MAX_HISTORY and 64 KiB header
 
     def __init__(self, client: ParameterServerClient, batch_size: int) -> None:
         self.client = client
         self.batch_size = batch_size
         self.latest: dict[str, float] = {}
         self.sent_at = 0.0
-        self.history: list[StepRecord] = []
-        self._sent = 0
 
     def __call__(self, metrics: Mapping[str, float]) -> None:
         self.latest = dict(metrics)
         now = time.monotonic()
-        waiting = len(self.history) - self._sent
-        if now - self.sent_at >= self.REPORT_INTERVAL or waiting >= self.MAX_RECORDS:
+        if now - self.sent_at >= self.REPORT_INTERVAL:
             self.flush(now)
 
     def flush(self, now: float | None = None) -> None:
-        """Send the latest metrics and the waiting step records now."""
-        if not self.latest and self._sent == len(self.history):
+        """Send the latest metrics now."""
+        if not self.latest:
             return
         steps = self.latest.get("steps", 0.0)
-        metrics = {**self.latest, "samples": steps * self.batch_size} if self.latest else {}
-        while True:
-            records = self.history[self._sent : self._sent + self.MAX_RECORDS]
-            self.client.report(metrics, [(r.iteration, r.timestamp, r.metrics) for r in records])
-            self._sent += len(records)
-            if self._sent >= len(self.history):
-                break
+        self.client.report({**self.latest, "samples": steps * self.batch_size})
         self.sent_at = time.monotonic() if now is None else now
 
 
@@ -359,9 +355,8 @@ class KerasWorker:
                 worker_id=self.worker_id,
                 on_exchange=report,
                 first_step=skip,
-                on_progress=lambda steps: setattr(client, "steps", steps),
+                on_progress=lambda steps, records: _progress(client, steps, records),
             )
-            report.history = session.history
             if rows == 0 or not self.uses_fit(algorithm):
                 run_session(session, itertools.islice(self.batches(xs, ys), skip, None))
             else:

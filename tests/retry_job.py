@@ -1,0 +1,122 @@
+"""A DOWNPOUR run whose worker 1 may be killed mid-run, for ``tests/test_retries.py``.
+
+Run as ``python retry_job.py RESULT.json KILL ON_RETRY`` (KILL: ``kill`` or ``none``). Spark
+runs on ``local[2,3]``: two cores, and every task may be retried (3 attempts). With ``kill``,
+a driver thread waits until worker 1 has 20 commits applied, then sends SIGKILL to the Python
+process running it (it wrote its pid to a file when it started); Spark retries the task.
+The result JSON holds what the test compares: commits applied per worker, the steps and
+attempts in the history, whether steps were marked retried, and the accuracy.
+
+Not collected by pytest (the name does not start with ``test_``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pyspark.sql import SparkSession
+
+from distkeras_async.datasets import digits, digits_mlp
+from distkeras_async.trainers import DOWNPOUR
+from distkeras_async.trainers import base as training
+from distkeras_async.worker import KerasWorker
+
+PIDS = Path(tempfile.mkdtemp(prefix="distkeras-pids-"))
+KILL_AFTER_COMMITS = 20
+
+
+class PidWorker(KerasWorker):
+    """Writes the pid of the Python process that runs it, so the driver can kill it."""
+
+    def run(self, x: Any, y: Any) -> Any:
+        (PIDS / f"worker-{self.worker_id}-attempt-{self.attempt}.pid").write_text(str(os.getpid()))
+        return super().run(x, y)
+
+
+def main(result_path: str, kill: str, on_retry: str) -> None:
+    spark = (
+        SparkSession.builder.master("local[2,3]")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    data = digits(spark)
+    servers: list[Any] = []
+    original = training.ParameterServer
+
+    def record(*args: Any, **kwargs: Any) -> Any:
+        server = original(*args, **kwargs)
+        servers.append(server)
+        return server
+
+    training.ParameterServer = record  # type: ignore[misc]
+    killed: dict[str, Any] = {}
+
+    def killer() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            time.sleep(0.02)  # ok: polling another thread's server, bounded
+            if not servers or not servers[0].running:
+                continue
+            stats = servers[0].stats()
+            worker = stats.workers.get(1)
+            pid_file = PIDS / "worker-1-attempt-0.pid"
+            if worker and worker.commits >= KILL_AFTER_COMMITS and pid_file.exists():
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+                killed.update(commits_at_kill=worker.commits, steps_at_kill=servers[0].progress(1))
+                return
+
+    if kill == "kill":
+        threading.Thread(target=killer, daemon=True).start()
+    trainer = DOWNPOUR(
+        digits_mlp(),
+        "adam",
+        "categorical_crossentropy",
+        num_workers=2,
+        batch_size=16,
+        communication_window=3,
+        num_epoch=12,
+        master_port=0,
+        progress=False,
+        worker_class=PidWorker,
+        on_retry=on_retry,
+    )
+    trained = trainer.train(data.train)
+    stats = trainer.get_parameter_server_stats()
+    history = trainer.get_history()
+    result = {
+        "commits": {str(w): s.commits for w, s in stats.workers.items()},
+        "attempts": {str(w): s.attempt for w, s in stats.workers.items()},
+        "duplicates": sum(s.duplicates for s in stats.workers.values()),
+        "final_steps": {
+            str(w): sorted(
+                h["iteration"] for h in history if h["worker"] == w and not h.get("retried")
+            )
+            for w in (0, 1)
+        },
+        "retried_steps": sorted(h["iteration"] for h in history if h.get("retried")),
+        "retried_attempts": sorted({h["attempt"] for h in history if h.get("retried")}),
+        "accuracy": data.accuracy(trained),
+        **killed,
+    }
+    Path(result_path).write_text(json.dumps(result))
+    spark.stop()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
