@@ -440,3 +440,53 @@ def test_pipeline_with_an_estimator_without_a_model_saves_and_loads(spark, tmp_p
     (stage,) = Pipeline.load(path).getStages()
     assert not stage.isSet("model")
     assert (stage.getLoss(), stage.getNumEpochs()) == ("mse", 7)
+
+
+# --- the fitted model carries its training Params; shuffle and seed --------------------------
+
+
+def test_the_fitted_model_carries_every_training_param(baseline, tmp_path):
+    expected = {
+        "numEpochs": 1,
+        "batchSize": 32,
+        "numWorkers": 2,
+        "algorithm": "downpour",
+        "hyperparameters": {"communication_window": 4},
+        "loss": "categorical_crossentropy",
+        "shuffle": False,
+        "seed": 0,
+    }
+    got = {p.name: v for p, v in baseline.extractParamMap().items()}
+    for name, value in expected.items():
+        assert got[name] == value, name
+    assert got["optimizer"]["config"]["learning_rate"] == pytest.approx(0.01)
+    path = str(tmp_path / "fitted")
+    baseline.save(path)
+    loaded = {p.name: v for p, v in KerasModel.load(path).extractParamMap().items()}
+    for name, value in expected.items():
+        assert loaded[name] == value, name
+
+
+def _single_worker_weights(data, **params):
+    keras.utils.set_random_seed(0)
+    fitted = base_estimator(numWorkers=1, numEpochs=2, **params).fit(data)
+    return np.concatenate([w.ravel() for w in fitted.getModel().get_weights()])
+
+
+def test_shuffle_and_seed_params_change_the_order_of_training(data):
+    """One worker (no interleaving of commits): training is deterministic, so the same seed
+    gives the same weights, another seed others, and without shuffling the seed is moot."""
+    plain = _single_worker_weights(data)
+    np.testing.assert_array_equal(plain, _single_worker_weights(data, seed=5))
+    shuffled = _single_worker_weights(data, shuffle=True, seed=1)
+    np.testing.assert_array_equal(shuffled, _single_worker_weights(data, shuffle=True, seed=1))
+    assert not np.array_equal(shuffled, _single_worker_weights(data, shuffle=True, seed=2))
+    assert not np.array_equal(shuffled, plain)
+
+
+def test_shuffle_and_seed_are_checked():
+    with pytest.raises(TypeError, match="shuffle"):
+        KerasEstimator(shuffle="yes")
+    with pytest.raises(TypeError, match="seed"):
+        KerasEstimator(seed=-1)
+    assert KerasEstimator(seed=3.0).getSeed() == 3

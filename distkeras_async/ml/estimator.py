@@ -16,12 +16,11 @@ from typing import Any
 
 from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
-from pyspark.ml.param.shared import HasFeaturesCol, HasPredictionCol
 from pyspark.sql import DataFrame
 
 from distkeras_async import registry
 from distkeras_async.ml.io import KerasParamsReadable, KerasParamsWritable
-from distkeras_async.ml.params import HasKerasModel, KerasEstimatorParams, set_keywords
+from distkeras_async.ml.params import KerasEstimatorParams, set_keywords
 from distkeras_async.server.stats import ServerStats
 
 
@@ -49,6 +48,9 @@ class KerasEstimator(
         numWorkers: parallel workers (default 2).
         numEpochs: passes over the data (default 1).
         batchSize: samples per local step (default 32).
+        shuffle: shuffle rows between workers and each worker's rows every epoch (default
+            False).
+        seed: the seed of those shuffles (default 0).
         featuresCol: the features column (default ``"features"``).
         labelCol: the label column (default ``"label"``).
         predictionCol: the column the fitted model writes (default ``"prediction"``).
@@ -69,6 +71,8 @@ class KerasEstimator(
         numWorkers: int = 2,  # noqa: N803 - Spark ML's naming
         numEpochs: int = 1,  # noqa: N803
         batchSize: int = 32,  # noqa: N803
+        shuffle: bool = False,
+        seed: int = 0,
         featuresCol: str = "features",  # noqa: N803
         labelCol: str = "label",  # noqa: N803
         predictionCol: str = "prediction",  # noqa: N803
@@ -89,6 +93,8 @@ class KerasEstimator(
         numWorkers: int = 2,  # noqa: N803 - Spark ML's naming
         numEpochs: int = 1,  # noqa: N803
         batchSize: int = 32,  # noqa: N803
+        shuffle: bool = False,
+        seed: int = 0,
         featuresCol: str = "features",  # noqa: N803
         labelCol: str = "label",  # noqa: N803
         predictionCol: str = "prediction",  # noqa: N803
@@ -133,6 +139,14 @@ class KerasEstimator(
         """Set the ``batchSize`` Param."""
         return self._set(batchSize=value)
 
+    def setShuffle(self, value: bool) -> KerasEstimator:  # noqa: N802
+        """Set the ``shuffle`` Param."""
+        return self._set(shuffle=value)
+
+    def setSeed(self, value: int) -> KerasEstimator:  # noqa: N802
+        """Set the ``seed`` Param."""
+        return self._set(seed=value)
+
     def setFeaturesCol(self, value: str) -> KerasEstimator:  # noqa: N802
         """Set the ``featuresCol`` Param."""
         return self._set(featuresCol=value)
@@ -164,9 +178,10 @@ class KerasEstimator(
             # A port the OS picks per fit: several fits on one driver never collide.
             master_port=0,
             algorithm=registry.get(self.getAlgorithm()),
+            seed=self.getSeed(),
             **self.getHyperparameters(),
         )
-        trained = trainer.train(dataset)
+        trained = trainer.train(dataset, shuffle=self.getShuffle())
         fitted = self._copyValues(KerasModel())
         fitted._set(model=trained)
         fitted.history = trainer.get_history()
@@ -177,9 +192,7 @@ class KerasEstimator(
 
 class KerasModel(
     Model,
-    HasKerasModel,
-    HasFeaturesCol,
-    HasPredictionCol,
+    KerasEstimatorParams,
     KerasParamsReadable["KerasModel"],
     KerasParamsWritable,
 ):
@@ -188,6 +201,10 @@ class KerasModel(
     The prediction is a dense vector (a probability vector for a softmax classifier; chain
     :class:`~distkeras_async.transformers.ArgmaxTransformer` for the class index), or a double
     for a model with one output unit. Every input column and the row order are kept.
+
+    It carries every Param of the estimator that fitted it (epochs, batch size, algorithm,
+    hyperparameters, ...), so the best model of a ``CrossValidator`` says how it was trained,
+    and so does its saved metadata.
 
     Attributes:
         history: the training history (one dict per worker step), after ``fit`` only.
@@ -244,7 +261,16 @@ class KerasModel(
 
         if not self.isDefined(self.model):
             raise ValueError("KerasModel has no Keras model (the 'model' Param)")
-        predictor = ModelPredictor(
-            self.getModel(), features_col=self.getFeaturesCol(), output_col=self.getPredictionCol()
-        )
-        return predictor.predict(dataset)
+        # The model object itself is part of the key (held, so its id cannot be reused).
+        key = (self.getModel(), self.getFeaturesCol(), self.getPredictionCol())
+        cached = getattr(self, "_predictor_key", None)
+        if cached is None or cached[0] is not key[0] or cached[1:] != key[1:]:
+            # One predictor per model and columns: its weights are broadcast once, and every
+            # transform (a CrossValidator's many) reuses them and the executors' cached model.
+            self._predictor = ModelPredictor(
+                self.getModel(),
+                features_col=self.getFeaturesCol(),
+                output_col=self.getPredictionCol(),
+            )
+            self._predictor_key = key
+        return self._predictor.predict(dataset)

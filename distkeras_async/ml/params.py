@@ -135,6 +135,20 @@ def _hyperparameters(value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected True or False, got {value!r}")
+    return value
+
+
+def _seed(value: Any) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # as Spark's TypeConverters.toInt
+    if not checks.is_int(value) or value < 0:
+        raise TypeError(f"expected a non-negative int, got {value!r}")
+    return int(value)
+
+
 def _positive_int(value: Any) -> int:
     # Spark's own int Params (maxIter, ...) go through TypeConverters.toInt, which takes an
     # integral float such as 2.0; ours do the same, then the package's one positive-int rule.
@@ -197,6 +211,12 @@ class KerasEstimatorParams(HasKerasModel, HasFeaturesCol, HasLabelCol, HasPredic
     )
     numEpochs = _param("numEpochs", "passes over the data", _positive_int)  # noqa: N815
     batchSize = _param("batchSize", "samples per local step", _positive_int)  # noqa: N815
+    shuffle = _param(
+        "shuffle",
+        "shuffle rows between workers, and each worker's rows every epoch",
+        _boolean,
+    )
+    seed = _param("seed", "the seed of the shuffles", _seed)
 
     def __init__(self) -> None:
         super().__init__()
@@ -208,6 +228,8 @@ class KerasEstimatorParams(HasKerasModel, HasFeaturesCol, HasLabelCol, HasPredic
             numWorkers=2,
             numEpochs=1,
             batchSize=32,
+            shuffle=False,
+            seed=0,
         )
 
     def getOptimizer(self) -> Any:  # noqa: N802
@@ -241,6 +263,14 @@ class KerasEstimatorParams(HasKerasModel, HasFeaturesCol, HasLabelCol, HasPredic
     def getBatchSize(self) -> int:  # noqa: N802
         """The ``batchSize`` Param's value."""
         return int(self.getOrDefault(self.batchSize))
+
+    def getShuffle(self) -> bool:  # noqa: N802
+        """The ``shuffle`` Param's value."""
+        return bool(self.getOrDefault(self.shuffle))
+
+    def getSeed(self) -> int:  # noqa: N802
+        """The ``seed`` Param's value."""
+        return int(self.getOrDefault(self.seed))
 
 
 def set_keywords(stage: Params, keywords: Mapping[str, Any]) -> None:

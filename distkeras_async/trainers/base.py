@@ -183,6 +183,8 @@ class DistributedTrainer(Trainer):
             applied, so no row's update is applied twice and none is lost; ``"restart"``
             trains its partition again from the start. The history keeps the failed
             attempt's steps either way, marked ``retried``. Synchronous runs fail instead.
+        seed: the seed of ``train(df, shuffle=True)``'s shuffles (rows between workers, and
+            each worker's rows every epoch): the same seed gives the same order.
         worker_class: a :class:`~distkeras_async.worker.KerasWorker` subclass that customises
             what each worker does (data preparation, local step); see
             ``docs/custom-worker.md``.
@@ -225,6 +227,7 @@ class DistributedTrainer(Trainer):
         check_learning: bool = True,
         allow_nonfinite_inputs: bool = False,
         on_retry: str = "resume",
+        seed: int = 0,
         **hyperparameters: Any,
     ) -> None:
         super().__init__(
@@ -278,6 +281,9 @@ class DistributedTrainer(Trainer):
         if on_retry not in ("resume", "restart"):
             raise ValueError(f"on_retry must be 'resume' or 'restart', got {on_retry!r}")
         self.on_retry = on_retry
+        if not checks.is_int(seed) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        self.seed = seed
         self.learning_report: Any = None
         self.warnings: list[str] = []
         # Workers get the class, not the name: a class registered at run time in a notebook
@@ -376,11 +382,16 @@ class DistributedTrainer(Trainer):
             tls_server_hostname=self.tls_server_hostname,
             allow_nonfinite_inputs=self.allow_nonfinite_inputs,
             on_retry=self.on_retry,
+            seed=self.seed,
         )
         show = attached_to_terminal() if self.progress is None else self.progress
         try:
             df = sparkglue.prepare(
-                dataframe, [*self.features_col, *self.label_col], self.num_workers, shuffle=shuffle
+                dataframe,
+                [*self.features_col, *self.label_col],
+                self.num_workers,
+                shuffle=shuffle,
+                seed=self.seed,
             )
             bar = ProgressBar(server, type(self).__name__) if show else contextlib.nullcontext()
             snapshots = CenterSnapshots(server, began, self.snapshot_interval)

@@ -62,6 +62,7 @@ class WorkerPlan:
         allow_nonfinite_inputs: let NaN and infinity in the data reach the model.
         on_retry: what a retried attempt of an asynchronous worker does: ``"resume"`` after
             the local steps the server already applied, or ``"restart"`` its partition.
+        seed: the seed of the per-epoch shuffle of each worker's rows.
     """
 
     model_spec: str
@@ -83,6 +84,7 @@ class WorkerPlan:
     tls_server_hostname: str | None = None
     allow_nonfinite_inputs: bool = False
     on_retry: str = "resume"
+    seed: int = 0
 
     def make_algorithm(self) -> Algorithm:
         """A fresh instance of the plan's algorithm for this worker."""
@@ -217,7 +219,7 @@ def _fit_callback(session: WorkerSession) -> Any:
     return ExchangeCallback()
 
 
-def epoch_order(rows: int, worker: int, epoch: int, shuffle: bool) -> np.ndarray:
+def epoch_order(rows: int, worker: int, epoch: int, shuffle: bool, seed: int = 0) -> np.ndarray:
     """The order of a partition's rows in one epoch: the same in every attempt of the task.
 
     A retried attempt must see the rows in the order the killed one saw them, to know which
@@ -226,7 +228,7 @@ def epoch_order(rows: int, worker: int, epoch: int, shuffle: bool) -> np.ndarray
     """
     if not shuffle:
         return np.arange(rows)
-    return np.random.default_rng((worker, epoch)).permutation(rows)
+    return np.random.default_rng((seed, worker, epoch)).permutation(rows)
 
 
 def _batches(
@@ -234,7 +236,7 @@ def _batches(
 ) -> Iterator[tuple[Any, Any]]:
     rows = len(x[0]) if x else 0
     for epoch in range(plan.num_epoch):
-        order = epoch_order(rows, worker, epoch, plan.shuffle)
+        order = epoch_order(rows, worker, epoch, plan.shuffle, plan.seed)
         for start in range(0, rows, plan.batch_size):
             index = order[start : start + plan.batch_size]
             yield _pack([a[index] for a in x]), _pack([a[index] for a in y])
@@ -396,7 +398,7 @@ class KerasWorker:
                 yield list(xs), list(ys), plan.num_epoch - epoch
             return
         for e in range(epoch, plan.num_epoch):
-            order = epoch_order(rows, self.worker_id, e, shuffle=True)
+            order = epoch_order(rows, self.worker_id, e, True, plan.seed)
             if e == epoch and batch:
                 order = order[batch * plan.batch_size :]
             yield [a[order] for a in xs], [a[order] for a in ys], 1
