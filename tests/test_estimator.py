@@ -223,8 +223,11 @@ def test_baseline_trains_and_predicts(baseline, data, digits):
     after = float(loss(digits.y_test, baseline.keras_model.predict(digits.x_test, verbose=0)))
     assert after < 0.8 * before
     out = baseline.transform(data)
-    assert out.columns == [*data.columns, "prediction"]
-    assert len(out.first().prediction) == 10
+    # A classifier (cross-entropy) writes Spark's three classifier columns.
+    assert out.columns == [*data.columns, "rawPrediction", "probability", "prediction"]
+    first = out.first()
+    assert len(first.probability) == 10 and first.probability.toArray().sum() == pytest.approx(1)
+    assert first.prediction == float(np.argmax(first.probability.toArray()))
 
 
 def test_model_param(data, baseline):
@@ -295,7 +298,7 @@ def test_fitted_model_param(baseline, data):
     swapped = baseline.copy().setModel(untrained)
     rows = swapped.transform(data.limit(5)).collect()
     x = np.array([r.features.toArray() for r in rows], np.float32)
-    got = np.array([r.prediction.toArray() for r in rows])
+    got = np.array([r.probability.toArray() for r in rows])
     np.testing.assert_allclose(got, untrained.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
     assert baseline.keras_model is not untrained  # the copy's Param changed, not the original
 
@@ -309,12 +312,17 @@ def test_column_params(data):
     )
     assert fitted.getFeaturesCol() == "pixels"
     out = fitted.transform(renamed)
-    assert out.columns == ["pixels", "target", "scores"]
-    assert len(out.first().scores) == 10
+    assert out.columns == ["pixels", "target", "rawPrediction", "probability", "scores"]
+    assert isinstance(out.first().scores, float)
     # The fitted model's own column Params, changed after fitting.
-    moved = fitted.copy().setPredictionCol("p").setFeaturesCol("f")
+    moved = (
+        fitted.copy()
+        .setPredictionCol("p")
+        .setFeaturesCol("f")
+        ._set(probabilityCol="prob", rawPredictionCol="raw")
+    )
     out = moved.transform(renamed.withColumnRenamed("pixels", "f"))
-    assert out.columns == ["f", "target", "p"]
+    assert out.columns == ["f", "target", "raw", "prob", "p"]
 
 
 def test_sparse_labels_with_sparse_cross_entropy(spark):
@@ -337,7 +345,7 @@ def test_sparse_labels_with_sparse_cross_entropy(spark):
         optimizer=keras.optimizers.Adam(0.05),
     ).fit(df)
     predicted = fitted.transform(df).collect()
-    accuracy = np.mean([np.argmax(r.prediction.toArray()) == r.label for r in predicted])
+    accuracy = np.mean([r.prediction == r.label for r in predicted])  # the class index
     assert accuracy >= 0.9, accuracy
 
 
@@ -372,8 +380,9 @@ def test_estimator_save_load_round_trip(spark, tmp_path):
     loaded = KerasEstimator.load(path)
     assert loaded.uid == est.uid
     for param in est.params:
-        if param.name != "model":
+        if param.name != "model" and est.isDefined(param.name):
             assert loaded.getOrDefault(param.name) == est.getOrDefault(param.name), param.name
+        assert loaded.isDefined(param.name) == est.isDefined(param.name), param.name
     for got, want in zip(
         loaded.getModel().get_weights(), est.getModel().get_weights(), strict=True
     ):
@@ -388,8 +397,8 @@ def test_fitted_model_save_load_same_predictions(baseline, data, tmp_path):
     baseline.save(path)
     assert (tmp_path / "model" / "model.keras").is_file()  # Keras' own format, not a pickle
     loaded = KerasModel.load(path)
-    expected = [r.prediction.toArray() for r in baseline.transform(data).collect()]
-    got = [r.prediction.toArray() for r in loaded.transform(data).collect()]
+    expected = [r.probability.toArray() for r in baseline.transform(data).collect()]
+    got = [r.probability.toArray() for r in loaded.transform(data).collect()]
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
@@ -416,8 +425,8 @@ def test_a_stage_saved_under_the_old_flat_module_path_still_loads(baseline, data
     with pytest.warns(DeprecationWarning, match="distkeras_async.ml.estimator"):
         loaded = DefaultParamsReader.loadParamsInstance(str(path), data.sparkSession.sparkContext)
     assert type(loaded) is KerasModel
-    expected = [r.prediction.toArray() for r in baseline.transform(data).collect()]
-    got = [r.prediction.toArray() for r in loaded.transform(data).collect()]
+    expected = [r.probability.toArray() for r in baseline.transform(data).collect()]
+    got = [r.probability.toArray() for r in loaded.transform(data).collect()]
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 

@@ -20,6 +20,7 @@ from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.evaluation import MulticlassClassificationEvaluator
 from pyspark.ml.feature import StandardScaler, StringIndexer, VectorAssembler
 from pyspark.ml.linalg import Vectors, VectorUDT
+from pyspark.sql import functions as F  # noqa: N812
 from pyspark.sql import types as T  # noqa: N812
 
 from distkeras_async.ml import ArgmaxTransformer, KerasEstimator
@@ -115,9 +116,9 @@ def wine_pipeline(columns: list[str]) -> Pipeline:
                 numWorkers=2,
                 numEpochs=30,
                 batchSize=8,
-                predictionCol="probability",
             ),
-            ArgmaxTransformer(inputCol="probability", outputCol="prediction"),
+            # A classifier: KerasModel writes rawPrediction, probability and prediction
+            # (the class index), as Spark's own classifiers do.
         ]
     )
 
@@ -198,6 +199,10 @@ def test_pipeline_fits_saves_and_predicts_the_same_in_a_fresh_session(wine, tmp_
 def test_unfitted_pipeline_with_every_stage_saves_and_loads(wine, tmp_path):
     columns, _, _ = wine
     pipeline = wine_pipeline(columns)
+    # ArgmaxTransformer stays for users who want it (on the probability column here).
+    pipeline.setStages(
+        [*pipeline.getStages(), ArgmaxTransformer(inputCol="probability", outputCol="argmax")]
+    )
     path = str(tmp_path / "pipeline")
     pipeline.save(path)
     stages = Pipeline.load(path).getStages()
@@ -216,3 +221,34 @@ def test_unfitted_pipeline_with_every_stage_saves_and_loads(wine, tmp_path):
         loaded.getModel().get_weights(), original.getModel().get_weights(), strict=True
     ):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.slow
+def test_a_binary_classifier_follows_sparks_contract(spark):
+    """One sigmoid unit: probability [1 - p, p], Spark's evaluators take the columns as they
+    take LogisticRegressionModel's, and ``thresholds`` moves the predicted class."""
+    from pyspark.ml.evaluation import BinaryClassificationEvaluator
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    x = (data.data - data.data.mean(0)) / data.data.std(0)
+    rows = [(Vectors.dense(f), float(y)) for f, y in zip(x, data.target, strict=True)]
+    df = spark.createDataFrame(rows, ["features", "label"]).cache()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((30,)), keras.layers.Dense(1, activation="sigmoid")])
+    fitted = KerasEstimator(
+        model=model, loss="binary_crossentropy", metrics=[], numEpochs=10, batchSize=16
+    ).fit(df)
+    out = fitted.transform(df)
+    assert out.columns[-3:] == ["rawPrediction", "probability", "prediction"]
+    first = out.first()
+    p = first.probability.toArray()
+    assert p.shape == (2,) and p.sum() == pytest.approx(1)
+    assert first.prediction == float(p[1] > 0.5)
+    auc = BinaryClassificationEvaluator(rawPredictionCol="rawPrediction").evaluate(out)
+    accuracy = MulticlassClassificationEvaluator(metricName="accuracy").evaluate(out)
+    assert auc >= 0.97 and accuracy >= 0.93, (auc, accuracy)
+    # Spark's rule: the class with the largest p / t. A tiny threshold for class 1 makes
+    # (almost) everything class 1.
+    skewed = fitted.copy()._set(thresholds=[1.0, 1e-6]).transform(df)
+    assert skewed.filter(F.col("prediction") == 1.0).count() >= 0.95 * df.count()

@@ -16,12 +16,31 @@ from typing import Any
 
 from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
+from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F  # noqa: N812 - Spark's own convention
 
 from distkeras_async import registry
 from distkeras_async.ml.io import KerasParamsReadable, KerasParamsWritable
 from distkeras_async.ml.params import KerasEstimatorParams, set_keywords
 from distkeras_async.server.stats import ServerStats
+from distkeras_async.spark.predictor import ModelPredictor
+from distkeras_async.trainers.input_checks import loss_name
+
+# Losses whose model is a classifier: it writes Spark's rawPrediction, probability and
+# prediction columns.
+_CLASSIFICATION = (
+    "categorical_crossentropy",
+    "sparse_categorical_crossentropy",
+    "binary_crossentropy",
+    "categorical_focal_crossentropy",
+    "binary_focal_crossentropy",
+)
+# Names as strings, configs and functions give them ("categorical_crossentropy"), and as a
+# class name without its config ("categoricalcrossentropy").
+CLASSIFICATION_LOSSES = frozenset(
+    [*_CLASSIFICATION, *(n.replace("_", "") for n in _CLASSIFICATION)]
+)
 
 
 class KerasEstimator(
@@ -256,21 +275,71 @@ class KerasModel(
         """The trained Keras model."""
         return self.getModel()
 
-    def _transform(self, dataset: DataFrame) -> DataFrame:
-        from distkeras_async.spark.predictor import ModelPredictor
+    def is_classifier(self) -> bool:
+        """Whether the model was trained with a classification loss (cross-entropy)."""
+        if not self.isDefined(self.loss):
+            return False
+        losses = self.getLoss()
+        names = (
+            losses.values()
+            if isinstance(losses, dict)
+            else (losses if isinstance(losses, list) else [losses])
+        )
+        return any(loss_name(name) in CLASSIFICATION_LOSSES for name in names)
 
+    def _transform(self, dataset: DataFrame) -> DataFrame:
         if not self.isDefined(self.model):
             raise ValueError("KerasModel has no Keras model (the 'model' Param)")
+        if not self.is_classifier():
+            return self._predictor(self.getPredictionCol(), scalar=None).predict(dataset)
+        return self._classify(dataset)
+
+    def _predictor(self, column: str, scalar: bool | None) -> ModelPredictor:
         # The model object itself is part of the key (held, so its id cannot be reused).
-        key = (self.getModel(), self.getFeaturesCol(), self.getPredictionCol())
+        key = (self.getModel(), self.getFeaturesCol(), column, scalar)
         cached = getattr(self, "_predictor_key", None)
         if cached is None or cached[0] is not key[0] or cached[1:] != key[1:]:
             # One predictor per model and columns: its weights are broadcast once, and every
             # transform (a CrossValidator's many) reuses them and the executors' cached model.
-            self._predictor = ModelPredictor(
+            self._cached_predictor = ModelPredictor(
                 self.getModel(),
                 features_col=self.getFeaturesCol(),
-                output_col=self.getPredictionCol(),
+                output_col=column,
+                scalar_output=scalar,
             )
             self._predictor_key = key
-        return self._predictor.predict(dataset)
+        return self._cached_predictor
+
+    def _classify(self, dataset: DataFrame) -> DataFrame:
+        """Spark's classifier columns: rawPrediction, probability and prediction.
+
+        The probability vector is the model's output (softmax), or ``[1 - p, p]`` for one
+        sigmoid unit; rawPrediction is the same vector (a Keras model's output is already
+        normalised, and Spark's evaluators take either). The prediction is the class with the
+        largest ``probability / threshold`` (Spark's ``thresholds`` rule), by default the
+        most probable class.
+        """
+        names = [self.getRawPredictionCol(), self.getProbabilityCol(), self.getPredictionCol()]
+        taken = [n for n in names if n in dataset.columns]
+        if taken or len(set(names)) != 3:
+            raise ValueError(
+                f"the classifier columns {names} must be three new columns "
+                f"(the DataFrame has {taken})"
+            )
+        output = "__distkeras_output"
+        scored: DataFrame = self._predictor(output, scalar=False).predict(dataset)
+        values = vector_to_array(F.col(output))
+        if self.getModel().outputs[0].shape[-1] == 1:  # one sigmoid unit: P(class 1)
+            values = F.array(F.lit(1.0) - values[0], values[0])
+        probabilities = F.when(F.col(output).isNull(), None).otherwise(values)
+        weighted = probabilities
+        if self.isDefined(self.thresholds):
+            thresholds = F.array(*[F.lit(float(t)) for t in self.getThresholds()])
+            weighted = F.transform(probabilities, lambda p, i: p / F.element_at(thresholds, i + 1))
+        prediction = (F.array_position(weighted, F.array_max(weighted)) - 1).cast("double")
+        return (
+            scored.withColumn(self.getRawPredictionCol(), array_to_vector(probabilities))
+            .withColumn(self.getProbabilityCol(), array_to_vector(probabilities))
+            .withColumn(self.getPredictionCol(), prediction)
+            .drop(output)
+        )

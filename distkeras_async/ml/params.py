@@ -13,7 +13,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from pyspark.ml.param import Param, Params
-from pyspark.ml.param.shared import HasFeaturesCol, HasLabelCol, HasPredictionCol
+from pyspark.ml.param.shared import (
+    HasFeaturesCol,
+    HasLabelCol,
+    HasPredictionCol,
+    HasProbabilityCol,
+    HasRawPredictionCol,
+    HasThresholds,
+)
 
 from distkeras_async import checks, registry
 from distkeras_async.errors import DistKerasError
@@ -180,8 +187,20 @@ def _param(name: str, doc: str, convert: Callable[[Any], Any]) -> Param[Any]:
     return Param(Params._dummy(), name, doc, typeConverter=_converter(name, convert))
 
 
-class KerasEstimatorParams(HasKerasModel, HasFeaturesCol, HasLabelCol, HasPredictionCol):
-    """The Params of :class:`~distkeras_async.estimator.KerasEstimator`, with their getters."""
+class KerasEstimatorParams(
+    HasKerasModel,
+    HasFeaturesCol,
+    HasLabelCol,
+    HasPredictionCol,
+    HasProbabilityCol,
+    HasRawPredictionCol,
+    HasThresholds,
+):
+    """The Params of :class:`~distkeras_async.estimator.KerasEstimator`, with their getters.
+
+    ``probabilityCol``, ``rawPredictionCol`` and ``thresholds`` are Spark's own classifier
+    Params: a model trained with a classification loss writes those columns.
+    """
 
     optimizer = _param(
         "optimizer",

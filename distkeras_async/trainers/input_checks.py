@@ -27,6 +27,10 @@ def loss_name(loss: Any) -> str:
     """A loss's lower-case name: the string, a Keras loss object's name, or a function's."""
     if isinstance(loss, str):
         return loss.lower()
+    if isinstance(loss, dict):  # a Keras config: {"class_name": ..., "config": {"name": ...}}
+        config = loss.get("config") or {}
+        name = config.get("name") if isinstance(config, dict) else None
+        return str(name or loss.get("class_name", "")).lower()
     name = getattr(loss, "name", None) or getattr(loss, "__name__", None)
     return str(name or type(loss).__name__).lower()
 
