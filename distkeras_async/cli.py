@@ -19,6 +19,7 @@ from typing import Any
 
 from distkeras_async import checks, registry
 from distkeras_async.errors import AlgorithmError, DistKerasError
+from distkeras_async.serve import add_arguments as add_serve_arguments
 from distkeras_async.wire import auth
 
 
@@ -123,52 +124,11 @@ def _parse_settings(items: Sequence[str]) -> dict[str, Any]:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
-    from distkeras_async.server.parameter_server import ParameterServer
+    from distkeras_async import serve
 
     secret = read_secret(args.secret_file)
-    import keras  # after the cheap checks: importing TensorFlow takes seconds
-
-    model = keras.saving.load_model(args.model, compile=False)
     algorithm = registry.resolve(args.algorithm, **_parse_settings(args.set))
-    server = ParameterServer(
-        model.get_weights(),
-        algorithm,
-        num_workers=args.workers,
-        secret=secret,
-        host=args.host,
-        port=args.port,
-        round_timeout=args.round_timeout,
-    )
-    port = server.start()
-    print(
-        f"listening on {args.host}:{port} ({server.algorithm!r}, {args.workers} workers)",
-        flush=True,
-    )
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    try:
-        while not stop.wait(0.2):
-            stats = server.stats()
-            finished = sum(w.finished for w in stats.workers.values())
-            if server.failure or (args.exit_when_done and finished >= args.workers):
-                break
-    finally:
-        weights = server.center
-        stats = server.stats()
-        server.stop()
-    print(f"stopped after {stats.version} updates from {len(stats.workers)} worker(s)", flush=True)
-    if args.output:
-        model.set_weights(weights)
-        model.save(args.output)
-        print(f"trained weights saved to {args.output}", flush=True)
-    if server.failure:
-        print(f"distkeras-async: the run failed: {server.failure}", file=sys.stderr)
-        return 1
-    return 0
+    return serve.run(args, secret, algorithm)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,11 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     serve = sub.add_parser("serve", help="a standalone parameter server for a .keras model")
-    serve.add_argument("--model", required=True, help="the initial model (.keras file)")
-    serve.add_argument("--algorithm", default="downpour", help="registered algorithm name")
-    serve.add_argument("--workers", type=_positive_int, required=True, help="number of workers")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--port", type=int, default=0, help="port (0: any free)")
+    add_serve_arguments(serve, _positive_int)
     serve.add_argument("--secret-file", help=f"file with the hex secret (else ${SECRET_ENV})")
     serve.add_argument(
         "--set",
@@ -202,11 +158,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="an algorithm hyperparameter (repeatable)",
-    )
-    serve.add_argument("--round-timeout", type=float, default=300.0)
-    serve.add_argument("--output", help="save the trained model here (.keras) on exit")
-    serve.add_argument(
-        "--exit-when-done", action="store_true", help="stop once every worker has said goodbye"
     )
     serve.set_defaults(func=_cmd_serve)
 

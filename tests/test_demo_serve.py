@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import wait_until
 
 from distkeras_async import ParameterServerClient
 
@@ -149,3 +151,138 @@ def test_serve_needs_a_valid_secret(saved_model, tmp_path):
         )
     )
     assert "not hexadecimal" in line
+
+
+def _serve(tmp_path: Path, saved_model: Path, secret: bytes, *options: str):
+    (tmp_path / "secret").write_text(secret.hex())
+    process = subprocess.Popen(
+        [
+            *CLI,
+            "serve",
+            "--model",
+            str(saved_model),
+            "--secret-file",
+            str(tmp_path / "secret"),
+            *options,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = process.stdout.readline()
+    assert line.startswith("listening on 127.0.0.1:"), process.stderr.read()
+    return process, int(line.split()[2].rsplit(":", 1)[1]), line
+
+
+def test_serve_over_tls_with_checkpoints_and_statistics(tmp_path, saved_model, secret):
+    from conftest import make_tls_contexts
+
+    _, client_ctx, cert = make_tls_contexts(tmp_path)
+    key = cert.with_name("key.pem")
+    checkpoint = tmp_path / "center.npz"
+    process, port, line = _serve(
+        tmp_path,
+        saved_model,
+        secret,
+        "--workers",
+        "1",
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+        "--checkpoint-path",
+        str(checkpoint),
+        "--checkpoint-every",
+        "2",
+        "--stats-interval",
+        "0.2",
+        "--exit-when-done",
+    )
+    try:
+        assert "(TLS, " in line and "version 0)" in line
+        with ParameterServerClient(
+            "127.0.0.1", port, secret, 0, timeout=20, ssl_context=client_ctx
+        ) as client:
+            center = client.pull()
+            for _ in range(3):
+                client.commit(np.ones_like(center))
+            client.report({"loss": 0.25})
+            wait_until(checkpoint.exists)
+            out = process.stdout.readline()  # statistics lines, printed while serving
+            while "latest loss" not in out:
+                out = process.stdout.readline()
+        assert process.wait(60) == 0
+        rest = process.stdout.read()
+    finally:
+        process.kill()
+    assert re.fullmatch(
+        r"3 updates \([\d.]+/s\), 1 worker\(s\) connected, 0/1 finished, latest loss 0\.2500\n",
+        out,
+    )
+    assert "stopped after 3 updates" in rest
+    from distkeras_async.server.checkpoint import load_checkpoint
+
+    assert load_checkpoint(checkpoint).version == 3  # the final checkpoint, at exit
+
+    # And resumed from it: the center and the version continue.
+    process, port, line = _serve(
+        tmp_path,
+        saved_model,
+        secret,
+        "--workers",
+        "1",
+        "--resume-from",
+        str(checkpoint),
+        "--exit-when-done",
+    )
+    try:
+        assert "version 3)" in line
+        with ParameterServerClient("127.0.0.1", port, secret, 0, timeout=20) as client:
+            np.testing.assert_allclose(client.pull(), center + 3.0, rtol=1e-6)
+        assert process.wait(60) == 0
+    finally:
+        process.kill()
+
+
+def test_serve_fails_clearly_when_a_worker_is_gone(tmp_path, saved_model, secret):
+    process, port, _ = _serve(
+        tmp_path,
+        saved_model,
+        secret,
+        "--workers",
+        "2",
+        "--exit-when-done",
+        "--worker-timeout",
+        "1",
+        "--stats-interval",
+        "0",
+    )
+    try:
+        ParameterServerClient("127.0.0.1", port, secret, 0, timeout=20).close()  # finished
+        gone = ParameterServerClient("127.0.0.1", port, secret, 1, timeout=20)
+        gone.commit(np.ones(gone.num_params, np.float32))
+        gone._sock.close()  # the process died: no goodbye
+        assert process.wait(60) == 1
+        error = process.stderr.read()
+    finally:
+        process.kill()
+    assert "worker 1 (attempt 0, 1 commit(s)) left without goodbye" in error
+    assert "--worker-timeout 1 s" in error
+
+
+def test_serve_needs_both_tls_files(saved_model, tmp_path, secret):
+    (tmp_path / "secret").write_text(secret.hex())
+    done = run_cli(
+        "serve",
+        "--model",
+        str(saved_model),
+        "--workers",
+        "1",
+        "--secret-file",
+        str(tmp_path / "secret"),
+        "--tls-cert",
+        "cert.pem",
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "give both --tls-cert and --tls-key" in done.stderr

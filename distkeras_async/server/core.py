@@ -121,6 +121,8 @@ class ServerCore:
         if worker is None or self._active.get(worker) is not peer:
             return
         del self._active[worker]
+        stats = self.stats.worker(worker)
+        stats.connected, stats.disconnected_at = False, time.time()
         if self.algorithm.synchronous and worker in self.rounds.live and not said_bye:
             self.fail_run(
                 ErrorCode.ROUND_FAILED,
@@ -171,6 +173,7 @@ class ServerCore:
         self._active[worker] = peer
         stats = self.stats.worker(worker)
         stats.attempt, stats.last_seen = attempt, time.time()
+        stats.connected, stats.disconnected_at = True, 0.0
         return Welcome(
             auth.server_proof(self._secret, hello.nonce, server_nonce),
             self.layout.specs,

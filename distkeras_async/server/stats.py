@@ -24,6 +24,8 @@ class WorkerStats:
         reports: number of reports.
         last_seen: ``time.time()`` of its latest message.
         finished: whether it said goodbye.
+        connected: whether a connection of this worker is open now.
+        disconnected_at: ``time.time()`` when its last connection closed (0.0 while open).
     """
 
     worker: int
@@ -39,6 +41,8 @@ class WorkerStats:
     reports: int = 0
     last_seen: float = 0.0
     finished: bool = False
+    connected: bool = False
+    disconnected_at: float = 0.0
 
     @property
     def last_loss(self) -> float | None:

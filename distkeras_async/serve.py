@@ -1,0 +1,169 @@
+"""``distkeras-async serve``: a standalone parameter server for workers you run yourself.
+
+It loads a ``.keras`` model, serves its weights as the center with a registered algorithm,
+prints ``listening on HOST:PORT`` when workers may connect, a statistics line every
+``--stats-interval`` seconds, and on exit how many updates it applied (and the trained model,
+with ``--output``). See ``docs/serve.md`` for a complete external worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from distkeras_async.server.parameter_server import ParameterServer
+from distkeras_async.server.stats import ServerStats
+
+
+def add_arguments(serve: argparse.ArgumentParser, positive_int: Callable[[str], int]) -> None:
+    """The ``serve`` command's options."""
+    serve.add_argument("--model", required=True, help="the initial model (.keras file)")
+    serve.add_argument("--algorithm", default="downpour", help="registered algorithm name")
+    serve.add_argument("--workers", type=positive_int, required=True, help="number of workers")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=0, help="port (0: any free)")
+    serve.add_argument("--round-timeout", type=float, default=300.0)
+    serve.add_argument("--output", help="save the trained model here (.keras) on exit")
+    serve.add_argument("--tls-cert", help="PEM certificate (chain): serve TLS only")
+    serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    serve.add_argument("--checkpoint-path", help="write the center here (atomically)")
+    serve.add_argument("--checkpoint-every", type=positive_int, help="updates between checkpoints")
+    serve.add_argument(
+        "--checkpoint-interval", type=float, help="seconds between checkpoints (default 60)"
+    )
+    serve.add_argument("--resume-from", help="start from this checkpoint's center and version")
+    serve.add_argument(
+        "--stats-interval",
+        type=float,
+        default=10.0,
+        help="seconds between statistics lines (0: none)",
+    )
+    serve.add_argument(
+        "--exit-when-done",
+        action="store_true",
+        help="exit once every worker said goodbye",
+    )
+    serve.add_argument(
+        "--worker-timeout",
+        type=float,
+        default=60.0,
+        help="with --exit-when-done: fail when a worker that left without goodbye has not "
+        "come back within this many seconds (default 60)",
+    )
+
+
+def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """A server TLS context from ``--tls-cert``/``--tls-key``, or None for plain TCP.
+
+    Raises:
+        ValueError: if only one of the two is given.
+    """
+    if (cert is None) != (key is None):
+        raise ValueError("give both --tls-cert and --tls-key, or neither")
+    if cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def stats_line(stats: ServerStats, previous: tuple[float, int], workers: int) -> str:
+    """One line of statistics: updates and their rate, workers, the latest reported loss."""
+    then, version = previous
+    rate = (stats.version - version) / max(time.monotonic() - then, 1e-9)
+    connected = sum(w.connected for w in stats.workers.values())
+    finished = sum(w.finished for w in stats.workers.values())
+    losses = [w.last_loss for w in stats.workers.values() if w.last_loss is not None]
+    loss = f", latest loss {sum(losses) / len(losses):.4f}" if losses else ""
+    return (
+        f"{stats.version} updates ({rate:.1f}/s), {connected} worker(s) connected, "
+        f"{finished}/{workers} finished{loss}"
+    )
+
+
+def gone_workers(stats: ServerStats, timeout: float, now: float) -> list[str]:
+    """Workers that left without goodbye and stayed away longer than ``timeout`` seconds."""
+    return [
+        f"worker {w} (attempt {s.attempt}, {s.commits} commit(s)) left without goodbye "
+        f"{now - s.disconnected_at:.0f} s ago"
+        for w, s in sorted(stats.workers.items())
+        if not s.finished
+        and not s.connected
+        and s.disconnected_at
+        and now - s.disconnected_at > timeout
+    ]
+
+
+def run(args: argparse.Namespace, secret: bytes, algorithm: Any) -> int:
+    """Serve until every worker finished (``--exit-when-done``), a signal, or a failure."""
+    import keras  # after the cheap checks: importing TensorFlow takes seconds
+
+    context = tls_context(args.tls_cert, args.tls_key)
+    model = keras.saving.load_model(args.model, compile=False)
+    checkpoint_interval = args.checkpoint_interval
+    if args.checkpoint_path and args.checkpoint_every is None and checkpoint_interval is None:
+        checkpoint_interval = 60.0
+    server = ParameterServer(
+        model.get_weights(),
+        algorithm,
+        num_workers=args.workers,
+        secret=secret,
+        host=args.host,
+        port=args.port,
+        ssl_context=context,
+        round_timeout=args.round_timeout,
+        checkpoint_path=args.checkpoint_path,
+        checkpoint_every=args.checkpoint_every,
+        checkpoint_interval=checkpoint_interval,
+        resume_from=args.resume_from,
+    )
+    port = server.start()
+    scheme = "TLS" if context is not None else "TCP"
+    print(
+        f"listening on {args.host}:{port} ({scheme}, {server.algorithm!r}, "
+        f"{args.workers} workers, version {server.version})",
+        flush=True,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    failure: str | None = None
+    previous = (time.monotonic(), server.version)
+    try:
+        while not stop.wait(0.2):
+            stats = server.stats()
+            if args.stats_interval and time.monotonic() - previous[0] >= args.stats_interval:
+                print(stats_line(stats, previous, args.workers), flush=True)
+                previous = (time.monotonic(), stats.version)
+            if server.failure:
+                failure = server.failure
+                break
+            if not args.exit_when_done:
+                continue
+            gone = gone_workers(stats, args.worker_timeout, time.time())
+            if gone:
+                failure = "; ".join(gone) + f" (--worker-timeout {args.worker_timeout:g} s)"
+                break
+            if sum(w.finished for w in stats.workers.values()) >= args.workers:
+                break
+    finally:
+        weights = server.center
+        stats = server.stats()
+        if args.checkpoint_path:
+            server.checkpoint()
+        server.stop()
+    print(f"stopped after {stats.version} updates from {len(stats.workers)} worker(s)", flush=True)
+    if args.output:
+        model.set_weights(weights)
+        model.save(args.output)
+        print(f"trained weights saved to {args.output}", flush=True)
+    if failure:
+        print(f"distkeras-async: the run failed: {failure}", file=sys.stderr)
+        return 1
+    return 0
