@@ -42,7 +42,16 @@ from distkeras_async.server.rounds import Rounds
 from distkeras_async.server.stats import ServerStats
 from distkeras_async.server.update import Peer, StepRecord, Update
 from distkeras_async.wire import auth
-from distkeras_async.wire.messages import Ack, Commit, CommitPull, Hello, Report, Welcome
+from distkeras_async.wire.messages import (
+    NO_CONTROL,
+    Ack,
+    Commit,
+    CommitPull,
+    Control,
+    Hello,
+    Report,
+    Welcome,
+)
 
 logger = logging.getLogger("distkeras_async.server")
 
@@ -83,6 +92,8 @@ class ServerCore:
         self.version = version
         self.checkpointer = checkpointer
         self.failure: Failure | None = None
+        # The driver's requests to the workers (stop, a learning rate): on every reply.
+        self.control: Control = NO_CONTROL
         self.peers: set[Peer] = set()
         self._active: dict[int, Peer] = {}
         self._latest_attempt: dict[int, int] = {}
@@ -203,10 +214,12 @@ class ServerCore:
         stats = self.stats.worker(message.worker)
         stats.last_metrics = dict(message.metrics)
         stats.reports += 1
+        if message.epoch is not None:
+            stats.epochs[message.epoch] = dict(message.metrics)
         if message.history:
             records = self.step_records.setdefault((message.worker, message.attempt), [])
             records.extend((i, t, dict(m)) for i, t, m in message.history)
-        peer.send(Ack(self.version))
+        peer.send(Ack(self.version, control=self.control))
 
     def bye(self, worker: int, attempt: int) -> None:
         """A worker finished; a synchronous run stops waiting for it."""
@@ -318,11 +331,11 @@ class ServerCore:
         if isinstance(message, CommitPull):
             self._send_center(peer, message.worker, duplicate)
         else:
-            peer.send(Ack(self.version, duplicate))
+            peer.send(Ack(self.version, duplicate, self.control))
 
     def _send_center(self, peer: Peer, worker: int, duplicate: bool = False) -> None:
         self.stats.worker(worker).pulls += 1
-        peer.send_center(self.center.current, self.version, duplicate=duplicate)
+        peer.send_center(self.center.current, self.version, duplicate, self.control)
 
     def maybe_checkpoint(self) -> None:
         """Start writing a checkpoint if one is due (a copy of the center, in a thread)."""

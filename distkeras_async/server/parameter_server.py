@@ -19,6 +19,7 @@ import concurrent.futures
 import contextlib
 import errno
 import logging
+import math
 import os
 import ssl
 import threading
@@ -49,6 +50,7 @@ from distkeras_async.server.stats import ServerStats
 from distkeras_async.server.transport import Transport
 from distkeras_async.server.update import StepRecord
 from distkeras_async.wire import auth
+from distkeras_async.wire.messages import NO_CONTROL, Control
 
 try:
     import uvloop
@@ -423,6 +425,30 @@ class ParameterServer:
             }
 
         return self._call(collect)
+
+    def request(self, *, stop: bool | None = None, learning_rate: float | None = None) -> None:
+        """Ask every worker, on its next reply from the server, to stop or to change its rate.
+
+        Each reply to a worker (center or acknowledgement) carries the request from then on;
+        a worker acts on it after its next exchange. ``None`` leaves a setting as it is.
+        """
+        state = self._require_state()
+        if learning_rate is not None and not (math.isfinite(learning_rate) and learning_rate > 0):
+            raise ValueError(f"learning_rate must be a positive finite number, got {learning_rate}")
+
+        def update() -> None:
+            old = state.control
+            state.control = Control(
+                old.stop if stop is None else bool(stop),
+                old.learning_rate if learning_rate is None else float(learning_rate),
+            )
+
+        self._call(update)
+
+    @property
+    def control(self) -> Control:
+        """What the workers are asked now (see :meth:`request`)."""
+        return self._state.control if self._state is not None else NO_CONTROL
 
     def progress(self, worker: int) -> int:
         """Local steps of ``worker`` applied to the center by any of its attempts."""

@@ -37,10 +37,12 @@ from distkeras_async.wire import auth
 from distkeras_async.wire.decoder import FrameDecoder
 from distkeras_async.wire.frames import FrameHeader
 from distkeras_async.wire.messages import (
+    NO_CONTROL,
     Bye,
     Center,
     Challenge,
     Commit,
+    Control,
     Error,
     Hello,
     Message,
@@ -366,10 +368,12 @@ class Session:
         self._write([message])
         self._answered()
 
-    def send_center(self, buffer: Buffer, version: int, *, duplicate: bool = False) -> None:
+    def send_center(
+        self, buffer: Buffer, version: int, duplicate: bool = False, control: Control = NO_CONTROL
+    ) -> None:
         """Reply with the center in ``buffer``; hold the buffer while the bytes are unsent."""
         self.pulled_version = version
-        unsent = self._write([Center(buffer.array, version, duplicate)])
+        unsent = self._write([Center(buffer.array, version, duplicate, control)])
         if unsent and not self.closed:
             self.core.center.hold(buffer)
             self._sending.append(buffer)

@@ -25,6 +25,7 @@ class WorkerStats:
         last_seen: ``time.time()`` of its latest message.
         finished: whether it said goodbye.
         connected: whether a connection of this worker is open now.
+        epochs: the logs of each pass over its partition it finished, by epoch (from 1).
         disconnected_at: ``time.time()`` when its last connection closed (0.0 while open).
     """
 
@@ -43,6 +44,7 @@ class WorkerStats:
     finished: bool = False
     connected: bool = False
     disconnected_at: float = 0.0
+    epochs: dict[int, dict[str, float]] = field(default_factory=dict)
 
     @property
     def last_loss(self) -> float | None:
@@ -105,6 +107,11 @@ class ServerStats:
         return replace(
             self,
             workers={
-                k: replace(w, last_metrics=dict(w.last_metrics)) for k, w in self.workers.items()
+                k: replace(
+                    w,
+                    last_metrics=dict(w.last_metrics),
+                    epochs={e: dict(logs) for e, logs in w.epochs.items()},
+                )
+                for k, w in self.workers.items()
             },
         )

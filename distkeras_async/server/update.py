@@ -14,7 +14,7 @@ from distkeras_async.algorithm import UpdateMeta
 from distkeras_async.errors import ErrorCode
 from distkeras_async.server.buffers import Buffer, Lease
 from distkeras_async.server.limits import Limits
-from distkeras_async.wire.messages import Commit, Message
+from distkeras_async.wire.messages import NO_CONTROL, Commit, Control, Message
 
 # One step of a worker's history as it travels: (iteration, timestamp, metrics).
 StepRecord = tuple[int, float, dict[str, float]]
@@ -32,8 +32,10 @@ class Peer(Protocol):
         """Reply with a message that carries no center."""
         ...
 
-    def send_center(self, buffer: Buffer, version: int, *, duplicate: bool = False) -> None:
-        """Reply with the center held in ``buffer`` at ``version``."""
+    def send_center(
+        self, buffer: Buffer, version: int, duplicate: bool = False, control: Control = NO_CONTROL
+    ) -> None:
+        """Reply with the center held in ``buffer`` at ``version`` (and the driver's control)."""
         ...
 
     def fail(self, code: ErrorCode, reason: str) -> None:

@@ -111,10 +111,20 @@ class Trainer:
             keras_model, worker_optimizer, loss, self.metrics, loss_weights
         )
         self.history: list[dict[str, Any]] = []
+        self.keras_history: Any = None
         self.training_time = 0.0
         self.parameter_server_stats: ServerStats | None = None
 
-    def train(self, dataframe: Any, shuffle: bool = False, resume_from: str | None = None) -> Any:
+    def train(
+        self,
+        dataframe: Any,
+        shuffle: bool = False,
+        resume_from: str | None = None,
+        *,
+        validation_data: Any = None,
+        validation_split: float | None = None,
+        callbacks: Any = None,
+    ) -> Any:
         """Train on ``dataframe`` and return a new trained Keras model."""
         raise NotImplementedError
 
@@ -125,6 +135,15 @@ class Trainer:
     def get_history(self) -> list[dict[str, Any]]:
         """One dict per worker step: ``worker``, ``iteration``, ``timestamp`` and the metrics."""
         return list(self.history)
+
+    def get_keras_history(self) -> Any:
+        """The Keras ``History`` of the last run: one entry per global epoch.
+
+        ``history.history["loss"]`` holds the workers' epoch losses averaged,
+        ``history.history["val_loss"]`` the center's validation loss, ``history.epoch`` the
+        epochs run (fewer than ``num_epoch`` when a callback stopped training).
+        """
+        return self.keras_history
 
     def get_averaged_history(self) -> list[dict[str, Any]]:
         """The metrics averaged over the workers, one dict per iteration."""
@@ -305,7 +324,16 @@ class DistributedTrainer(Trainer):
         self.algorithm_name = probe.name
         self._synchronous_algorithm = probe.synchronous
 
-    def train(self, dataframe: Any, shuffle: bool = False, resume_from: str | None = None) -> Any:
+    def train(
+        self,
+        dataframe: Any,
+        shuffle: bool = False,
+        resume_from: str | None = None,
+        *,
+        validation_data: Any = None,
+        validation_split: float | None = None,
+        callbacks: Any = None,
+    ) -> Any:
         """Train on ``dataframe`` and return a new trained Keras model.
 
         Args:
@@ -313,6 +341,14 @@ class DistributedTrainer(Trainer):
             shuffle: reshuffle rows between workers and within each worker every epoch.
             resume_from: a checkpoint written by an earlier run (``checkpoint_path``): the
                 center starts from its weights and version instead of the model's.
+            validation_data: a DataFrame with the training columns (collected to the
+                driver once), or ``(x, y)`` / ``(x, y, sample_weight)`` numpy arrays: the
+                center is evaluated on it at every global epoch's end (``val_*`` logs).
+            validation_split: hold out this fraction of ``dataframe`` (a seeded
+                ``randomSplit``, by ``seed``) as validation data.
+            callbacks: Keras callbacks, run on the driver at every global epoch with the
+                center loaded in ``self.model`` (see docs/trainers.md for what a global
+                epoch is and which hooks are called).
 
         Raises:
             WorkerFailedError: if a worker failed (with its traceback).
@@ -322,11 +358,19 @@ class DistributedTrainer(Trainer):
             OSError: if ``master_port`` is busy.
         """
         from distkeras_async.spark import jobs as sparkglue
+        from distkeras_async.trainers import validation as checked
+        from distkeras_async.trainers.epochs import EpochCallbacks
         from distkeras_async.trainers.progress import ProgressBar, attached_to_terminal
         from distkeras_async.worker.keras_worker import WorkerPlan
 
+        # Arguments first, without a Spark job: a mistake costs nothing.
+        callback_list = checked.check_callbacks(callbacks)
+        split = checked.check_split(validation_split, validation_data)
+        checked.check_validation_data(validation_data, self.features_col, self.label_col)
         session = dataframe.sparkSession
         began = time.time()
+        if split is not None:
+            dataframe, validation_data = dataframe.randomSplit([1.0 - split, split], self.seed)
         # The data against the model, from its first row, before anything starts. A custom
         # worker whose prepare() transforms the columns is only checked for emptiness.
         check_first_row(
@@ -336,6 +380,9 @@ class DistributedTrainer(Trainer):
             self.features_col,
             self.label_col,
             shapes=not self._custom_prepare(),
+        )
+        validation = checked.resolve(
+            validation_data, self.features_col, self.label_col, self.batch_size
         )
         host = self.master_host or sparkglue.driver_host(session)
         secret = self.secret or new_secret()
@@ -385,7 +432,18 @@ class DistributedTrainer(Trainer):
             seed=self.seed,
         )
         show = attached_to_terminal() if self.progress is None else self.progress
+        driver_model = self._trained_model(initial)
+        epochs = EpochCallbacks(
+            server,
+            driver_model,
+            callback_list,
+            self.num_workers,
+            self.num_epoch,
+            validation,
+            on_epoch=ProgressBar.epoch_line(self.num_epoch) if show else None,
+        )
         try:
+            epochs.begin()
             df = sparkglue.prepare(
                 dataframe,
                 [*self.features_col, *self.label_col],
@@ -417,8 +475,13 @@ class DistributedTrainer(Trainer):
             weights = server.center
             self.parameter_server_stats = server.stats()
             lost = server.unfinished_attempts()
+            # The epochs that ended with the job, on_train_end; a callback may return other
+            # weights (EarlyStopping's best), or raise.
+            weights = epochs.end(weights)
         finally:
+            epochs.close()
             server.stop()
+        self.keras_history = epochs.history
         self.snapshots = [*snapshots.taken, (time.time() - began, weights)]
         self.history = flatten_rows(rows, lost)
         self.training_time = time.time() - began

@@ -46,6 +46,17 @@ class ProgressBar:
         self._refresh(time.monotonic())
         self._bar.close()
 
+    @staticmethod
+    def epoch_line(num_epoch: int) -> Any:
+        """A function that prints one line per global epoch: its number and its logs."""
+        from tqdm.auto import tqdm
+
+        def write(epoch: int, logs: dict[str, float]) -> None:
+            values = " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
+            tqdm.write(f"Epoch {epoch + 1}/{num_epoch} - {values}")
+
+        return write
+
     def _run(self) -> None:
         self._started = time.monotonic()
         while not self._stop.wait(REFRESH_SECONDS):

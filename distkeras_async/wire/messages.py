@@ -245,25 +245,62 @@ class Report(Message):
     """Client -> server: the worker's latest metrics, and its step records since the last.
 
     The server keeps the records of every attempt, so the steps of an attempt that was killed
-    are not lost from the run's history.
+    are not lost from the run's history. With ``epoch`` set, the report closes the worker's
+    ``epoch``-th pass over its partition (counted from 1) and ``metrics`` are that epoch's
+    logs; the driver's callbacks run once every worker closed it.
     """
 
     op: ClassVar[Op] = Op.REPORT
     metrics: Mapping[str, float]
     history: StepRecords = ()
+    epoch: int | None = None
 
     def wire_fields(self) -> dict[str, Any]:
-        """``metrics``, and ``history`` as ``[[iteration, timestamp, metrics], ...]``."""
+        """``metrics``, ``history`` as ``[[iteration, timestamp, metrics], ...]``, ``epoch``."""
         fields: dict[str, Any] = {"metrics": dict(self.metrics)}
         if self.history:
             fields["history"] = _history_to_wire(self.history)
+        if self.epoch is not None:
+            fields["epoch"] = self.epoch
         return fields
 
     @classmethod
     def _from_frame(cls, frame: Frame) -> Message:
         metrics = {k: float(v) for k, v in frame.fields["metrics"].items()}
         history = _history_from_wire(frame.fields.get("history", ()))
-        return cls(metrics, history, **_ids(frame))
+        return cls(metrics, history, frame.fields.get("epoch"), **_ids(frame))
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """What the driver asks of every worker; it rides on every reply (Center and Ack).
+
+    Attributes:
+        stop: finish now: commit what is left and say goodbye (``EarlyStopping``).
+        learning_rate: the learning rate for the workers' optimizers, or None to leave
+            theirs (a schedule on the driver sets it).
+    """
+
+    stop: bool = False
+    learning_rate: float | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        """The header fields: only those that are set, so a plain reply costs nothing."""
+        fields: dict[str, Any] = {}
+        if self.stop:
+            fields["stop"] = True
+        if self.learning_rate is not None:
+            fields["learning_rate"] = float(self.learning_rate)
+        return fields
+
+    @classmethod
+    def from_wire(cls, fields: Mapping[str, Any]) -> Control:
+        """The control a reply's header carries."""
+        rate = fields.get("learning_rate")
+        return cls(bool(fields.get("stop", False)), None if rate is None else float(rate))
+
+
+NO_CONTROL = Control()
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,24 +341,23 @@ class Bye(Message):
 class Center(Message):
     """Server -> client: the center (one flat vector) at ``version``.
 
-    ``duplicate`` says the commit this answers was a resend, recognised and not applied again.
+    ``duplicate`` says the commit this answers was a resend, recognised and not applied again;
+    ``control`` carries the driver's requests to the workers.
     """
 
     op: ClassVar[Op] = Op.CENTER
     center: np.ndarray
     version: int
     duplicate: bool = False
+    control: Control = NO_CONTROL
 
     def __post_init__(self) -> None:
         _check_vector(self.center)
         Message.__post_init__(self)
 
     def wire_fields(self) -> dict[str, Any]:
-        """``version``, and ``duplicate`` when set."""
-        fields: dict[str, Any] = {"version": self.version}
-        if self.duplicate:
-            fields["duplicate"] = True
-        return fields
+        """``version``, and ``duplicate`` and the control when set."""
+        return _reply_fields(self.version, self.duplicate, self.control)
 
     def wire_tensors(self) -> tuple[np.ndarray, ...]:
         """The center."""
@@ -330,7 +366,13 @@ class Center(Message):
     @classmethod
     def _from_frame(cls, frame: Frame) -> Message:
         f = frame.fields
-        return cls(frame.tensors[0], f["version"], f.get("duplicate", False), **_ids(frame))
+        return cls(
+            frame.tensors[0],
+            f["version"],
+            f.get("duplicate", False),
+            Control.from_wire(f),
+            **_ids(frame),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,18 +382,23 @@ class Ack(Message):
     op: ClassVar[Op] = Op.ACK
     version: int
     duplicate: bool = False
+    control: Control = NO_CONTROL
 
     def wire_fields(self) -> dict[str, Any]:
-        """``version``, and ``duplicate`` when set."""
-        fields: dict[str, Any] = {"version": self.version}
-        if self.duplicate:
-            fields["duplicate"] = True
-        return fields
+        """``version``, and ``duplicate`` and the control when set."""
+        return _reply_fields(self.version, self.duplicate, self.control)
 
     @classmethod
     def _from_frame(cls, frame: Frame) -> Message:
         f = frame.fields
-        return cls(f["version"], f.get("duplicate", False), **_ids(frame))
+        return cls(f["version"], f.get("duplicate", False), Control.from_wire(f), **_ids(frame))
+
+
+def _reply_fields(version: int, duplicate: bool, control: Control) -> dict[str, Any]:
+    fields: dict[str, Any] = {"version": version, **control.to_wire()}
+    if duplicate:
+        fields["duplicate"] = True
+    return fields
 
 
 MESSAGE_TYPES: Mapping[Op, type[Message]] = {
@@ -399,12 +446,14 @@ def encode_message_bytes(message: Message) -> bytes:
 
 __all__ = [
     "MESSAGE_TYPES",
+    "NO_CONTROL",
     "Ack",
     "Bye",
     "Center",
     "Challenge",
     "Commit",
     "CommitPull",
+    "Control",
     "Error",
     "Hello",
     "Message",

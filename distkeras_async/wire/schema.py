@@ -157,6 +157,12 @@ def _is_layout(value: object) -> bool:
 
 Check = Callable[[object], bool]
 
+# The driver's requests to the workers, on every reply (see messages.Control).
+_CONTROL: Mapping[str, tuple[Check, bool]] = {
+    "stop": (_is_bool, False),
+    "learning_rate": (is_number, False),
+}
+
 # op -> {field: (check, required)}; unknown fields are rejected, so the schema is the contract.
 FIELDS: Mapping[Op, Mapping[str, tuple[Check, bool]]] = {
     Op.CHALLENGE: {"nonce": (_is_nonce, True)},
@@ -176,11 +182,15 @@ FIELDS: Mapping[Op, Mapping[str, tuple[Check, bool]]] = {
     Op.PULL: {},
     Op.COMMIT: {"steps": (is_int, False), "history": (_is_history, False)},
     Op.COMMIT_PULL: {"steps": (is_int, False), "history": (_is_history, False)},
-    Op.REPORT: {"metrics": (_is_metrics, True), "history": (_is_history, False)},
+    Op.REPORT: {
+        "metrics": (_is_metrics, True),
+        "history": (_is_history, False),
+        "epoch": (is_int, False),
+    },
     Op.ERROR: {"code": (_is_code, True), "message": (_is_text, True)},
     Op.BYE: {},
-    Op.CENTER: {"version": (is_int, True), "duplicate": (_is_bool, False)},
-    Op.ACK: {"version": (is_int, True), "duplicate": (_is_bool, False)},
+    Op.CENTER: {"version": (is_int, True), "duplicate": (_is_bool, False), **_CONTROL},
+    Op.ACK: {"version": (is_int, True), "duplicate": (_is_bool, False), **_CONTROL},
 }
 
 

@@ -36,12 +36,14 @@ from distkeras_async.wire import auth
 from distkeras_async.wire.decoder import FrameDecoder
 from distkeras_async.wire.frames import FrameHeader
 from distkeras_async.wire.messages import (
+    NO_CONTROL,
     Ack,
     Bye,
     Center,
     Challenge,
     Commit,
     CommitPull,
+    Control,
     Error,
     Hello,
     Message,
@@ -155,6 +157,8 @@ class ParameterServerClient:
         # adds; both travel with the next commit (see Commit.steps and Commit.history).
         self.steps: int | None = None
         self.history: list[tuple[int, float, Mapping[str, float]]] = []
+        # The driver's latest requests (stop, a learning rate), from the latest reply.
+        self.control: Control = NO_CONTROL
 
     @property
     def num_params(self) -> int:
@@ -174,7 +178,7 @@ class ParameterServerClient:
             Commit(self._check_update(update), self.steps, self._take_history(), **self._ids())
         )
         reply = self._receive(Ack)
-        self.version = reply.version
+        self.version, self.control = reply.version, reply.control
         if reply.duplicate:
             self.duplicates += 1
 
@@ -197,6 +201,8 @@ class ParameterServerClient:
         self,
         metrics: Mapping[str, float],
         history: Sequence[tuple[int, float, Mapping[str, float]]] = (),
+        *,
+        epoch: int | None = None,
     ) -> None:
         """Send metrics (e.g. the latest loss), and step records, for the server to keep.
 
@@ -204,15 +210,18 @@ class ParameterServerClient:
             metrics: the latest metrics (non-finite values are left out).
             history: ``(iteration, timestamp, metrics)`` of the steps since the last report
                 (at most ``MAX_HISTORY``; non-finite metric values are left out).
+            epoch: set when ``metrics`` are the logs of this worker's ``epoch``-th pass over
+                its data (from 1), just finished: the driver's epoch callbacks wait for them.
         """
         self._send(
             Report(
                 _finite(metrics),
                 tuple((int(i), float(t), _finite(m)) for i, t, m in history),
+                epoch,
                 **self._ids(),
             )
         )
-        self._receive(Ack)
+        self.control = self._receive(Ack).control
 
     def report_error(self, message: str) -> None:
         """Tell the server this worker failed (a synchronous run then fails at once), and close."""
@@ -313,7 +322,7 @@ class ParameterServerClient:
         finally:
             self._out = None
         assert result is not None
-        self.version = reply.version
+        self.version, self.control = reply.version, reply.control
         if reply.duplicate:
             self.duplicates += 1
         return result

@@ -65,6 +65,15 @@ class WorkerSession:
         on_progress: called right before each exchange with the number of local steps so far
             (counted from the first of the partition) and the records of the steps since the
             previous exchange, so the commit can carry them.
+        steps_per_epoch: local steps in one pass over the partition; with ``on_epoch``, the
+            session closes an epoch every this many steps.
+        on_epoch: called with ``(epoch, logs)`` after the last step of each pass (epochs
+            counted from 1): the step's metrics when they are running means over the epoch
+            (``running_means``, as ``model.fit`` reports them), else the mean of the epoch's
+            step metrics.
+        running_means: whether the step metrics are already running means over the epoch.
+        after_exchange: called after the start and every exchange; returning True asks the
+            session to stop (``stopped`` is then set, and the driver of the loop ends it).
     """
 
     def __init__(
@@ -77,6 +86,10 @@ class WorkerSession:
         on_exchange: Callable[[Mapping[str, float]], None] | None = None,
         first_step: int = 0,
         on_progress: Callable[[int, Sequence[StepRecord]], None] | None = None,
+        steps_per_epoch: int | None = None,
+        on_epoch: Callable[[int, Mapping[str, float]], None] | None = None,
+        running_means: bool = False,
+        after_exchange: Callable[[], bool] | None = None,
     ) -> None:
         self.model = model
         self.algorithm = algorithm
@@ -90,6 +103,13 @@ class WorkerSession:
         self.exchanges = 0
         self._pending = 0
         self._metrics: Mapping[str, float] = {}
+        self.steps_per_epoch = steps_per_epoch
+        self.on_epoch = on_epoch
+        self.running_means = running_means
+        self.after_exchange = after_exchange
+        self.stopped = False
+        self._epoch_sums: dict[str, float] = {}
+        self._epoch_steps = 0
 
     @property
     def steps(self) -> int:
@@ -99,6 +119,8 @@ class WorkerSession:
     def start(self) -> None:
         """Run the rule's ``worker_start`` and adopt the weights it returns."""
         self.model.set_flat(self.algorithm.worker_start(self.model.get_flat(), self.server))
+        if self.after_exchange is not None and self.after_exchange():
+            self.stopped = True
 
     def step_done(self, metrics: Mapping[str, float]) -> None:
         """Record a finished local step; exchange when the window is full."""
@@ -112,6 +134,28 @@ class WorkerSession:
             self.exchanges += 1
             if self.on_exchange is not None:
                 self.on_exchange({**metrics, "steps": float(self.steps)})
+            if self.after_exchange is not None and self.after_exchange():
+                self.stopped = True
+        self._epoch_step(metrics)
+
+    def _epoch_step(self, metrics: Mapping[str, float]) -> None:
+        """Accumulate the epoch's metrics; close the epoch after its last step."""
+        if self.on_epoch is None or not self.steps_per_epoch:
+            return
+        self._epoch_steps += 1
+        if not self.running_means:
+            for key, value in metrics.items():
+                self._epoch_sums[key] = self._epoch_sums.get(key, 0.0) + value
+        epoch, step = divmod(self.steps, self.steps_per_epoch)
+        if step:
+            return
+        logs = (
+            dict(metrics)
+            if self.running_means
+            else {k: v / self._epoch_steps for k, v in self._epoch_sums.items()}
+        )
+        self._epoch_sums, self._epoch_steps = {}, 0
+        self.on_epoch(epoch, logs)
 
     def finish(self) -> None:
         """Commit what remains (``worker_finish``), unless the last step just exchanged."""
@@ -164,6 +208,8 @@ def run_session(session: WorkerSession, batches: Iterable[Any]) -> list[StepReco
     session.start()
     every_step = algorithm.acts_every_step()
     for batch in batches:
+        if session.stopped:
+            break
         if every_step:
             box: list[Mapping[str, float]] = []
 

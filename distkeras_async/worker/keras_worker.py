@@ -207,14 +207,77 @@ class _Reporter:
         self.sent_at = time.monotonic() if now is None else now
 
 
-def _fit_callback(session: WorkerSession) -> Any:
+class DriverRequests:
+    """Acts on what the driver asks through the server's replies: a learning rate, a stop.
+
+    The driver's callbacks (a schedule, ``ReduceLROnPlateau``, ``EarlyStopping``) run on the
+    Spark driver; their decisions reach the workers on every reply of the server, and a worker
+    applies them after its next exchange (:meth:`after_exchange`).
+    """
+
+    def __init__(self, client: ParameterServerClient, model: Any) -> None:
+        self.client = client
+        self.model = model
+        self.rate: float | None = None  # the rate the driver set, once it set one
+
+    def after_exchange(self) -> bool:
+        """Apply a new learning rate; whether the driver asked the workers to stop."""
+        control = self.client.control
+        if control.learning_rate is not None and control.learning_rate != self.rate:
+            set_learning_rate(self.model, control.learning_rate)
+            self.rate = control.learning_rate
+        return control.stop
+
+    def with_rate(self, metrics: Mapping[str, float]) -> dict[str, float]:
+        """``metrics``, plus the learning rate once the driver set one (for the history)."""
+        logs = dict(metrics)
+        if self.rate is not None:
+            logs["learning_rate"] = self.rate
+        return logs
+
+    def epoch_done(self, epoch: int, logs: Mapping[str, float]) -> None:
+        """Send the logs of a finished pass over the partition, with the current rate."""
+        rate = learning_rate(self.model)
+        extra = {} if rate is None else {"learning_rate": rate}
+        self.client.report({**logs, **extra}, epoch=epoch)
+
+
+def learning_rate(model: Any) -> float | None:
+    """The current learning rate of ``model``'s optimizer (None without one)."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        return None
+    import keras
+
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+def set_learning_rate(model: Any, rate: float) -> None:
+    """Set the learning rate of ``model``'s optimizer, as Keras' own schedules do.
+
+    Raises:
+        ValueError: if the optimizer follows a ``LearningRateSchedule`` of its own, which a
+            rate from the driver cannot replace.
+    """
+    try:
+        model.optimizer.learning_rate = rate
+    except TypeError as exc:
+        raise ValueError(
+            "a driver callback set the learning rate, but the worker optimizer follows a "
+            f"LearningRateSchedule of its own ({exc}): use one or the other"
+        ) from exc
+
+
+def _fit_callback(session: WorkerSession, requests: DriverRequests) -> Any:
     import keras
 
     class ExchangeCallback(keras.callbacks.Callback):  # type: ignore[misc]
         """Drives the worker session from inside ``model.fit``."""
 
         def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
-            session.step_done({k: float(v) for k, v in (logs or {}).items()})
+            session.step_done(requests.with_rate({k: float(v) for k, v in (logs or {}).items()}))
+            if session.stopped:
+                self.model.stop_training = True
 
     return ExchangeCallback()
 
@@ -344,7 +407,12 @@ class KerasWorker:
                 )
             xs, ys = self.prepare(model, x, y)
             rows = len(xs[0]) if xs else 0
-            local = KerasLocalModel(model, layout, step=lambda batch: self.train_step(model, batch))
+            requests = DriverRequests(client, model)
+            local = KerasLocalModel(
+                model,
+                layout,
+                step=lambda batch: requests.with_rate(self.train_step(model, batch)),
+            )
             # A retried attempt of an asynchronous task resumes after the steps the server
             # already applied (from any attempt): no row's update is applied twice.
             resume = plan.on_retry == "resume" and not algorithm.synchronous
@@ -358,13 +426,19 @@ class KerasWorker:
                 on_exchange=report,
                 first_step=skip,
                 on_progress=lambda steps, records: _progress(client, steps, records),
+                steps_per_epoch=-(-rows // plan.batch_size),
+                on_epoch=requests.epoch_done,
+                running_means=self.uses_fit(algorithm),
+                after_exchange=requests.after_exchange,
             )
             if rows == 0 or not self.uses_fit(algorithm):
                 run_session(session, itertools.islice(self.batches(xs, ys), skip, None))
             else:
                 session.start()
-                callback = _fit_callback(session)
+                callback = _fit_callback(session, requests)
                 for fit_x, fit_y, epochs in self._fit_calls(xs, ys, rows, skip):
+                    if session.stopped:
+                        break
                     model.fit(
                         _pack(fit_x),
                         _pack(fit_y),

@@ -1,0 +1,229 @@
+"""Global epochs on the driver: validation of the center, Keras callbacks, the Keras History.
+
+Workers train their partitions independently; each tells the parameter server when it
+finished a pass over its partition, with that epoch's logs (``Report.epoch``). **Global epoch
+e ends when every worker finished its e-th pass** (a worker that finished training without
+one, e.g. an empty partition, does not hold it up). At that moment the driver loads the
+center into a driver-side copy of the model, evaluates it on the validation data, and runs
+the callbacks' ``on_epoch_end`` with the workers' epoch logs averaged plus ``val_*``, as
+``model.fit`` does; then ``on_epoch_begin`` of the next epoch. What a callback decides
+reaches the workers through the server's replies (:meth:`ParameterServer.request`): a stop
+(``model.stop_training``, e.g. ``EarlyStopping``) and a learning rate (the driver model's
+optimizer rate, e.g. ``LearningRateScheduler`` or ``ReduceLROnPlateau``).
+
+The driver has no batches: ``on_train_batch_*`` hooks are not called (see docs/trainers.md).
+Callbacks run in one background thread while the Spark job runs, then in the caller's thread
+for the epochs that ended with the job, never in two threads at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from distkeras_async.server.parameter_server import ParameterServer
+from distkeras_async.server.stats import ServerStats
+
+logger = logging.getLogger(__name__)
+
+# How often the driver looks for finished epochs: a stats snapshot costs microseconds.
+POLL_SECONDS = 0.1
+
+# The reporter's own keys, not metrics of the model.
+_NOT_METRICS = frozenset({"samples", "steps"})
+
+
+def epoch_logs(stats: ServerStats, epoch: int, num_workers: int) -> dict[str, float] | None:
+    """The workers' logs of ``epoch`` averaged, once every worker finished it, else None.
+
+    A worker that finished training without reaching ``epoch`` (an empty partition, or one
+    stopped early) does not hold the epoch up; at least one worker must have reached it.
+    """
+    reached: list[Mapping[str, float]] = []
+    for worker in range(num_workers):
+        w = stats.workers.get(worker)
+        if w is None:
+            return None
+        logs = w.epochs.get(epoch)
+        if logs is not None:
+            reached.append(logs)
+        elif not w.finished:
+            return None
+    if not reached:
+        return None
+    keys = dict.fromkeys(k for logs in reached for k in logs if k not in _NOT_METRICS)
+    return {k: float(np.mean([logs[k] for logs in reached if k in logs])) for k in keys}
+
+
+class Validation:
+    """Validation data on the driver: inputs, targets and optional sample weights."""
+
+    def __init__(
+        self,
+        x: Sequence[np.ndarray],
+        y: Sequence[np.ndarray],
+        sample_weight: np.ndarray | None = None,
+        batch_size: int = 32,
+    ) -> None:
+        self.x, self.y, self.sample_weight = list(x), list(y), sample_weight
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return len(self.x[0]) if self.x else 0
+
+    def evaluate(self, model: Any) -> dict[str, float]:
+        """``val_*`` logs of ``model`` on this data, batch-wise (Keras' ``evaluate``)."""
+        from distkeras_async.worker.inputs import shape_inputs
+
+        x = shape_inputs(model, self.x)
+        logs = model.evaluate(
+            x[0] if len(x) == 1 else x,
+            self.y[0] if len(self.y) == 1 else self.y,
+            sample_weight=self.sample_weight,
+            batch_size=self.batch_size,
+            verbose=0,
+            return_dict=True,
+        )
+        return {f"val_{k}": float(v) for k, v in logs.items()}
+
+
+class EpochCallbacks:
+    """Runs the Keras callbacks at every global epoch, against the center.
+
+    Args:
+        server: the run's parameter server.
+        model: the driver-side model (compiled with the trainer's optimizer, loss and
+            metrics); the callbacks see it as ``self.model``.
+        callbacks: the user's Keras callbacks.
+        num_workers: workers in the run.
+        num_epoch: epochs each worker trains (``params["epochs"]`` of the callbacks).
+        validation: data to evaluate the center on at each epoch's end, or None.
+        on_epoch: called with ``(epoch, logs)`` after the callbacks (the progress bar).
+    """
+
+    def __init__(
+        self,
+        server: ParameterServer,
+        model: Any,
+        callbacks: Sequence[Any],
+        num_workers: int,
+        num_epoch: int,
+        validation: Validation | None = None,
+        on_epoch: Callable[[int, Mapping[str, float]], None] | None = None,
+    ) -> None:
+        import keras
+
+        self.server = server
+        self.model = model
+        self.num_workers = num_workers
+        self.num_epoch = num_epoch
+        self.validation = validation
+        self.on_epoch = on_epoch
+        self.history = keras.callbacks.History()
+        self.callbacks = keras.callbacks.CallbackList(
+            [*callbacks, self.history], model=model, epochs=num_epoch, verbose=0
+        )
+        # With neither callbacks nor validation, the epoch needs no weights on the driver.
+        self._needs_center = bool(callbacks) or validation is not None
+        self.epochs_done = 0
+        self.stopped = False
+        self.error: BaseException | None = None
+        self._rate = _rate(model)
+        self._logs: dict[str, float] = {}
+        self._quit = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="distkeras-epochs", daemon=True)
+
+    def begin(self) -> None:
+        """``on_train_begin`` and the first ``on_epoch_begin``; then watch the server."""
+        self.model.stop_training = False
+        self.callbacks.on_train_begin()
+        self._begin_epoch(0)
+        self._thread.start()
+
+    def end(self, weights: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """After the job: the epochs that ended with it, then ``on_train_end``.
+
+        Returns:
+            The weights to return: the final center, unless a callback replaced them in
+            ``on_train_end`` (``EarlyStopping(restore_best_weights=True)``).
+
+        Raises:
+            Exception: what a callback raised, if one did.
+        """
+        self._quit.set()
+        self._thread.join()
+        if self.error is None:
+            self._run_guarded(self._catch_up)
+        self.model.set_weights(weights)
+        if self.error is None:
+            self._run_guarded(lambda: self.callbacks.on_train_end(self._logs))
+        if self.error is not None:
+            raise self.error
+        return list(self.model.get_weights())
+
+    def close(self) -> None:
+        """Stop watching (the run failed); no more callbacks are called."""
+        self._quit.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    # -- the watcher -------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        while not self._quit.wait(POLL_SECONDS) and self.error is None:
+            self._run_guarded(self._catch_up)
+
+    def _run_guarded(self, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except BaseException as exc:  # a user's callback: fail the run with its error
+            self.error = exc
+            logger.error("a callback raised; stopping the workers: %r", exc)
+            self.server.request(stop=True)
+
+    def _catch_up(self) -> None:
+        """Run every global epoch that ended since the last look, in order."""
+        while not self.stopped and self.epochs_done < self.num_epoch and self.server.running:
+            logs = epoch_logs(self.server.stats(), self.epochs_done + 1, self.num_workers)
+            if logs is None:
+                return
+            self._end_epoch(self.epochs_done, logs)
+
+    def _end_epoch(self, epoch: int, logs: dict[str, float]) -> None:
+        if self._needs_center:
+            self.model.set_weights(self.server.center)
+        if self.validation is not None and len(self.validation):
+            logs.update(self.validation.evaluate(self.model))
+        self.callbacks.on_epoch_end(epoch, logs)
+        self._logs = logs
+        self.epochs_done = epoch + 1
+        if self.on_epoch is not None:
+            self.on_epoch(epoch, logs)
+        if self.model.stop_training:
+            self.stopped = True
+            self.server.request(stop=True)
+        elif self.epochs_done < self.num_epoch:
+            self._begin_epoch(self.epochs_done)
+
+    def _begin_epoch(self, epoch: int) -> None:
+        self.callbacks.on_epoch_begin(epoch)
+        self._push_rate()
+
+    def _push_rate(self) -> None:
+        """Send the driver model's learning rate to the workers when a callback changed it."""
+        rate = _rate(self.model)
+        if rate is not None and rate != self._rate:
+            self.server.request(learning_rate=rate)
+            self._rate = rate
+
+
+def _rate(model: Any) -> float | None:
+    from distkeras_async.worker.keras_worker import learning_rate
+
+    rate = learning_rate(model)
+    return rate if rate is not None and math.isfinite(rate) else None

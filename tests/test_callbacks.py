@@ -1,0 +1,275 @@
+"""Training like ``model.fit``: validation on the center, Keras callbacks on the driver at
+every global epoch, the Keras History, and the driver's requests reaching the workers."""
+
+from __future__ import annotations
+
+import csv
+
+import keras
+import numpy as np
+import pytest
+
+from distkeras_async.datasets import digits_mlp
+from distkeras_async.spark.jobs import CHECK_GROUP, TRAINING_GROUP
+from distkeras_async.trainers import DOWNPOUR, EASGD, AsynchronousEAMSGD
+
+COMMON = {"num_workers": 2, "batch_size": 32, "master_port": 0, "progress": False}
+
+
+def validation_arrays(digits):
+    return digits.x_test, np.eye(10, dtype=np.float32)[digits.y_test]
+
+
+class Recorder(keras.callbacks.Callback):
+    """Every hook call, the logs, and the weights ``self.model`` holds at each epoch's end."""
+
+    def __init__(self, x=None, y=None):
+        super().__init__()
+        self.calls: list[str] = []
+        self.logs: list[dict[str, float]] = []
+        self.weights: list[list[np.ndarray]] = []
+        self.evaluated: list[dict[str, float]] = []
+        self.x, self.y = x, y
+
+    def on_train_begin(self, logs=None):
+        self.calls.append("train_begin")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.calls.append(f"epoch_begin {epoch}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.calls.append(f"epoch_end {epoch}")
+        self.logs.append(dict(logs))
+        self.weights.append(self.model.get_weights())
+        if self.x is not None:
+            self.evaluated.append(self.model.evaluate(self.x, self.y, verbose=0, return_dict=True))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.calls.append("batch_end")
+
+    def on_train_end(self, logs=None):
+        self.calls.append("train_end")
+
+
+def steps_per_worker(trainer) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for record in trainer.get_history():
+        counts[record["worker"]] = counts.get(record["worker"], 0) + 1
+    return counts
+
+
+def test_validation_runs_on_the_center_at_every_epoch(spark, digits):
+    x_val, y_val = validation_arrays(digits)
+    recorder = Recorder(x_val, y_val)
+    trainer = DOWNPOUR(digits_mlp(), "adam", "categorical_crossentropy", num_epoch=4, **COMMON)
+    trainer.train(digits.train, validation_data=(x_val, y_val), callbacks=[recorder])
+
+    history = trainer.get_keras_history()
+    assert history.epoch == [0, 1, 2, 3]
+    assert set(history.history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert recorder.calls == [
+        "train_begin",
+        *[c for e in range(4) for c in (f"epoch_begin {e}", f"epoch_end {e}")],
+        "train_end",
+    ]  # no batch hooks on the driver
+    # val_* is the model the callbacks see (the center at the epoch's end), evaluated.
+    for logs, evaluated in zip(recorder.logs, recorder.evaluated, strict=True):
+        assert logs["val_loss"] == pytest.approx(evaluated["loss"], rel=1e-6)
+        assert logs["val_accuracy"] == pytest.approx(evaluated["accuracy"], rel=1e-6)
+    assert history.history["val_accuracy"][-1] > 0.85
+    # loss is the workers' epoch loss averaged: the same per-epoch numbers every worker sent.
+    stats = trainer.get_parameter_server_stats()
+    for epoch in range(4):
+        sent = [w.epochs[epoch + 1]["loss"] for w in stats.workers.values()]
+        assert history.history["loss"][epoch] == pytest.approx(np.mean(sent), rel=1e-6)
+
+
+def test_validation_split_and_a_validation_dataframe(spark, digits):
+    trainer = DOWNPOUR(
+        digits_mlp(), "adam", "categorical_crossentropy", num_epoch=2, seed=3, **COMMON
+    )
+    trainer.train(digits.train, validation_split=0.25)
+    split = trainer.get_keras_history().history
+    assert len(split["val_loss"]) == 2
+    # The held-out rows are not trained on: the workers took fewer steps than all rows need.
+    all_rows = 2 * 2 * -(-digits.train.count() // 2 // 32)  # 2 epochs of 2 workers
+    assert sum(steps_per_worker(trainer).values()) < all_rows
+
+    frame = DOWNPOUR(digits_mlp(), "adam", "categorical_crossentropy", num_epoch=2, **COMMON)
+    frame.train(digits.train, validation_data=digits.train.limit(300))
+    assert len(frame.get_keras_history().history["val_accuracy"]) == 2
+
+
+def test_early_stopping_stops_every_worker_and_restores_the_best(spark, digits):
+    x_val, y_val = validation_arrays(digits)
+    recorder = Recorder()
+    # min_delta no epoch can beat: training stops after epoch 1 (Keras never stops at 0).
+    stopper = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=1, min_delta=100.0, restore_best_weights=True
+    )
+    trainer = DOWNPOUR(digits_mlp(), "adam", "categorical_crossentropy", num_epoch=40, **COMMON)
+    trained = trainer.train(
+        digits.train, validation_data=(x_val, y_val), callbacks=[recorder, stopper]
+    )
+    assert trainer.get_keras_history().epoch == [0, 1]
+    assert stopper.stopped_epoch == 1
+    # The workers stopped promptly: far fewer than 40 epochs of steps each.
+    per_epoch = -(-digits.train.count() // 2 // 32)
+    for worker, steps in steps_per_worker(trainer).items():
+        assert steps < 10 * per_epoch, (worker, steps)
+    # restore_best_weights: the center as it was at the best epoch (the first).
+    for got, best in zip(trained.get_weights(), recorder.weights[0], strict=True):
+        np.testing.assert_array_equal(got, best)
+
+
+def eight_times(df):
+    """Digits repeated: about 0.5 s per epoch and worker, so each epoch is long against the
+    driver's reaction (a poll every 0.1 s and one callback call) and a rate set at an
+    epoch's end reaches the workers while they still train."""
+    out = df
+    for _ in range(7):
+        out = out.union(df)
+    return out
+
+
+def test_a_schedule_reaches_every_worker_of_a_synchronous_run(spark, digits):
+    schedule = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.001 / (epoch + 1))
+    trainer = EASGD(
+        digits_mlp(),
+        keras.optimizers.Adam(0.001),
+        "categorical_crossentropy",
+        num_epoch=3,
+        rho=5.0,
+        learning_rate=0.09,
+        **COMMON,
+    )
+    trainer.train(eight_times(digits.train), callbacks=[schedule])
+    history = trainer.get_keras_history().history
+    assert history["learning_rate"] == pytest.approx([0.001, 0.0005, 0.001 / 3], rel=1e-6)
+    records = trainer.get_history()
+    for worker in (0, 1):
+        rates = [r.get("learning_rate") for r in records if r["worker"] == worker]
+        set_rates = [r for r in rates if r is not None]
+        # Once set, every step ran at the driver's rate, and the rates only went down.
+        assert set_rates == rates[rates.index(set_rates[0]) :]
+        assert set_rates == sorted(set_rates, reverse=True)
+        assert set_rates[-1] == pytest.approx(0.001 / 3, rel=1e-6)
+        assert pytest.approx(0.0005, rel=1e-6) in set_rates
+
+
+def test_reduce_lr_on_plateau_through_the_per_step_path(spark, digits):
+    # EAMSGD runs its local steps through train_on_batch, not fit. A min_delta no epoch can
+    # beat: the rate halves at the end of every epoch after the first.
+    plateau = keras.callbacks.ReduceLROnPlateau(
+        monitor="loss", factor=0.5, patience=0, min_delta=100.0
+    )
+    trainer = AsynchronousEAMSGD(
+        digits_mlp(), keras.optimizers.SGD(0.05), "categorical_crossentropy", num_epoch=3, **COMMON
+    )
+    trainer.train(eight_times(digits.train), callbacks=[plateau])
+    history = trainer.get_keras_history().history
+    # Keras logs the rate an epoch ran at, before the callback lowers it.
+    assert history["learning_rate"] == pytest.approx([0.05, 0.05, 0.025], rel=1e-6)
+    for worker in (0, 1):
+        rates = [
+            r["learning_rate"]
+            for r in trainer.get_history()
+            if r["worker"] == worker and "learning_rate" in r
+        ]
+        assert rates and rates[-1] == pytest.approx(0.025, rel=1e-6)
+    stats = trainer.get_parameter_server_stats()
+    for w in stats.workers.values():
+        assert w.epochs[3]["learning_rate"] == pytest.approx(0.025, rel=1e-6)
+
+
+def test_checkpoints_csv_and_tensorboard_on_the_driver(spark, digits, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    x_val, y_val = validation_arrays(digits)
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(
+            str(tmp_path / "best.keras"), monitor="val_accuracy", save_best_only=True
+        ),
+        keras.callbacks.ModelCheckpoint(
+            str(tmp_path / "epoch{epoch}.weights.h5"), save_weights_only=True
+        ),
+        keras.callbacks.CSVLogger(str(tmp_path / "log.csv")),
+        keras.callbacks.TensorBoard(str(tmp_path / "tb")),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    recorder = Recorder()
+    trainer = DOWNPOUR(digits_mlp(), "adam", "categorical_crossentropy", num_epoch=3, **COMMON)
+    trainer.train(digits.train, validation_data=(x_val, y_val), callbacks=[*callbacks, recorder])
+
+    best = int(np.argmax(trainer.get_keras_history().history["val_accuracy"]))
+    saved = keras.saving.load_model(tmp_path / "best.keras")
+    for got, want in zip(saved.get_weights(), recorder.weights[best], strict=True):
+        np.testing.assert_array_equal(got, want)
+    for epoch in range(3):
+        model = digits_mlp()
+        model.load_weights(tmp_path / f"epoch{epoch + 1}.weights.h5")
+        for got, want in zip(model.get_weights(), recorder.weights[epoch], strict=True):
+            np.testing.assert_array_equal(got, want)
+    with open(tmp_path / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert float(rows[2]["val_loss"]) == pytest.approx(recorder.logs[2]["val_loss"], rel=1e-6)
+
+    events = EventAccumulator(str(tmp_path / "tb" / "train"))
+    events.Reload()
+    tags = events.Tags()
+    scalars = tags.get("scalars", []) + tags.get("tensors", [])
+    assert "epoch_loss" in scalars, tags
+    validation = EventAccumulator(str(tmp_path / "tb" / "validation"))
+    validation.Reload()
+    vtags = validation.Tags()
+    assert "epoch_loss" in vtags.get("scalars", []) + vtags.get("tensors", []), vtags
+
+
+def test_a_callback_that_raises_fails_the_run_promptly(spark, digits):
+    class Broken(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise RuntimeError("the callback broke")
+
+    trainer = DOWNPOUR(digits_mlp(), "adam", "categorical_crossentropy", num_epoch=40, **COMMON)
+    with pytest.raises(RuntimeError, match="the callback broke"):
+        trainer.train(digits.train, callbacks=[Broken()])
+
+
+def jobs(spark) -> set[int]:
+    tracker = spark.sparkContext.statusTracker()
+    return {*tracker.getJobIdsForGroup(CHECK_GROUP), *tracker.getJobIdsForGroup(TRAINING_GROUP)}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ({"validation_split": 0.0}, ValueError, "validation_split must be in (0, 1)"),
+        ({"validation_split": 1.5}, ValueError, "validation_split must be in (0, 1)"),
+        ({"validation_split": "half"}, ValueError, "must be a number in (0, 1)"),
+        ({"callbacks": [print]}, TypeError, "callbacks[0] is <built-in function print>"),
+        ({"validation_data": [1, 2]}, TypeError, "validation_data must be a Spark DataFrame"),
+        (
+            {"validation_data": (np.zeros((5, 64)), np.zeros((4, 10)))},
+            ValueError,
+            "different numbers of rows",
+        ),
+    ],
+)
+def test_bad_arguments_fail_before_any_spark_job(spark, digits, arguments, error, message):
+    trainer = DOWNPOUR(digits_mlp(), "adam", "categorical_crossentropy", num_epoch=1, **COMMON)
+    before = jobs(spark)
+    with pytest.raises(error) as caught:
+        trainer.train(digits.train, **arguments)
+    assert message in str(caught.value)
+    assert jobs(spark) == before
+
+
+def test_a_validation_dataframe_without_the_columns_fails_before_any_job(spark, digits):
+    trainer = DOWNPOUR(digits_mlp(), "adam", "categorical_crossentropy", num_epoch=1, **COMMON)
+    before = jobs(spark)
+    with pytest.raises(ValueError, match=r"lacks the column\(s\) \['label'\]"):
+        trainer.train(digits.train, validation_data=digits.train.select("features"))
+    with pytest.raises(ValueError, match="not both"):
+        trainer.train(digits.train, validation_data=digits.train, validation_split=0.2)
+    assert jobs(spark) == before
