@@ -273,3 +273,83 @@ def test_a_validation_dataframe_without_the_columns_fails_before_any_job(spark, 
     with pytest.raises(ValueError, match="not both"):
         trainer.train(digits.train, validation_data=digits.train, validation_split=0.2)
     assert jobs(spark) == before
+
+
+def class_recall(model, digits) -> np.ndarray:
+    predicted = model.predict(digits.x_test, verbose=0).argmax(axis=1)
+    return np.array([(predicted[digits.y_test == c] == c).mean() for c in range(10)])
+
+
+def test_a_zero_class_weight_leaves_that_class_unlearned(spark, digits):
+    x_val, y_val = validation_arrays(digits)
+    weights = {3: 0.0, 5: 2.0}
+    row = np.ones(len(y_val), np.float32)
+    row[digits.y_test == 3], row[digits.y_test == 5] = 0.0, 2.0
+    recorder = Recorder()
+    trainer = DOWNPOUR(
+        digits_mlp(),
+        "adam",
+        "categorical_crossentropy",
+        num_epoch=6,
+        class_weight=weights,
+        **COMMON,
+    )
+    model = trainer.train(digits.train, validation_data=(x_val, y_val), callbacks=[recorder])
+    recall = class_recall(model, digits)
+    assert recall[3] < 0.2, recall
+    assert np.delete(recall, 3).min() > 0.7, recall
+    # Validation weighs its rows the same way.
+    last = digits_mlp()
+    last.compile(loss="categorical_crossentropy", metrics=["accuracy"])
+    last.set_weights(recorder.weights[-1])
+    expected = last.evaluate(x_val, y_val, sample_weight=row, verbose=0, return_dict=True)
+    assert recorder.logs[-1]["val_loss"] == pytest.approx(expected["loss"], rel=1e-5)
+
+
+def test_a_sample_weight_column_reaches_the_per_step_path(spark, digits):
+    from pyspark.sql import functions as F  # noqa: N812
+
+    weighted = digits.train.withColumn(
+        "weight", F.when(F.col("label_index") == 3, 0.0).otherwise(1.0)
+    )
+    trainer = AsynchronousEAMSGD(
+        digits_mlp(),
+        "adam",
+        "categorical_crossentropy",
+        num_epoch=6,
+        sample_weight_col="weight",
+        **COMMON,
+    )
+    recall = class_recall(trainer.train(weighted), digits)
+    assert recall[3] < 0.2, recall
+    assert np.delete(recall, 3).min() > 0.6, recall
+
+
+@pytest.mark.parametrize(
+    ("class_weight", "message"),
+    [
+        ({10: 1.0}, "class_weight key 10 is not a class index of this model (0 .. 9)"),
+        ({"3": 1.0}, "class_weight key '3' is not a class index"),
+        ({True: 1.0}, "class_weight key True is not a class index"),
+        ({3: -1.0}, "class_weight[3] must be a finite number >= 0"),
+        ([1.0], "class_weight must be a dict"),
+    ],
+)
+def test_bad_class_weights_are_refused_at_construction(class_weight, message):
+    with pytest.raises(ValueError) as caught:
+        DOWNPOUR(digits_mlp(), "adam", "categorical_crossentropy", class_weight=class_weight)
+    assert message in str(caught.value)
+
+
+def test_a_weight_column_that_is_not_numeric_fails_before_any_job(spark, digits):
+    before = jobs(spark)
+    for column, message in [
+        ("features", "has type vector; it must be numeric"),
+        ("w", "not a column"),
+    ]:
+        trainer = DOWNPOUR(
+            digits_mlp(), "adam", "categorical_crossentropy", sample_weight_col=column, **COMMON
+        )
+        with pytest.raises(ValueError, match=message):
+            trainer.train(digits.train)
+    assert jobs(spark) == before

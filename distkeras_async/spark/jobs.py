@@ -191,6 +191,7 @@ def run_workers(
     if barrier:
         check_barrier_slots(spark, num_workers)
     features, labels = plan.features, plan.labels
+    weight = [plan.sample_weight] if plan.sample_weight else []
 
     def task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         # Runs on an executor: import there, use only the plain values captured above.
@@ -203,13 +204,17 @@ def run_workers(
         assert context is not None
         worker, attempt = context.partitionId(), context.attemptNumber()
         try:
-            arrays = batches_to_numpy(batches, [*features, *labels])
+            arrays = batches_to_numpy(batches, [*features, *labels, *weight])
         except ColumnError as exc:
             raise InputDataError(
                 f"worker {worker} (attempt {attempt}), in its partition: {exc}"
             ) from exc
-        x, y = arrays[: len(features)], arrays[len(features) :]
-        history = train_worker(plan, worker, attempt, x, y, task_cores=context.cpus())
+        x = arrays[: len(features)]
+        y = arrays[len(features) : len(features) + len(labels)]
+        sample_weight = arrays[-1] if weight else None
+        history = train_worker(
+            plan, worker, attempt, x, y, task_cores=context.cpus(), sample_weight=sample_weight
+        )
         yield _history_batch(history, attempt)
 
     try:

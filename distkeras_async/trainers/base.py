@@ -68,6 +68,10 @@ class Trainer:
         loss_weights: per-output loss weights, as ``compile`` accepts them.
         progress: show a progress bar (default: when attached to a terminal or notebook).
         worker_threads: TensorFlow threads per worker (default: the task's cores).
+        sample_weight_col: a numeric column of per-row weights, used in every local step
+            and (with a validation DataFrame that has it) in validation.
+        class_weight: ``{class index: weight}``, as ``fit`` takes it: each row's weight is
+            multiplied by its class's (the argmax of a one-hot label, a sparse label's value).
     """
 
     def __init__(
@@ -85,7 +89,11 @@ class Trainer:
         loss_weights: Any = None,
         progress: bool | None = None,
         worker_threads: int | None = None,
+        sample_weight_col: str | None = None,
+        class_weight: Mapping[int, float] | None = None,
     ) -> None:
+        from distkeras_async.worker.weights import check_class_weight, num_classes
+
         self.master_model = keras_model
         self.worker_optimizer = worker_optimizer
         self.loss = loss
@@ -106,6 +114,12 @@ class Trainer:
             if worker_threads is None
             else checks.positive_int(worker_threads, "worker_threads")
         )
+        if sample_weight_col is not None and not (
+            isinstance(sample_weight_col, str) and sample_weight_col
+        ):
+            raise ValueError(f"sample_weight_col must be a column name, got {sample_weight_col!r}")
+        self.sample_weight_col = sample_weight_col
+        self.class_weight = check_class_weight(class_weight, num_classes(keras_model))
         # Fails now, naming the bad argument, rather than inside a Spark task.
         self.model_spec: ModelSpec = describe_model(
             keras_model, worker_optimizer, loss, self.metrics, loss_weights
@@ -247,6 +261,8 @@ class DistributedTrainer(Trainer):
         allow_nonfinite_inputs: bool = False,
         on_retry: str = "resume",
         seed: int = 0,
+        sample_weight_col: str | None = None,
+        class_weight: Mapping[int, float] | None = None,
         **hyperparameters: Any,
     ) -> None:
         super().__init__(
@@ -262,6 +278,8 @@ class DistributedTrainer(Trainer):
             loss_weights=loss_weights,
             progress=progress,
             worker_threads=worker_threads,
+            sample_weight_col=sample_weight_col,
+            class_weight=class_weight,
         )
         self.num_workers = checks.positive_int(num_workers, "num_workers")
         self.master_port = checks.port(master_port, "master_port")
@@ -367,6 +385,7 @@ class DistributedTrainer(Trainer):
         callback_list = checked.check_callbacks(callbacks)
         split = checked.check_split(validation_split, validation_data)
         checked.check_validation_data(validation_data, self.features_col, self.label_col)
+        checked.check_weight_column(dataframe, self.sample_weight_col)
         session = dataframe.sparkSession
         began = time.time()
         if split is not None:
@@ -382,7 +401,12 @@ class DistributedTrainer(Trainer):
             shapes=not self._custom_prepare(),
         )
         validation = checked.resolve(
-            validation_data, self.features_col, self.label_col, self.batch_size
+            validation_data,
+            self.features_col,
+            self.label_col,
+            self.batch_size,
+            self.sample_weight_col,
+            self.class_weight,
         )
         host = self.master_host or sparkglue.driver_host(session)
         secret = self.secret or new_secret()
@@ -430,6 +454,8 @@ class DistributedTrainer(Trainer):
             allow_nonfinite_inputs=self.allow_nonfinite_inputs,
             on_retry=self.on_retry,
             seed=self.seed,
+            sample_weight=self.sample_weight_col,
+            class_weight=self.class_weight,
         )
         show = attached_to_terminal() if self.progress is None else self.progress
         driver_model = self._trained_model(initial)
@@ -446,7 +472,7 @@ class DistributedTrainer(Trainer):
             epochs.begin()
             df = sparkglue.prepare(
                 dataframe,
-                [*self.features_col, *self.label_col],
+                [*self.features_col, *self.label_col, *self._weight_columns()],
                 self.num_workers,
                 shuffle=shuffle,
                 seed=self.seed,
@@ -489,6 +515,9 @@ class DistributedTrainer(Trainer):
         if self.check_learning and not self._custom_prepare():
             self.learning_report = check_center(self, dataframe, model, initial, weights)
         return model
+
+    def _weight_columns(self) -> list[str]:
+        return [] if self.sample_weight_col is None else [self.sample_weight_col]
 
     def _custom_prepare(self) -> bool:
         """Whether a custom worker class turns the columns into inputs its own way."""

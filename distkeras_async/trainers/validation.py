@@ -10,12 +10,13 @@ refused with a message that says to pass a sample.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from distkeras_async.trainers.epochs import Validation
+from distkeras_async.worker.weights import row_weights
 
 # Features and labels (float32) the driver holds for validation: 1 GiB.
 MAX_VALIDATION_BYTES = 1 << 30
@@ -101,6 +102,28 @@ def check_validation_data(
         raise ValueError(f"validation_data's arrays have different numbers of rows: {rows}")
 
 
+def check_weight_column(dataframe: Any, column: str | None, what: str = "the training") -> None:
+    """Check that ``column`` is a numeric column of ``dataframe`` (from its schema, no job).
+
+    Raises:
+        ValueError: if it is missing or not numeric.
+    """
+    if column is None:
+        return
+    from pyspark.sql import types as T  # noqa: N812
+
+    if column not in dataframe.columns:
+        raise ValueError(
+            f"sample_weight_col {column!r} is not a column of {what} DataFrame "
+            f"(have {dataframe.columns})"
+        )
+    kind = dataframe.schema[column].dataType
+    if not isinstance(kind, T.NumericType):
+        raise ValueError(
+            f"sample_weight_col {column!r} has type {kind.simpleString()}; it must be numeric"
+        )
+
+
 def _arrays(value: Any, count: int, name: str) -> list[np.ndarray]:
     arrays = list(value) if isinstance(value, list | tuple) else [value]
     if len(arrays) != count:
@@ -115,25 +138,34 @@ def resolve(
     features: Sequence[str],
     labels: Sequence[str],
     batch_size: int,
+    sample_weight_col: str | None = None,
+    class_weight: Mapping[int, float] | None = None,
 ) -> Validation | None:
     """The validation data as arrays on the driver (a DataFrame is collected here).
 
+    Rows are weighted as in training: by the DataFrame's ``sample_weight_col`` and by
+    ``class_weight``; a tuple's own ``sample_weight`` is used as given.
+
     Raises:
-        ValueError: if a DataFrame is larger than ``MAX_VALIDATION_BYTES`` once collected.
+        ValueError: if a DataFrame is larger than ``MAX_VALIDATION_BYTES`` once collected,
+            or lacks the weight column.
     """
     if validation_data is None:
         return None
     if not _is_dataframe(validation_data):
         x = _arrays(validation_data[0], len(features), "x")
         y = _arrays(validation_data[1], len(labels), "y")
-        weight = validation_data[2] if len(validation_data) == 3 else None
-        return Validation(
-            x, y, None if weight is None else np.asarray(weight, np.float32), batch_size
+        given = validation_data[2] if len(validation_data) == 3 else None
+        weight = (
+            row_weights(y, None, class_weight) if given is None else np.asarray(given, np.float32)
         )
+        return Validation(x, y, weight, batch_size)
     from distkeras_async.spark import jobs as sparkglue
     from distkeras_async.spark.arrow import column_to_numpy
 
-    columns = list(dict.fromkeys([*features, *labels]))
+    check_weight_column(validation_data, sample_weight_col, "the validation")
+    weights = [] if sample_weight_col is None else [sample_weight_col]
+    columns = list(dict.fromkeys([*features, *labels, *weights]))
     selected = sparkglue.numeric_columns(validation_data, columns)
     with sparkglue.job_group(
         validation_data.sparkSession, sparkglue.CHECK_GROUP, "distkeras-async: validation data"
@@ -152,4 +184,8 @@ def resolve(
             )
         table = selected.toArrow()
     arrays = {c: column_to_numpy(table.column(c), c) for c in columns}
-    return Validation([arrays[c] for c in features], [arrays[c] for c in labels], None, batch_size)
+    y = [arrays[c] for c in labels]
+    given = arrays[sample_weight_col] if sample_weight_col is not None else None
+    return Validation(
+        [arrays[c] for c in features], y, row_weights(y, given, class_weight), batch_size
+    )

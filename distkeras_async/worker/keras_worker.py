@@ -33,6 +33,7 @@ from distkeras_async.worker.client import ParameterServerClient
 from distkeras_async.worker.exchange import StepRecord, WorkerSession, run_session
 from distkeras_async.worker.inputs import check_finite, shape_inputs
 from distkeras_async.worker.serialization import ModelSpec, build_model
+from distkeras_async.worker.weights import row_weights
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class WorkerPlan:
         on_retry: what a retried attempt of an asynchronous worker does: ``"resume"`` after
             the local steps the server already applied, or ``"restart"`` its partition.
         seed: the seed of the per-epoch shuffle of each worker's rows.
+        sample_weight: the column of per-row weights (None: every row weighs 1).
+        class_weight: ``{class index: weight}`` for the rows of each class.
     """
 
     model_spec: str
@@ -85,6 +88,8 @@ class WorkerPlan:
     allow_nonfinite_inputs: bool = False
     on_retry: str = "resume"
     seed: int = 0
+    sample_weight: str | None = None
+    class_weight: Mapping[int, float] | None = None
 
     def make_algorithm(self) -> Algorithm:
         """A fresh instance of the plan's algorithm for this worker."""
@@ -295,14 +300,24 @@ def epoch_order(rows: int, worker: int, epoch: int, shuffle: bool, seed: int = 0
 
 
 def _batches(
-    x: Sequence[np.ndarray], y: Sequence[np.ndarray], plan: WorkerPlan, worker: int
-) -> Iterator[tuple[Any, Any]]:
+    x: Sequence[np.ndarray],
+    y: Sequence[np.ndarray],
+    plan: WorkerPlan,
+    worker: int,
+    sample_weight: np.ndarray | None = None,
+) -> Iterator[tuple[Any, ...]]:
     rows = len(x[0]) if x else 0
     for epoch in range(plan.num_epoch):
         order = epoch_order(rows, worker, epoch, plan.shuffle, plan.seed)
         for start in range(0, rows, plan.batch_size):
             index = order[start : start + plan.batch_size]
-            yield _pack([a[index] for a in x]), _pack([a[index] for a in y])
+            batch = _pack([a[index] for a in x]), _pack([a[index] for a in y])
+            yield batch if sample_weight is None else (*batch, sample_weight[index])
+
+
+def _weight(batch: tuple[Any, ...]) -> Any:
+    """The sample weights of a batch, if it carries them (third, as in Keras)."""
+    return batch[2] if len(batch) > 2 else None
 
 
 def _pack(arrays: Sequence[np.ndarray]) -> Any:
@@ -354,17 +369,26 @@ class KerasWorker:
         rows = len(x[0]) if x else 0
         return shape_inputs(model, x) if rows else list(x), list(y)
 
-    def train_step(self, model: Any, batch: tuple[Any, Any]) -> Mapping[str, float]:
-        """One local optimizer step on ``batch`` = (inputs, targets); returns its metrics."""
-        inputs, targets = batch
-        logs = model.train_on_batch(inputs, targets, return_dict=True)
+    def train_step(self, model: Any, batch: tuple[Any, ...]) -> Mapping[str, float]:
+        """One local optimizer step on ``batch``; returns its metrics.
+
+        ``batch`` is ``(inputs, targets)``, or ``(inputs, targets, sample_weight)`` when the
+        run has sample or class weights.
+        """
+        logs = model.train_on_batch(*batch[:2], sample_weight=_weight(batch), return_dict=True)
         return {k: float(v) for k, v in logs.items()}
 
     def batches(
-        self, x: Sequence[np.ndarray], y: Sequence[np.ndarray]
-    ) -> Iterator[tuple[Any, Any]]:
-        """The local batches of every epoch (reshuffled each epoch when the plan says so)."""
-        return _batches(x, y, self.plan, self.worker_id)
+        self,
+        x: Sequence[np.ndarray],
+        y: Sequence[np.ndarray],
+        sample_weight: np.ndarray | None = None,
+    ) -> Iterator[tuple[Any, ...]]:
+        """The local batches of every epoch (reshuffled each epoch when the plan says so).
+
+        Each is ``(inputs, targets)``, with the rows' weights third when there are weights.
+        """
+        return _batches(x, y, self.plan, self.worker_id, sample_weight)
 
     # -- the run -----------------------------------------------------------------------
 
@@ -377,8 +401,16 @@ class KerasWorker:
             and own.batches is KerasWorker.batches
         )
 
-    def run(self, x: Sequence[np.ndarray], y: Sequence[np.ndarray]) -> list[StepRecord]:
+    def run(
+        self,
+        x: Sequence[np.ndarray],
+        y: Sequence[np.ndarray],
+        sample_weight: np.ndarray | None = None,
+    ) -> list[StepRecord]:
         """Train the partition under the plan's algorithm; returns the per-step history.
+
+        ``sample_weight`` is the partition's weight column, if the run has one; with the
+        plan's ``class_weight`` it makes every row's weight in the local steps.
 
         Raises:
             LayoutMismatchError: if the rebuilt model's weights differ from the server's.
@@ -407,6 +439,7 @@ class KerasWorker:
                 )
             xs, ys = self.prepare(model, x, y)
             rows = len(xs[0]) if xs else 0
+            weights = row_weights(ys, sample_weight, plan.class_weight) if rows else None
             requests = DriverRequests(client, model)
             local = KerasLocalModel(
                 model,
@@ -432,16 +465,18 @@ class KerasWorker:
                 after_exchange=requests.after_exchange,
             )
             if rows == 0 or not self.uses_fit(algorithm):
-                run_session(session, itertools.islice(self.batches(xs, ys), skip, None))
+                batches = self.batches(xs, ys) if weights is None else self.batches(xs, ys, weights)
+                run_session(session, itertools.islice(batches, skip, None))
             else:
                 session.start()
                 callback = _fit_callback(session, requests)
-                for fit_x, fit_y, epochs in self._fit_calls(xs, ys, rows, skip):
+                for fit_x, fit_y, fit_w, epochs in self._fit_calls(xs, ys, weights, rows, skip):
                     if session.stopped:
                         break
                     model.fit(
                         _pack(fit_x),
                         _pack(fit_y),
+                        sample_weight=fit_w,
                         batch_size=plan.batch_size,
                         epochs=epochs,
                         shuffle=False,
@@ -453,29 +488,42 @@ class KerasWorker:
             return session.history
 
     def _fit_calls(
-        self, xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], rows: int, skip: int
-    ) -> Iterator[tuple[list[np.ndarray], list[np.ndarray], int]]:
+        self,
+        xs: Sequence[np.ndarray],
+        ys: Sequence[np.ndarray],
+        weights: np.ndarray | None,
+        rows: int,
+        skip: int,
+    ) -> Iterator[tuple[list[np.ndarray], list[np.ndarray], np.ndarray | None, int]]:
         """``model.fit`` calls that take the partition's steps ``skip`` onwards, in order.
 
         Without shuffling (and nothing to skip) that is one call for every epoch, the fastest
         path; with shuffling, one call per epoch on that epoch's order (``epoch_order``).
+        Each is ``(inputs, targets, sample weights or None, epochs)``.
         """
         plan = self.plan
         per_epoch = -(-rows // plan.batch_size)
         epoch, batch = divmod(skip, per_epoch)
+
+        def rows_of(index: Any) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray | None]:
+            return (
+                [a[index] for a in xs],
+                [a[index] for a in ys],
+                None if weights is None else weights[index],
+            )
+
         if not plan.shuffle:
             if batch:
-                start = batch * plan.batch_size
-                yield [a[start:] for a in xs], [a[start:] for a in ys], 1
+                yield (*rows_of(slice(batch * plan.batch_size, None)), 1)
                 epoch += 1
             if epoch < plan.num_epoch:
-                yield list(xs), list(ys), plan.num_epoch - epoch
+                yield list(xs), list(ys), weights, plan.num_epoch - epoch
             return
         for e in range(epoch, plan.num_epoch):
             order = epoch_order(rows, self.worker_id, e, True, plan.seed)
             if e == epoch and batch:
                 order = order[batch * plan.batch_size :]
-            yield [a[order] for a in xs], [a[order] for a in ys], 1
+            yield (*rows_of(order), 1)
 
 
 def train_worker(
@@ -485,13 +533,19 @@ def train_worker(
     x: Sequence[np.ndarray],
     y: Sequence[np.ndarray],
     task_cores: int = 1,
+    sample_weight: np.ndarray | None = None,
 ) -> list[StepRecord]:
     """Train one worker's partition with the plan's worker class; returns its history.
 
     Raises:
-        InputDataError: if a column holds NaN or infinity (unless the plan allows them).
+        InputDataError: if a column holds NaN or infinity (unless the plan allows them; a
+            weight column never may).
     """
     if not plan.allow_nonfinite_inputs:
         check_finite([*x, *y], [*plan.features, *plan.labels], worker_id, attempt)
+    if sample_weight is not None:
+        check_finite([sample_weight], [plan.sample_weight or "?"], worker_id, attempt)
     worker = (plan.worker_class or KerasWorker)(plan, worker_id, attempt, task_cores)
-    return worker.run(x, y)
+    if sample_weight is None:
+        return worker.run(x, y)  # a custom run() of an older worker class takes (x, y)
+    return worker.run(x, y, sample_weight)
