@@ -499,3 +499,86 @@ def test_shuffle_and_seed_are_checked():
     with pytest.raises(TypeError, match="seed"):
         KerasEstimator(seed=-1)
     assert KerasEstimator(seed=3.0).getSeed() == 3
+
+
+# --- Validation, callbacks and weights (Spark ML side of `fit`) ---------------------------
+
+
+def test_validation_col_holds_rows_out_and_fills_the_keras_history(data):
+    marked = data.withColumn("is_validation", F.col("label_index") % 4 == 0)
+    fitted = base_estimator(numEpochs=3, validationCol="is_validation").fit(marked)
+    history = fitted.keras_history.history
+    assert fitted.keras_history.epoch == [0, 1, 2]
+    assert len(history["val_loss"]) == 3 and len(history["val_accuracy"]) == 3
+    training_rows = marked.filter(~F.col("is_validation")).count()
+    # Every epoch of every worker covered the training rows only.
+    stats = fitted.parameter_server_stats
+    assert sum(steps_per_worker(fitted).values()) == 3 * sum(
+        -(-rows // 32) for rows in _partition_rows(training_rows, 2)
+    ), stats
+
+
+def _partition_rows(rows: int, workers: int) -> list[int]:
+    # Spark's repartition spreads rows round-robin: sizes differ by at most one.
+    return [rows // workers + (1 if i < rows % workers else 0) for i in range(workers)]
+
+
+def test_validation_fraction_with_early_stopping(data):
+    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=1, min_delta=100.0)
+    fitted = base_estimator(numEpochs=30, validationFraction=0.2, callbacks=[stopper]).fit(data)
+    assert fitted.keras_history.epoch == [0, 1]
+    assert stopper.stopped_epoch == 1
+
+
+def test_class_weight_and_sample_weight_params(data, tmp_path, digits):
+    zero_three = {3: 0.0}
+    fitted = base_estimator(numEpochs=8, classWeight=zero_three).fit(data)
+    predicted = fitted.getModel().predict(digits.x_test, verbose=0).argmax(axis=1)
+    assert (predicted[digits.y_test == 3] == 3).mean() < 0.2
+    weighted = data.withColumn("w", F.when(F.col("label_index") == 3, 0.0).otherwise(1.0))
+    by_column = base_estimator(numEpochs=8, sampleWeightCol="w").fit(weighted)
+    predicted = by_column.getModel().predict(digits.x_test, verbose=0).argmax(axis=1)
+    assert (predicted[digits.y_test == 3] == 3).mean() < 0.2
+    # Saved and loaded: the keys stay class indices; callbacks are not saved.
+    est = base_estimator(
+        classWeight={3: 0.5}, sampleWeightCol="w", callbacks=[keras.callbacks.TerminateOnNaN()]
+    )
+    est.save(str(tmp_path / "weighted"))
+    loaded = KerasEstimator.load(str(tmp_path / "weighted"))
+    assert loaded.getClassWeight() == {3: 0.5}
+    assert loaded.getSampleWeightCol() == "w"
+    assert loaded.getCallbacks() == []
+
+
+@pytest.mark.parametrize(
+    ("params", "error", "message"),
+    [
+        ({"validationCol": "label_index"}, ValueError, "has type bigint; it must be boolean"),
+        ({"validationCol": "nope"}, ValueError, "validationCol 'nope' is not a column"),
+        (
+            {"validationCol": "v", "validationFraction": 0.2},
+            ValueError,
+            "validationCol or validationFraction, not both",
+        ),
+        ({"sampleWeightCol": "features"}, ValueError, "it must be numeric"),
+        ({"classWeight": {12: 1.0}}, ValueError, "not a class index of this model"),
+    ],
+)
+def test_bad_validation_and_weight_params_fail_before_training(data, params, error, message):
+    marked = data.withColumn("v", F.lit(True))
+    with pytest.raises(error, match=message):
+        base_estimator(**params).fit(marked)
+
+
+@pytest.mark.parametrize(
+    ("param", "value", "message"),
+    [
+        ("validationFraction", 1.0, r"fraction in \[0, 1\)"),
+        ("classWeight", {"a": 1.0}, "not a class index"),
+        ("callbacks", [print], "not a keras.callbacks.Callback"),
+        ("sampleWeightCol", "", "expected a column name"),
+    ],
+)
+def test_bad_new_param_values_are_refused(param, value, message):
+    with pytest.raises(TypeError, match=message):
+        KerasEstimator(**{param: value})

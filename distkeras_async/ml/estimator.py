@@ -19,6 +19,7 @@ from pyspark.ml import Estimator, Model
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F  # noqa: N812 - Spark's own convention
+from pyspark.sql.types import BooleanType
 
 from distkeras_async import registry
 from distkeras_async.ml.io import KerasParamsReadable, KerasParamsWritable
@@ -73,6 +74,16 @@ class KerasEstimator(
         featuresCol: the features column (default ``"features"``).
         labelCol: the label column (default ``"label"``).
         predictionCol: the column the fitted model writes (default ``"prediction"``).
+        sampleWeightCol: a numeric column of per-row weights (default: none).
+        classWeight: ``{class index: weight}`` (default: none).
+        validationCol: a boolean column marking validation rows, which are not trained on
+            (default: none).
+        validationFraction: a fraction of the rows held out, seeded by ``seed``, as
+            validation data (default 0: none). Not together with ``validationCol``.
+        callbacks: Keras callbacks run on the driver at every global epoch (not saved).
+
+    After ``fit``, the :class:`KerasModel` has ``keras_history``: the Keras ``History`` with
+    the workers' epoch metrics and the center's ``val_*`` metrics.
     """
 
     _input_kwargs: dict[str, Any]
@@ -95,6 +106,11 @@ class KerasEstimator(
         featuresCol: str = "features",  # noqa: N803
         labelCol: str = "label",  # noqa: N803
         predictionCol: str = "prediction",  # noqa: N803
+        sampleWeightCol: str | None = None,  # noqa: N803
+        classWeight: Mapping[int, float] | None = None,  # noqa: N803
+        validationCol: str | None = None,  # noqa: N803
+        validationFraction: float = 0.0,  # noqa: N803
+        callbacks: Any = None,
     ) -> None:
         super().__init__()
         set_keywords(self, self._input_kwargs)
@@ -117,6 +133,11 @@ class KerasEstimator(
         featuresCol: str = "features",  # noqa: N803
         labelCol: str = "label",  # noqa: N803
         predictionCol: str = "prediction",  # noqa: N803
+        sampleWeightCol: str | None = None,  # noqa: N803
+        classWeight: Mapping[int, float] | None = None,  # noqa: N803
+        validationCol: str | None = None,  # noqa: N803
+        validationFraction: float = 0.0,  # noqa: N803
+        callbacks: Any = None,
     ) -> KerasEstimator:
         """Set the given Params (keyword arguments only; all or none of them)."""
         set_keywords(self, self._input_kwargs)
@@ -178,6 +199,45 @@ class KerasEstimator(
         """Set the ``predictionCol`` Param."""
         return self._set(predictionCol=value)
 
+    def setSampleWeightCol(self, value: str) -> KerasEstimator:  # noqa: N802
+        """Set the ``sampleWeightCol`` Param."""
+        return self._set(sampleWeightCol=value)
+
+    def setClassWeight(self, value: Mapping[int, float]) -> KerasEstimator:  # noqa: N802
+        """Set the ``classWeight`` Param."""
+        return self._set(classWeight=value)
+
+    def setValidationCol(self, value: str) -> KerasEstimator:  # noqa: N802
+        """Set the ``validationCol`` Param."""
+        return self._set(validationCol=value)
+
+    def setValidationFraction(self, value: float) -> KerasEstimator:  # noqa: N802
+        """Set the ``validationFraction`` Param."""
+        return self._set(validationFraction=value)
+
+    def setCallbacks(self, value: Any) -> KerasEstimator:  # noqa: N802
+        """Set the ``callbacks`` Param."""
+        return self._set(callbacks=value)
+
+    def _validation(self, dataset: DataFrame) -> tuple[DataFrame, dict[str, Any]]:
+        """The training rows, and ``train``'s validation keywords, from the Params."""
+        column, fraction = self.getValidationCol(), self.getValidationFraction()
+        if column is None:
+            return dataset, ({"validation_split": fraction} if fraction else {})
+        if fraction:
+            raise ValueError("set validationCol or validationFraction, not both")
+        if column not in dataset.columns:
+            raise ValueError(f"validationCol {column!r} is not a column (have {dataset.columns})")
+        kind = dataset.schema[column].dataType
+        if not isinstance(kind, BooleanType):
+            raise ValueError(
+                f"validationCol {column!r} has type {kind.simpleString()}; it must be boolean"
+            )
+        marked = F.col(column)
+        return dataset.filter(~marked | marked.isNull()), {
+            "validation_data": dataset.filter(marked)
+        }
+
     def _fit(self, dataset: DataFrame) -> KerasModel:
         from distkeras_async.trainers.base import DistributedTrainer
 
@@ -198,11 +258,17 @@ class KerasEstimator(
             master_port=0,
             algorithm=registry.get(self.getAlgorithm()),
             seed=self.getSeed(),
+            sample_weight_col=self.getSampleWeightCol(),
+            class_weight=self.getClassWeight(),
             **self.getHyperparameters(),
         )
-        trained = trainer.train(dataset, shuffle=self.getShuffle())
+        training, validation = self._validation(dataset)
+        trained = trainer.train(
+            training, shuffle=self.getShuffle(), callbacks=self.getCallbacks(), **validation
+        )
         fitted = self._copyValues(KerasModel())
         fitted._set(model=trained)
+        fitted.keras_history = trainer.get_keras_history()
         fitted.history = trainer.get_history()
         fitted.training_time = trainer.get_training_time()
         fitted.parameter_server_stats = trainer.get_parameter_server_stats()
@@ -227,6 +293,8 @@ class KerasModel(
 
     Attributes:
         history: the training history (one dict per worker step), after ``fit`` only.
+        keras_history: the Keras ``History`` of the fit (``keras_history.history["val_loss"]``,
+            one entry per global epoch), after ``fit`` only.
         training_time: seconds ``fit`` trained, after ``fit`` only.
         parameter_server_stats: the parameter server's statistics, after ``fit`` only.
     """
@@ -244,6 +312,7 @@ class KerasModel(
         super().__init__()
         self._set(**self._input_kwargs)
         self.history: list[dict[str, Any]] = []
+        self.keras_history: Any = None
         self.training_time: float | None = None
         self.parameter_server_stats: ServerStats | None = None
 

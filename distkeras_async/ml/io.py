@@ -75,6 +75,10 @@ def load_keras_model(spark: SparkSession, path: str) -> Any:
         return keras.saving.load_model(local, compile=False, safe_mode=True)
 
 
+# Params the metadata leaves out: the model (saved beside it) and the callbacks.
+NOT_SAVED = frozenset({MODEL_PARAM, "callbacks"})
+
+
 class KerasParamsWriter(MLWriter):
     """Writes a stage's Params as Spark metadata and its ``model`` Param as a ``.keras`` file."""
 
@@ -90,7 +94,10 @@ class KerasParamsWriter(MLWriter):
                 f"{path} already exists; use write().overwrite().save(path) to replace it"
             )
         instance = self.instance
-        params = {p.name: value for p, value in instance._paramMap.items() if p.name != MODEL_PARAM}
+        # The model is written as a .keras file; callbacks are live Python objects, not saved.
+        params = {
+            p.name: value for p, value in instance._paramMap.items() if p.name not in NOT_SAVED
+        }
         model = instance.getOrDefault(MODEL_PARAM) if instance.isDefined(MODEL_PARAM) else None
         with tempfile.TemporaryDirectory(prefix="distkeras-save-") as tmp:
             local = os.path.join(tmp, MODEL_FILE)

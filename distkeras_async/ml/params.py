@@ -168,6 +168,39 @@ def _positive_int(value: Any) -> int:
         raise TypeError(str(exc)) from None
 
 
+def _column(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"expected a column name, got {value!r}")
+    return value
+
+
+def _class_weight(value: Any) -> dict[int, float]:
+    """``{class index: weight}``; keys written as strings (saved metadata is JSON) come back."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"expected a dict {{class index: weight}}, got {value!r}")
+    out: dict[int, float] = {}
+    for key, weight in value.items():
+        index = int(key) if isinstance(key, str) and key.isdigit() else key
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise TypeError(f"class_weight key {key!r} is not a class index")
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            raise TypeError(f"class_weight[{key!r}] must be a number, got {weight!r}")
+        out[index] = float(weight)
+    return out
+
+
+def _fraction(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise TypeError(f"expected a fraction in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _callbacks(value: Any) -> list[Any]:
+    from distkeras_async.trainers.validation import check_callbacks
+
+    return check_callbacks(value)
+
+
 class HasKerasModel(Params):
     """Mixin for the ``model`` Param: a built Keras 3 model."""
 
@@ -235,7 +268,30 @@ class KerasEstimatorParams(
         "shuffle rows between workers, and each worker's rows every epoch",
         _boolean,
     )
-    seed = _param("seed", "the seed of the shuffles", _seed)
+    seed = _param("seed", "the seed of the shuffles and of validationFraction's split", _seed)
+    sampleWeightCol = _param(  # noqa: N815
+        "sampleWeightCol", "a numeric column of per-row weights (not set: all 1)", _column
+    )
+    classWeight = _param(  # noqa: N815
+        "classWeight",
+        "{class index: weight} multiplying the weight of each class's rows",
+        _class_weight,
+    )
+    validationCol = _param(  # noqa: N815
+        "validationCol",
+        "a boolean column: rows where it is true are validation data, not trained on",
+        _column,
+    )
+    validationFraction = _param(  # noqa: N815
+        "validationFraction",
+        "a fraction of the rows held out (seeded) as validation data; 0 for none",
+        _fraction,
+    )
+    callbacks = _param(
+        "callbacks",
+        "Keras callbacks run on the driver at every global epoch (not saved with the stage)",
+        _callbacks,
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -249,6 +305,7 @@ class KerasEstimatorParams(
             batchSize=32,
             shuffle=False,
             seed=0,
+            validationFraction=0.0,
         )
 
     def getOptimizer(self) -> Any:  # noqa: N802
@@ -290,6 +347,32 @@ class KerasEstimatorParams(
     def getSeed(self) -> int:  # noqa: N802
         """The ``seed`` Param's value."""
         return int(self.getOrDefault(self.seed))
+
+    def getSampleWeightCol(self) -> str | None:  # noqa: N802
+        """The ``sampleWeightCol`` Param's value, or None when it is not set."""
+        value = self._optional(self.sampleWeightCol)
+        return None if value is None else str(value)
+
+    def getClassWeight(self) -> dict[int, float] | None:  # noqa: N802
+        """The ``classWeight`` Param's value, or None when it is not set."""
+        value = self._optional(self.classWeight)
+        return None if value is None else dict(value)
+
+    def getValidationCol(self) -> str | None:  # noqa: N802
+        """The ``validationCol`` Param's value, or None when it is not set."""
+        value = self._optional(self.validationCol)
+        return None if value is None else str(value)
+
+    def getValidationFraction(self) -> float:  # noqa: N802
+        """The ``validationFraction`` Param's value."""
+        return float(self.getOrDefault(self.validationFraction))
+
+    def getCallbacks(self) -> list[Any]:  # noqa: N802
+        """The ``callbacks`` Param's value (empty when it is not set)."""
+        return list(self._optional(self.callbacks) or [])
+
+    def _optional(self, param: Param[Any]) -> Any:
+        return self.getOrDefault(param) if self.isDefined(param) else None
 
 
 def set_keywords(stage: Params, keywords: Mapping[str, Any]) -> None:
