@@ -187,6 +187,10 @@ class WorkerFailedError(DistKerasError):
     """A worker failed; the message carries its error and traceback."""
 
 
+class TrainingDivergedError(DistKerasError):
+    """A worker's loss became NaN or infinite: the message names the worker and the step."""
+
+
 class DemoError(DistKerasError):
     """The demo cannot run here (no Java, for instance); the message says what to do."""
 

@@ -353,3 +353,32 @@ def test_a_weight_column_that_is_not_numeric_fails_before_any_job(spark, digits)
         with pytest.raises(ValueError, match=message):
             trainer.train(digits.train)
     assert jobs(spark) == before
+
+
+def test_a_diverging_run_fails_naming_the_worker_and_the_step(spark, digits):
+    from distkeras_async.errors import WorkerFailedError
+
+    trainer = DOWNPOUR(
+        digits_mlp(), keras.optimizers.SGD(1e12), "categorical_crossentropy", num_epoch=3, **COMMON
+    )
+    with pytest.raises(WorkerFailedError) as caught:
+        trainer.train(digits.train)
+    message = str(caught.value)
+    assert "TrainingDivergedError" in message
+    assert "the loss became nan at local step" in message or "the loss became inf" in message
+    assert "training diverged" in message
+
+
+def test_terminate_on_nan_stops_the_run_and_keeps_a_finite_center(spark, digits):
+    stop = keras.callbacks.TerminateOnNaN()
+    trainer = DOWNPOUR(
+        digits_mlp(), keras.optimizers.SGD(1e12), "categorical_crossentropy", num_epoch=30, **COMMON
+    )
+    model = trainer.train(digits.train, callbacks=[stop])
+    assert stop.model.stop_training
+    assert len(trainer.get_keras_history().epoch) < 30
+    for weights in model.get_weights():
+        assert np.isfinite(weights).all()
+    per_epoch = -(-digits.train.count() // 2 // 32)
+    for worker, steps in steps_per_worker(trainer).items():
+        assert steps < 10 * per_epoch, (worker, steps)

@@ -456,6 +456,7 @@ class DistributedTrainer(Trainer):
             seed=self.seed,
             sample_weight=self.sample_weight_col,
             class_weight=self.class_weight,
+            terminate_on_nan=checked.terminates_on_nan(callback_list),
         )
         show = attached_to_terminal() if self.progress is None else self.progress
         driver_model = self._trained_model(initial)

@@ -189,10 +189,31 @@ class EpochCallbacks:
     def _catch_up(self) -> None:
         """Run every global epoch that ended since the last look, in order."""
         while not self.stopped and self.epochs_done < self.num_epoch and self.server.running:
-            logs = epoch_logs(self.server.stats(), self.epochs_done + 1, self.num_workers)
+            stats = self.server.stats()
+            if self._diverged(stats):
+                return
+            logs = epoch_logs(stats, self.epochs_done + 1, self.num_workers)
             if logs is None:
                 return
             self._end_epoch(self.epochs_done, logs)
+
+    def _diverged(self, stats: ServerStats) -> bool:
+        """A worker's loss diverged under ``TerminateOnNaN``: let it stop the run, as in fit."""
+        import keras
+
+        from distkeras_async.worker.keras_worker import DIVERGED_METRIC
+
+        for w in stats.workers.values():
+            step = w.last_metrics.get(DIVERGED_METRIC)
+            if step is None:
+                continue
+            for callback in self.callbacks.callbacks:
+                if isinstance(callback, keras.callbacks.TerminateOnNaN):
+                    callback.on_batch_end(int(step), {"loss": float("nan")})
+            self.stopped = True
+            self.server.request(stop=True)
+            return True
+        return False
 
     def _end_epoch(self, epoch: int, logs: dict[str, float]) -> None:
         if self._needs_center:

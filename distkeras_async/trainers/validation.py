@@ -42,6 +42,13 @@ def check_callbacks(callbacks: Any) -> list[Any]:
     return items
 
 
+def terminates_on_nan(callbacks: Sequence[Any]) -> bool:
+    """Whether the callbacks include Keras' ``TerminateOnNaN``."""
+    import keras
+
+    return any(isinstance(c, keras.callbacks.TerminateOnNaN) for c in callbacks)
+
+
 def check_split(validation_split: Any, validation_data: Any) -> float | None:
     """``validation_split`` as a float in (0, 1), or None.
 

@@ -8,6 +8,7 @@ another LocalModel (its own training step, its own data preparation), not copyin
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -74,6 +75,9 @@ class WorkerSession:
         running_means: whether the step metrics are already running means over the epoch.
         after_exchange: called after the start and every exchange; returning True asks the
             session to stop (``stopped`` is then set, and the driver of the loop ends it).
+        on_diverged: called with ``(step, loss)`` when a step's ``loss`` is NaN or infinite,
+            before any exchange could send the weights that made it; it raises to fail the
+            run, or returns to stop this worker without committing the diverged weights.
     """
 
     def __init__(
@@ -90,6 +94,7 @@ class WorkerSession:
         on_epoch: Callable[[int, Mapping[str, float]], None] | None = None,
         running_means: bool = False,
         after_exchange: Callable[[], bool] | None = None,
+        on_diverged: Callable[[int, float], None] | None = None,
     ) -> None:
         self.model = model
         self.algorithm = algorithm
@@ -107,7 +112,9 @@ class WorkerSession:
         self.on_epoch = on_epoch
         self.running_means = running_means
         self.after_exchange = after_exchange
+        self.on_diverged = on_diverged
         self.stopped = False
+        self.diverged = False
         self._epoch_sums: dict[str, float] = {}
         self._epoch_steps = 0
 
@@ -126,6 +133,12 @@ class WorkerSession:
         """Record a finished local step; exchange when the window is full."""
         self._metrics = metrics
         self.history.append(StepRecord(self.worker_id, self.steps, time.time(), dict(metrics)))
+        loss = metrics.get("loss")
+        if self.on_diverged is not None and loss is not None and not math.isfinite(loss):
+            self.on_diverged(self.steps - 1, loss)
+            # Stopping: the local weights are not finite, so they are never committed.
+            self.stopped = self.diverged = True
+            return
         self._pending += 1
         if self._pending >= self.algorithm.communication_window:
             self._progress()
@@ -158,7 +171,12 @@ class WorkerSession:
         self.on_epoch(epoch, logs)
 
     def finish(self) -> None:
-        """Commit what remains (``worker_finish``), unless the last step just exchanged."""
+        """Commit what remains (``worker_finish``), unless the last step just exchanged.
+
+        A session whose loss diverged commits nothing more.
+        """
+        if self.diverged:
+            return
         if self._pending or not self.exchanges:
             self._progress()
             self.model.set_flat(self.algorithm.worker_finish(self.model.get_flat(), self.server))

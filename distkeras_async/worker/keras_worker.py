@@ -27,7 +27,7 @@ import numpy as np
 
 from distkeras_async import registry
 from distkeras_async.algorithm import Algorithm
-from distkeras_async.errors import LayoutMismatchError
+from distkeras_async.errors import LayoutMismatchError, TrainingDivergedError
 from distkeras_async.layout import Layout
 from distkeras_async.worker.client import ParameterServerClient
 from distkeras_async.worker.exchange import StepRecord, WorkerSession, run_session
@@ -36,6 +36,9 @@ from distkeras_async.worker.serialization import ModelSpec, build_model
 from distkeras_async.worker.weights import row_weights
 
 logger = logging.getLogger(__name__)
+
+# The metric a worker reports when its loss diverged under TerminateOnNaN: the local step.
+DIVERGED_METRIC = "diverged_at_step"
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ class WorkerPlan:
         seed: the seed of the per-epoch shuffle of each worker's rows.
         sample_weight: the column of per-row weights (None: every row weighs 1).
         class_weight: ``{class index: weight}`` for the rows of each class.
+        terminate_on_nan: a worker whose loss becomes NaN stops the run gracefully (the
+            driver has ``TerminateOnNaN``), instead of failing it.
     """
 
     model_spec: str
@@ -90,6 +95,7 @@ class WorkerPlan:
     seed: int = 0
     sample_weight: str | None = None
     class_weight: Mapping[int, float] | None = None
+    terminate_on_nan: bool = False
 
     def make_algorithm(self) -> Algorithm:
         """A fresh instance of the plan's algorithm for this worker."""
@@ -220,9 +226,12 @@ class DriverRequests:
     applies them after its next exchange (:meth:`after_exchange`).
     """
 
-    def __init__(self, client: ParameterServerClient, model: Any) -> None:
+    def __init__(
+        self, client: ParameterServerClient, model: Any, terminate_on_nan: bool = False
+    ) -> None:
         self.client = client
         self.model = model
+        self.terminate_on_nan = terminate_on_nan
         self.rate: float | None = None  # the rate the driver set, once it set one
 
     def after_exchange(self) -> bool:
@@ -239,6 +248,23 @@ class DriverRequests:
         if self.rate is not None:
             logs["learning_rate"] = self.rate
         return logs
+
+    def diverged(self, step: int, loss: float) -> None:
+        """The loss of local ``step`` is not finite: fail the run, or ask the driver to stop it.
+
+        Raises:
+            TrainingDivergedError: unless the driver runs ``TerminateOnNaN``.
+        """
+        client = self.client
+        if not self.terminate_on_nan:
+            raise TrainingDivergedError(
+                f"worker {client.worker_id} (attempt {client.attempt}): the loss became {loss} "
+                f"at local step {step}: training diverged. Lower the learning rate, clip the "
+                "gradients or check the data; with keras.callbacks.TerminateOnNaN() among the "
+                "callbacks the run stops instead and returns the last finite center"
+            )
+        logger.warning("worker %d: loss %s at step %d; stopping", client.worker_id, loss, step)
+        client.report({DIVERGED_METRIC: float(step)})
 
     def epoch_done(self, epoch: int, logs: Mapping[str, float]) -> None:
         """Send the logs of a finished pass over the partition, with the current rate."""
@@ -440,7 +466,7 @@ class KerasWorker:
             xs, ys = self.prepare(model, x, y)
             rows = len(xs[0]) if xs else 0
             weights = row_weights(ys, sample_weight, plan.class_weight) if rows else None
-            requests = DriverRequests(client, model)
+            requests = DriverRequests(client, model, plan.terminate_on_nan)
             local = KerasLocalModel(
                 model,
                 layout,
@@ -463,6 +489,7 @@ class KerasWorker:
                 on_epoch=requests.epoch_done,
                 running_means=self.uses_fit(algorithm),
                 after_exchange=requests.after_exchange,
+                on_diverged=requests.diverged,
             )
             if rows == 0 or not self.uses_fit(algorithm):
                 batches = self.batches(xs, ys) if weights is None else self.batches(xs, ys, weights)
@@ -484,7 +511,8 @@ class KerasWorker:
                         callbacks=[callback],
                     )
                 session.finish()
-            report.flush()
+            if not session.diverged:  # its report must stay the worker's last word
+                report.flush()
             return session.history
 
     def _fit_calls(
