@@ -382,3 +382,34 @@ def test_terminate_on_nan_stops_the_run_and_keeps_a_finite_center(spark, digits)
     per_epoch = -(-digits.train.count() // 2 // 32)
     for worker, steps in steps_per_worker(trainer).items():
         assert steps < 10 * per_epoch, (worker, steps)
+
+
+def test_backup_and_restore_continues_an_interrupted_run(spark, digits, tmp_path):
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt("the driver was interrupted")
+
+    class Start(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.weights = self.model.get_weights()
+
+    backup = str(tmp_path / "backup")
+    first = Recorder()
+    trainer = DOWNPOUR(digits_mlp(), "adam", "categorical_crossentropy", num_epoch=4, **COMMON)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(
+            digits.train,
+            callbacks=[keras.callbacks.BackupAndRestore(backup), first, Interrupt()],
+        )
+
+    start = Start()
+    again = DOWNPOUR(digits_mlp(), "adam", "categorical_crossentropy", num_epoch=4, **COMMON)
+    again.train(digits.train, callbacks=[keras.callbacks.BackupAndRestore(backup), start])
+    # It started from the center backed up at the end of epoch 1, and ran epochs 2 and 3.
+    for got, saved in zip(start.weights, first.weights[1], strict=True):
+        np.testing.assert_array_equal(got, saved)
+    assert again.get_keras_history().epoch == [2, 3]
+    rows = digits.train.count()
+    expected = {w: 2 * -(-n // 32) for w, n in enumerate([rows - rows // 2, rows // 2])}
+    assert steps_per_worker(again) == expected

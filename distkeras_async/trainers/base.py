@@ -408,10 +408,28 @@ class DistributedTrainer(Trainer):
             self.sample_weight_col,
             self.class_weight,
         )
+        show = attached_to_terminal() if self.progress is None else self.progress
+        driver_model = self._trained_model(self.master_model.get_weights())
+        epochs = EpochCallbacks(
+            driver_model,
+            callback_list,
+            self.num_workers,
+            self.num_epoch,
+            validation,
+            on_epoch=ProgressBar.epoch_line(self.num_epoch) if show else None,
+        )
+        # BackupAndRestore may restore an interrupted run's center and epoch here.
+        first_epoch = epochs.train_begin()
+        if first_epoch and resume_from is not None:
+            raise ValueError(
+                f"BackupAndRestore restored epoch {first_epoch}; do not also pass resume_from"
+            )
+        if epochs.epochs_to_run == 0:  # a restored run that had finished: as fit, no epoch
+            return self._no_epochs_left(epochs, began)
         host = self.master_host or sparkglue.driver_host(session)
         secret = self.secret or new_secret()
         server = ParameterServer(
-            self.master_model.get_weights(),
+            driver_model.get_weights(),
             self.algorithm,
             num_workers=self.num_workers,
             secret=secret,
@@ -440,7 +458,7 @@ class DistributedTrainer(Trainer):
             host=host,
             port=port,
             secret=secret,
-            num_epoch=self.num_epoch,
+            num_epoch=epochs.epochs_to_run,
             batch_size=self.batch_size,
             shuffle=shuffle,
             features=self.features_col,
@@ -458,19 +476,8 @@ class DistributedTrainer(Trainer):
             class_weight=self.class_weight,
             terminate_on_nan=checked.terminates_on_nan(callback_list),
         )
-        show = attached_to_terminal() if self.progress is None else self.progress
-        driver_model = self._trained_model(initial)
-        epochs = EpochCallbacks(
-            server,
-            driver_model,
-            callback_list,
-            self.num_workers,
-            self.num_epoch,
-            validation,
-            on_epoch=ProgressBar.epoch_line(self.num_epoch) if show else None,
-        )
         try:
-            epochs.begin()
+            epochs.watch(server)
             df = sparkglue.prepare(
                 dataframe,
                 [*self.features_col, *self.label_col, *self._weight_columns()],
@@ -516,6 +523,14 @@ class DistributedTrainer(Trainer):
         if self.check_learning and not self._custom_prepare():
             self.learning_report = check_center(self, dataframe, model, initial, weights)
         return model
+
+    def _no_epochs_left(self, epochs: Any, began: float) -> Any:
+        """The restored model of a run that had trained every epoch (``on_train_end``)."""
+        weights = epochs.end(epochs.model.get_weights())
+        self.keras_history = epochs.history
+        self.history, self.snapshots = [], [(0.0, weights)]
+        self.training_time = time.time() - began
+        return self._trained_model(weights)
 
     def _weight_columns(self) -> list[str]:
         return [] if self.sample_weight_col is None else [self.sample_weight_col]

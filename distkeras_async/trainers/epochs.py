@@ -95,8 +95,11 @@ class Validation:
 class EpochCallbacks:
     """Runs the Keras callbacks at every global epoch, against the center.
 
+    The order is ``model.fit``'s: :meth:`train_begin` before the parameter server exists (a
+    ``BackupAndRestore`` there restores the weights and the epoch to continue from), then
+    :meth:`watch` once it runs, then :meth:`end` after the training job.
+
     Args:
-        server: the run's parameter server.
         model: the driver-side model (compiled with the trainer's optimizer, loss and
             metrics); the callbacks see it as ``self.model``.
         callbacks: the user's Keras callbacks.
@@ -108,7 +111,6 @@ class EpochCallbacks:
 
     def __init__(
         self,
-        server: ParameterServer,
         model: Any,
         callbacks: Sequence[Any],
         num_workers: int,
@@ -118,7 +120,7 @@ class EpochCallbacks:
     ) -> None:
         import keras
 
-        self.server = server
+        self.server: ParameterServer | None = None
         self.model = model
         self.num_workers = num_workers
         self.num_epoch = num_epoch
@@ -130,7 +132,8 @@ class EpochCallbacks:
         )
         # With neither callbacks nor validation, the epoch needs no weights on the driver.
         self._needs_center = bool(callbacks) or validation is not None
-        self.epochs_done = 0
+        self.first_epoch = 0  # > 0 when BackupAndRestore restored an interrupted run
+        self.epochs_done = 0  # global epochs of this run that ended
         self.stopped = False
         self.error: BaseException | None = None
         self._rate = _rate(model)
@@ -138,11 +141,22 @@ class EpochCallbacks:
         self._quit = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="distkeras-epochs", daemon=True)
 
-    def begin(self) -> None:
-        """``on_train_begin`` and the first ``on_epoch_begin``; then watch the server."""
+    def train_begin(self) -> int:
+        """``on_train_begin``; returns the epoch to start from (0, or a restored run's)."""
         self.model.stop_training = False
         self.callbacks.on_train_begin()
-        self._begin_epoch(0)
+        self.first_epoch = int(getattr(self.model, "_initial_epoch", None) or 0)
+        return self.first_epoch
+
+    @property
+    def epochs_to_run(self) -> int:
+        """Epochs each worker trains in this run."""
+        return max(self.num_epoch - self.first_epoch, 0)
+
+    def watch(self, server: ParameterServer) -> None:
+        """The first ``on_epoch_begin``; then watch ``server`` for finished epochs."""
+        self.server = server
+        self._begin_epoch(self.first_epoch)
         self._thread.start()
 
     def end(self, weights: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -156,8 +170,9 @@ class EpochCallbacks:
             Exception: what a callback raised, if one did.
         """
         self._quit.set()
-        self._thread.join()
-        if self.error is None:
+        if self._thread.is_alive():
+            self._thread.join()
+        if self.error is None and self.server is not None:
             self._run_guarded(self._catch_up)
         self.model.set_weights(weights)
         if self.error is None:
@@ -184,18 +199,21 @@ class EpochCallbacks:
         except BaseException as exc:  # a user's callback: fail the run with its error
             self.error = exc
             logger.error("a callback raised; stopping the workers: %r", exc)
-            self.server.request(stop=True)
+            if self.server is not None and self.server.running:
+                self.server.request(stop=True)
 
     def _catch_up(self) -> None:
         """Run every global epoch that ended since the last look, in order."""
-        while not self.stopped and self.epochs_done < self.num_epoch and self.server.running:
-            stats = self.server.stats()
+        server = self.server
+        assert server is not None
+        while not self.stopped and self.epochs_done < self.epochs_to_run and server.running:
+            stats = server.stats()
             if self._diverged(stats):
                 return
             logs = epoch_logs(stats, self.epochs_done + 1, self.num_workers)
             if logs is None:
                 return
-            self._end_epoch(self.epochs_done, logs)
+            self._end_epoch(logs)
 
     def _diverged(self, stats: ServerStats) -> bool:
         """A worker's loss diverged under ``TerminateOnNaN``: let it stop the run, as in fit."""
@@ -211,25 +229,31 @@ class EpochCallbacks:
                 if isinstance(callback, keras.callbacks.TerminateOnNaN):
                     callback.on_batch_end(int(step), {"loss": float("nan")})
             self.stopped = True
-            self.server.request(stop=True)
+            self._request(stop=True)
             return True
         return False
 
-    def _end_epoch(self, epoch: int, logs: dict[str, float]) -> None:
+    def _request(self, **control: Any) -> None:
+        assert self.server is not None
+        self.server.request(**control)
+
+    def _end_epoch(self, logs: dict[str, float]) -> None:
+        assert self.server is not None
+        epoch = self.first_epoch + self.epochs_done  # Keras' epoch index
         if self._needs_center:
             self.model.set_weights(self.server.center)
         if self.validation is not None and len(self.validation):
             logs.update(self.validation.evaluate(self.model))
         self.callbacks.on_epoch_end(epoch, logs)
         self._logs = logs
-        self.epochs_done = epoch + 1
+        self.epochs_done += 1
         if self.on_epoch is not None:
             self.on_epoch(epoch, logs)
         if self.model.stop_training:
             self.stopped = True
-            self.server.request(stop=True)
-        elif self.epochs_done < self.num_epoch:
-            self._begin_epoch(self.epochs_done)
+            self._request(stop=True)
+        elif self.epochs_done < self.epochs_to_run:
+            self._begin_epoch(epoch + 1)
 
     def _begin_epoch(self, epoch: int) -> None:
         self.callbacks.on_epoch_begin(epoch)
@@ -239,7 +263,7 @@ class EpochCallbacks:
         """Send the driver model's learning rate to the workers when a callback changed it."""
         rate = _rate(self.model)
         if rate is not None and rate != self._rate:
-            self.server.request(learning_rate=rate)
+            self._request(learning_rate=rate)
             self._rate = rate
 
 
