@@ -17,6 +17,7 @@ from distkeras_async.wire.messages import (
     Challenge,
     Commit,
     CommitPull,
+    Control,
     Error,
     Hello,
     Message,
@@ -54,6 +55,11 @@ EXAMPLES: list[Message] = [
     Bye(**IDS),
     Center(np.ones(5, np.float32), 12, duplicate=True),
     Ack(3),
+    # The epoch a report closes, and the driver's control on both kinds of reply.
+    Report({"loss": 0.4}, epoch=3, **IDS),
+    Center(np.ones(5, np.float32), 13, control=Control(stop=True, learning_rate=0.0005)),
+    Ack(4, control=Control(learning_rate=0.01)),
+    Ack(5, control=Control(stop=True)),
 ]
 
 
@@ -84,6 +90,13 @@ def test_round_trip_through_bytes(message):
             assert actual == expected, name
 
 
+def test_a_reply_without_control_carries_no_control_fields():
+    """A plain reply costs no header bytes for the control (the hot path's size)."""
+    plain = encode_message_bytes(Ack(3))
+    assert b"stop" not in plain and b"learning_rate" not in plain
+    assert _decode(plain).control == Control()
+
+
 def test_decoded_fields_are_typed():
     welcome = _decode(encode_message_bytes(EXAMPLES[2]))
     assert isinstance(welcome, Welcome)
@@ -105,6 +118,8 @@ def test_decoded_fields_are_typed():
         lambda: Pull(worker=-1),
         lambda: Ack(-3),
         lambda: Report({"loss": float("nan")}),
+        lambda: Report({"loss": 0.1}, epoch=-1),
+        lambda: Ack(1, control=Control(learning_rate=float("inf"))),
         lambda: Welcome(NONCE, (), "x", {"bad": [1, 2]}, 0, 1, False, 0, 1.0),
     ],
 )

@@ -614,3 +614,30 @@ def test_client_rejects_tensors_before_the_welcome(secret):
         ParameterServerClient("127.0.0.1", port, secret, 0, timeout=5)
     thread.join(5)
     listener.close()
+
+
+def test_the_drivers_requests_ride_on_every_reply(make_server, connect):
+    server = make_server([np.zeros(4, np.float32)], "downpour", num_workers=1)
+    client = connect(server, 0)
+    center = client.pull()
+    assert client.control.stop is False and client.control.learning_rate is None
+    server.request(learning_rate=0.002)
+    client.commit(np.zeros_like(center))  # an Ack carries it
+    assert client.control.learning_rate == pytest.approx(0.002)
+    server.request(stop=True)
+    client.commit_pull(np.zeros_like(center))  # and a center
+    assert client.control.stop is True and client.control.learning_rate == pytest.approx(0.002)
+    client.report({"loss": 0.5}, epoch=1)  # and a report's Ack
+    assert client.control == server.control
+    with pytest.raises(ValueError, match="positive finite"):
+        server.request(learning_rate=-1.0)
+
+
+def test_epoch_reports_are_kept_per_worker_and_epoch(make_server, connect):
+    server = make_server([np.zeros(4, np.float32)], "downpour", num_workers=1)
+    client = connect(server, 0)
+    client.report({"loss": 0.9, "accuracy": 0.5}, epoch=1)
+    client.report({"loss": 0.4})  # not an epoch's end
+    client.report({"loss": 0.3, "accuracy": 0.8}, epoch=2)
+    epochs = server.stats().workers[0].epochs
+    assert epochs == {1: {"loss": 0.9, "accuracy": 0.5}, 2: {"loss": 0.3, "accuracy": 0.8}}
