@@ -36,13 +36,20 @@ def test_demo_trains_prints_the_table_and_plots(tmp_path):
     done = run_cli("demo", "--epochs", "2", "--no-progress", "--plot", str(png))
     assert done.returncode == 0, done.stderr[-3000:]
     table = done.stdout[done.stdout.index("trainer") :]
-    header, _, *rows = table.splitlines()
+    header, _, *rows = table[: table.index("\n\n")].splitlines()
     assert header.split() == ["trainer", "workers", "wall", "s", "updates", "samples/s", "accuracy"]
     assert rows[0].split()[:2] == ["SingleTrainer", "1"]  # the baseline row comes first
     assert rows[1].split()[:2] == ["DOWNPOUR", "2"]
     for row in rows[:2]:
         # Two epochs of digits: both trainers learn far beyond chance (0.1).
         assert float(row.split()[-1]) >= 0.8, row
+    # The validation accuracy of the center at each epoch, one row per trainer.
+    epochs = table[table.index("val accuracy by epoch") :].splitlines()
+    assert epochs[0].split()[-2:] == ["1", "2"]
+    for row, name in zip(epochs[2:4], ["SingleTrainer", "DOWNPOUR"], strict=True):
+        assert row.split()[0] == name and 0.1 < float(row.split()[-1]) <= 1.0, row
+    # TensorFlow's start-up notices (driver and executors) no longer bury the output.
+    assert "oneDNN" not in done.stderr and "I0000" not in done.stderr, done.stderr[-2000:]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 

@@ -641,3 +641,30 @@ def test_epoch_reports_are_kept_per_worker_and_epoch(make_server, connect):
     client.report({"loss": 0.3, "accuracy": 0.8}, epoch=2)
     epochs = server.stats().workers[0].epochs
     assert epochs == {1: {"loss": 0.9, "accuracy": 0.5}, 2: {"loss": 0.3, "accuracy": 0.8}}
+
+
+def test_the_center_as_each_epoch_ended_is_kept_for_the_driver(make_server, connect):
+    server = make_server([np.zeros(4, np.float32)], "downpour", num_workers=2)
+    server.keep_epoch_centers()
+    first, second = connect(server, 0), connect(server, 1)
+    first.pull(), second.pull()
+    first.commit(np.ones(4, np.float32))
+    first.report({"loss": 1.0}, epoch=1)
+    second.commit(np.ones(4, np.float32))
+    second.report({"loss": 1.0}, epoch=1)  # epoch 1 ends here: the center is 2
+    first.commit(np.ones(4, np.float32))  # the center moves on to 3
+    (epoch_one,) = server.take_epoch_center(1)
+    np.testing.assert_array_equal(epoch_one, np.full(4, 2.0, np.float32))
+    assert server.take_epoch_center(1) is None  # taken once
+    assert server.take_epoch_center(2) is None  # not ended
+    second.close()  # a finished worker does not hold epoch 2 up
+    first.report({"loss": 0.5}, epoch=2)
+    (epoch_two,) = server.take_epoch_center(2)
+    np.testing.assert_array_equal(epoch_two, np.full(4, 3.0, np.float32))
+
+
+def test_epoch_centers_are_kept_only_when_asked(make_server, connect):
+    server = make_server([np.zeros(4, np.float32)], "downpour", num_workers=1)
+    client = connect(server, 0)
+    client.report({"loss": 1.0}, epoch=1)
+    assert server.take_epoch_center(1) is None

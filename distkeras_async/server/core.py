@@ -64,6 +64,10 @@ class Failure:
     reason: str
 
 
+# Epoch centers kept for the driver at most (each a copy of the model).
+MAX_EPOCH_CENTERS = 8
+
+
 class ServerCore:
     """Center, workers, rounds and counters of one parameter server."""
 
@@ -94,6 +98,11 @@ class ServerCore:
         self.failure: Failure | None = None
         # The driver's requests to the workers (stop, a learning rate): on every reply.
         self.control: Control = NO_CONTROL
+        # The center as each global epoch ended (every worker finished that pass), kept
+        # until the driver's callbacks take it: they see the epoch's center, however late.
+        self.epoch_centers: dict[int, np.ndarray] = {}
+        self.epochs_ended = 0
+        self.keep_epoch_centers = False  # only while the driver takes them
         self.peers: set[Peer] = set()
         self._active: dict[int, Peer] = {}
         self._latest_attempt: dict[int, int] = {}
@@ -216,6 +225,7 @@ class ServerCore:
         stats.reports += 1
         if message.epoch is not None:
             stats.epochs[message.epoch] = dict(message.metrics)
+            self._epochs_ended()
         if message.history:
             records = self.step_records.setdefault((message.worker, message.attempt), [])
             records.extend((i, t, dict(m)) for i, t, m in message.history)
@@ -229,6 +239,22 @@ class ServerCore:
         self.step_records.pop((worker, attempt), None)
         if self.algorithm.synchronous:
             self.rounds.leave(worker)
+        self._epochs_ended()
+
+    def _epochs_ended(self) -> None:
+        """Keep a copy of the center for each global epoch that just ended."""
+        while self.stats.epoch_complete(self.epochs_ended + 1, self.num_workers):
+            self.epochs_ended += 1
+            if not self.keep_epoch_centers:
+                continue
+            if len(self.epoch_centers) < MAX_EPOCH_CENTERS:
+                self.epoch_centers[self.epochs_ended] = self.center.array.copy()
+            else:  # the driver lags far behind: it will read the current center instead
+                logger.warning(
+                    "epoch %d ended with %d epoch centers not yet taken; not keeping its center",
+                    self.epochs_ended,
+                    len(self.epoch_centers),
+                )
 
     def worker_failed(self, worker: int, message: str) -> None:
         """A worker reports that it failed: a synchronous run fails with it."""

@@ -445,6 +445,28 @@ class ParameterServer:
 
         self._call(update)
 
+    def keep_epoch_centers(self) -> None:
+        """Keep a copy of the center as each global epoch ends, from now on.
+
+        The driver's callbacks ask for it, and take each with :meth:`take_epoch_center`.
+        """
+        state = self._require_state()
+
+        def keep() -> None:
+            state.keep_epoch_centers = True
+
+        self._call(keep)
+
+    def take_epoch_center(self, epoch: int) -> list[np.ndarray] | None:
+        """The center as global ``epoch`` ended (a weight list), once; None if not kept.
+
+        Every worker's epoch-end report arrived after its commit of that epoch was applied,
+        so this is the center with every worker's ``epoch``-th pass in it.
+        """
+        state = self._require_state()
+        flat = self._call(lambda: state.epoch_centers.pop(epoch, None))
+        return None if flat is None else self.layout.unflatten(flat)
+
     @property
     def control(self) -> Control:
         """What the workers are asked now (see :meth:`request`)."""

@@ -95,6 +95,23 @@ class ServerStats:
     started: float = field(default_factory=time.time)
     workers: dict[int, WorkerStats] = field(default_factory=dict)
 
+    def epoch_complete(self, epoch: int, num_workers: int) -> bool:
+        """Whether global ``epoch`` ended: every worker finished its ``epoch``-th pass.
+
+        A worker that finished training without reaching it (an empty partition, one that
+        stopped early) does not hold it up; at least one worker must have reached it.
+        """
+        reached = False
+        for worker in range(num_workers):
+            w = self.workers.get(worker)
+            if w is None:
+                return False
+            if epoch in w.epochs:
+                reached = True
+            elif not w.finished:
+                return False
+        return reached
+
     def worker(self, worker: int) -> WorkerStats:
         """The statistics of ``worker``, created on first use."""
         stats = self.workers.get(worker)

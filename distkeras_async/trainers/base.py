@@ -475,6 +475,9 @@ class DistributedTrainer(Trainer):
             sample_weight=self.sample_weight_col,
             class_weight=self.class_weight,
             terminate_on_nan=checked.terminates_on_nan(callback_list),
+            # Callbacks and validation see the center at each epoch's end: it must hold the
+            # epoch's last steps, not lag by up to a window (SingleTrainer's is 100 steps).
+            exchange_at_epoch_end=bool(callback_list) or validation is not None,
         )
         try:
             epochs.watch(server)

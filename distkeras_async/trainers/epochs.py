@@ -41,21 +41,11 @@ _NOT_METRICS = frozenset({"samples", "steps"})
 def epoch_logs(stats: ServerStats, epoch: int, num_workers: int) -> dict[str, float] | None:
     """The workers' logs of ``epoch`` averaged, once every worker finished it, else None.
 
-    A worker that finished training without reaching ``epoch`` (an empty partition, or one
-    stopped early) does not hold the epoch up; at least one worker must have reached it.
+    See :meth:`ServerStats.epoch_complete` for when an epoch ended.
     """
-    reached: list[Mapping[str, float]] = []
-    for worker in range(num_workers):
-        w = stats.workers.get(worker)
-        if w is None:
-            return None
-        logs = w.epochs.get(epoch)
-        if logs is not None:
-            reached.append(logs)
-        elif not w.finished:
-            return None
-    if not reached:
+    if not stats.epoch_complete(epoch, num_workers):
         return None
+    reached = [w.epochs[epoch] for w in stats.workers.values() if epoch in w.epochs]
     keys = dict.fromkeys(k for logs in reached for k in logs if k not in _NOT_METRICS)
     return {k: float(np.mean([logs[k] for logs in reached if k in logs])) for k in keys}
 
@@ -156,6 +146,8 @@ class EpochCallbacks:
     def watch(self, server: ParameterServer) -> None:
         """The first ``on_epoch_begin``; then watch ``server`` for finished epochs."""
         self.server = server
+        if self._needs_center:
+            server.keep_epoch_centers()
         self._begin_epoch(self.first_epoch)
         self._thread.start()
 
@@ -241,7 +233,9 @@ class EpochCallbacks:
         assert self.server is not None
         epoch = self.first_epoch + self.epochs_done  # Keras' epoch index
         if self._needs_center:
-            self.model.set_weights(self.server.center)
+            # The center as the epoch ended; the current one if the server did not keep it.
+            center = self.server.take_epoch_center(self.epochs_done + 1)
+            self.model.set_weights(self.server.center if center is None else center)
         if self.validation is not None and len(self.validation):
             logs.update(self.validation.evaluate(self.model))
         self.callbacks.on_epoch_end(epoch, logs)

@@ -75,6 +75,9 @@ class WorkerSession:
         running_means: whether the step metrics are already running means over the epoch.
         after_exchange: called after the start and every exchange; returning True asks the
             session to stop (``stopped`` is then set, and the driver of the loop ends it).
+        exchange_at_epoch_end: also exchange after the last step of each pass (when steps
+            remain uncommitted), so the center holds the whole epoch when the driver's
+            callbacks and validation see it.
         on_diverged: called with ``(step, loss)`` when a step's ``loss`` is NaN or infinite,
             before any exchange could send the weights that made it; it raises to fail the
             run, or returns to stop this worker without committing the diverged weights.
@@ -95,6 +98,7 @@ class WorkerSession:
         running_means: bool = False,
         after_exchange: Callable[[], bool] | None = None,
         on_diverged: Callable[[int, float], None] | None = None,
+        exchange_at_epoch_end: bool = False,
     ) -> None:
         self.model = model
         self.algorithm = algorithm
@@ -113,6 +117,7 @@ class WorkerSession:
         self.running_means = running_means
         self.after_exchange = after_exchange
         self.on_diverged = on_diverged
+        self.exchange_at_epoch_end = exchange_at_epoch_end
         self.stopped = False
         self.diverged = False
         self._epoch_sums: dict[str, float] = {}
@@ -140,7 +145,7 @@ class WorkerSession:
             self.stopped = self.diverged = True
             return
         self._pending += 1
-        if self._pending >= self.algorithm.communication_window:
+        if self._pending >= self.algorithm.communication_window or self._epoch_ends():
             self._progress()
             self.model.set_flat(self.algorithm.worker_exchange(self.model.get_flat(), self.server))
             self._pending = 0
@@ -150,6 +155,14 @@ class WorkerSession:
             if self.after_exchange is not None and self.after_exchange():
                 self.stopped = True
         self._epoch_step(metrics)
+
+    def _epoch_ends(self) -> bool:
+        """Whether this step closes a pass and the pass's steps must reach the center now."""
+        return bool(
+            self.exchange_at_epoch_end
+            and self.steps_per_epoch
+            and self.steps % self.steps_per_epoch == 0
+        )
 
     def _epoch_step(self, metrics: Mapping[str, float]) -> None:
         """Accumulate the epoch's metrics; close the epoch after its last step."""

@@ -71,6 +71,8 @@ class WorkerPlan:
         class_weight: ``{class index: weight}`` for the rows of each class.
         terminate_on_nan: a worker whose loss becomes NaN stops the run gracefully (the
             driver has ``TerminateOnNaN``), instead of failing it.
+        exchange_at_epoch_end: also exchange at the end of every pass over the partition
+            (the driver runs callbacks or validation on the center then).
     """
 
     model_spec: str
@@ -96,6 +98,7 @@ class WorkerPlan:
     sample_weight: str | None = None
     class_weight: Mapping[int, float] | None = None
     terminate_on_nan: bool = False
+    exchange_at_epoch_end: bool = False
 
     def make_algorithm(self) -> Algorithm:
         """A fresh instance of the plan's algorithm for this worker."""
@@ -490,6 +493,7 @@ class KerasWorker:
                 running_means=self.uses_fit(algorithm),
                 after_exchange=requests.after_exchange,
                 on_diverged=requests.diverged,
+                exchange_at_epoch_end=plan.exchange_at_epoch_end,
             )
             if rows == 0 or not self.uses_fit(algorithm):
                 batches = self.batches(xs, ys) if weights is None else self.batches(xs, ys, weights)
