@@ -138,6 +138,7 @@ class Trainer:
         validation_data: Any = None,
         validation_split: float | None = None,
         callbacks: Any = None,
+        validation_batch_size: int | None = None,
     ) -> Any:
         """Train on ``dataframe`` and return a new trained Keras model."""
         raise NotImplementedError
@@ -351,6 +352,7 @@ class DistributedTrainer(Trainer):
         validation_data: Any = None,
         validation_split: float | None = None,
         callbacks: Any = None,
+        validation_batch_size: int | None = None,
     ) -> Any:
         """Train on ``dataframe`` and return a new trained Keras model.
 
@@ -367,6 +369,9 @@ class DistributedTrainer(Trainer):
             callbacks: Keras callbacks, run on the driver at every global epoch with the
                 center loaded in ``self.model`` (see docs/trainers.md for what a global
                 epoch is and which hooks are called).
+            validation_batch_size: rows per validation batch (default: the larger of
+                ``batch_size`` and 1,024; evaluation keeps no gradients, and on the driver
+                it shares the CPU with the workers, so fewer, larger batches cost less).
 
         Raises:
             WorkerFailedError: if a worker failed (with its traceback).
@@ -384,6 +389,11 @@ class DistributedTrainer(Trainer):
         # Arguments first, without a Spark job: a mistake costs nothing.
         callback_list = checked.check_callbacks(callbacks)
         split = checked.check_split(validation_split, validation_data)
+        validation_batch = (
+            max(self.batch_size, checked.VALIDATION_BATCH)
+            if validation_batch_size is None
+            else checks.positive_int(validation_batch_size, "validation_batch_size")
+        )
         checked.check_validation_data(validation_data, self.features_col, self.label_col)
         checked.check_weight_column(dataframe, self.sample_weight_col)
         session = dataframe.sparkSession
@@ -404,7 +414,7 @@ class DistributedTrainer(Trainer):
             validation_data,
             self.features_col,
             self.label_col,
-            self.batch_size,
+            validation_batch,
             self.sample_weight_col,
             self.class_weight,
         )

@@ -51,7 +51,13 @@ def epoch_logs(stats: ServerStats, epoch: int, num_workers: int) -> dict[str, fl
 
 
 class Validation:
-    """Validation data on the driver: inputs, targets and optional sample weights."""
+    """Validation data on the driver: inputs, targets and optional sample weights.
+
+    On TensorFlow the batches are built once as a ``tf.data.Dataset``: ``evaluate`` on numpy
+    arrays rebuilds its input pipeline at every call, which cost 95 ms per epoch for the 360
+    digits against 15-20 ms for the prebuilt dataset (measured here), most of an epoch's
+    validation.
+    """
 
     def __init__(
         self,
@@ -62,24 +68,44 @@ class Validation:
     ) -> None:
         self.x, self.y, self.sample_weight = list(x), list(y), sample_weight
         self.batch_size = batch_size
+        self._data: Any = None
 
     def __len__(self) -> int:
         return len(self.x[0]) if self.x else 0
 
     def evaluate(self, model: Any) -> dict[str, float]:
         """``val_*`` logs of ``model`` on this data, batch-wise (Keras' ``evaluate``)."""
+        data = self._batches(model)
+        if isinstance(data, dict):
+            logs = model.evaluate(**data, verbose=0, return_dict=True)
+        else:
+            logs = model.evaluate(data, verbose=0, return_dict=True)
+        return {f"val_{k}": float(v) for k, v in logs.items()}
+
+    def _batches(self, model: Any) -> Any:
+        """The data as ``evaluate`` takes it: a dataset (TensorFlow) or numpy keywords."""
+        if self._data is not None:
+            return self._data
+        import keras
+
         from distkeras_async.worker.inputs import shape_inputs
 
-        x = shape_inputs(model, self.x)
-        logs = model.evaluate(
-            x[0] if len(x) == 1 else x,
-            self.y[0] if len(self.y) == 1 else self.y,
-            sample_weight=self.sample_weight,
-            batch_size=self.batch_size,
-            verbose=0,
-            return_dict=True,
-        )
-        return {f"val_{k}": float(v) for k, v in logs.items()}
+        shaped = shape_inputs(model, self.x)
+        x = shaped[0] if len(shaped) == 1 else tuple(shaped)
+        y = self.y[0] if len(self.y) == 1 else tuple(self.y)
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            parts = (x, y) if self.sample_weight is None else (x, y, self.sample_weight)
+            self._data = tf.data.Dataset.from_tensor_slices(parts).batch(self.batch_size)
+        else:
+            self._data = {
+                "x": x,
+                "y": y,
+                "sample_weight": self.sample_weight,
+                "batch_size": self.batch_size,
+            }
+        return self._data
 
 
 class EpochCallbacks:
@@ -182,8 +208,16 @@ class EpochCallbacks:
     # -- the watcher -------------------------------------------------------------------
 
     def _watch(self) -> None:
+        if self.validation is not None and len(self.validation):
+            # The first evaluation traces the model's test step (0.4 s for the digits MLP):
+            # here it overlaps the Spark job's start instead of delaying the first epoch.
+            self._run_guarded(self._warm_up)
         while not self._quit.wait(POLL_SECONDS) and self.error is None:
             self._run_guarded(self._catch_up)
+
+    def _warm_up(self) -> None:
+        assert self.validation is not None
+        self.validation.evaluate(self.model)
 
     def _run_guarded(self, work: Callable[[], None]) -> None:
         try:

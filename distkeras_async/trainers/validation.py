@@ -21,6 +21,10 @@ from distkeras_async.worker.weights import row_weights
 # Features and labels (float32) the driver holds for validation: 1 GiB.
 MAX_VALIDATION_BYTES = 1 << 30
 
+# The smallest default validation batch: on the driver, evaluating the 360 digits in batches
+# of 32 cost 50 ms per epoch while the workers trained, in one batch 15 ms (measured here).
+VALIDATION_BATCH = 1024
+
 
 def check_callbacks(callbacks: Any) -> list[Any]:
     """The callbacks as a list, each a ``keras.callbacks.Callback``.
