@@ -285,9 +285,15 @@ def test_progress_bar_and_center_snapshots(digits, capsys):
         progress=True,
         snapshot_interval=0.2,
     )
-    trained = trainer.train(train_df)
-    err = capsys.readouterr().err
+    validation = (digits.x_test, np.eye(10, dtype=np.float32)[digits.y_test])
+    trained = trainer.train(train_df, validation_data=validation)
+    captured = capsys.readouterr()
+    err = captured.err
     assert "DOWNPOUR" in err and "updates" in err and "samples/s" in err
+    # One line per global epoch, with its logs, as fit prints them.
+    lines = [line for line in captured.out.splitlines() if line.startswith("Epoch ")]
+    assert [line.split(" - ")[0] for line in lines] == [f"Epoch {e}/6" for e in range(1, 7)]
+    assert all("loss: " in line and "val_accuracy: " in line for line in lines), lines
     snapshots = trainer.get_center_snapshots()
     assert len(snapshots) >= 2
     times = [t for t, _ in snapshots]
