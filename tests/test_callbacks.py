@@ -413,3 +413,33 @@ def test_backup_and_restore_continues_an_interrupted_run(spark, digits, tmp_path
     rows = digits.train.count()
     expected = {w: 2 * -(-n // 32) for w, n in enumerate([rows - rows // 2, rows // 2])}
     assert steps_per_worker(again) == expected
+
+
+def test_early_stopping_stops_a_synchronous_run(spark, digits):
+    x_val, y_val = validation_arrays(digits)
+    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=1, min_delta=100.0)
+    trainer = EASGD(
+        digits_mlp(),
+        keras.optimizers.Adam(0.001),
+        "categorical_crossentropy",
+        num_epoch=40,
+        rho=5.0,
+        learning_rate=0.09,
+        **COMMON,
+    )
+    trainer.train(digits.train, validation_data=(x_val, y_val), callbacks=[stopper])
+    assert trainer.get_keras_history().epoch == [0, 1]
+    per_epoch = -(-digits.train.count() // 2 // 32)
+    for worker, steps in steps_per_worker(trainer).items():
+        assert steps < 10 * per_epoch, (worker, steps)
+
+
+def test_a_validation_dataframe_too_large_for_the_driver_is_refused(spark, digits, monkeypatch):
+    from distkeras_async.trainers import validation
+
+    monkeypatch.setattr(validation, "MAX_VALIDATION_BYTES", 10_000)
+    trainer = DOWNPOUR(digits_mlp(), "adam", "categorical_crossentropy", **COMMON)
+    before = set(spark.sparkContext.statusTracker().getJobIdsForGroup(TRAINING_GROUP))
+    with pytest.raises(ValueError, match=r"holds 1437 rows of 74 values .* pass a sample"):
+        trainer.train(digits.train, validation_data=digits.train)
+    assert set(spark.sparkContext.statusTracker().getJobIdsForGroup(TRAINING_GROUP)) == before
