@@ -281,9 +281,9 @@ def learning_rate(model: Any) -> float | None:
     optimizer = getattr(model, "optimizer", None)
     if optimizer is None:
         return None
-    import keras
-
-    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    # float() of the variable, not ops.convert_to_numpy: that path raises a numpy 2
+    # DeprecationWarning (copy keyword) from Keras' TensorFlow backend at every call.
+    return float(optimizer.learning_rate)
 
 
 def set_learning_rate(model: Any, rate: float) -> None:
