@@ -70,3 +70,21 @@ def test_errors_name_the_bad_argument():
         describe_model(keras.Sequential([keras.layers.Dense(2)]), "adam", "mse")
     with pytest.raises(SerializationError, match=r"keras\.Model"):
         describe_model(object(), "adam", "mse")
+
+
+def test_building_a_model_leaves_its_spec_unchanged():
+    """Keras' deserialisation pops a functional config's layers: a spec built into a model
+    on the driver (for the callbacks) must still describe the model to the workers."""
+    import keras
+
+    from distkeras_async.worker.serialization import ModelSpec, build_model, describe_model
+
+    top, bottom = keras.Input((3,), name="top"), keras.Input((2,), name="bottom")
+    joined = keras.layers.Concatenate()([top, bottom])
+    model = keras.Model([top, bottom], keras.layers.Dense(4, activation="softmax")(joined))
+    spec = describe_model(model, "adam", "categorical_crossentropy", ["accuracy"], None)
+    before = spec.to_json()
+    build_model(spec)
+    assert spec.to_json() == before
+    rebuilt = build_model(ModelSpec.from_json(before))
+    assert [w.shape for w in rebuilt.get_weights()] == [w.shape for w in model.get_weights()]

@@ -10,6 +10,7 @@ by name through ``custom_objects`` on each side, as ``keras.models.load_model`` 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -151,15 +152,19 @@ def expand_custom_objects(custom_objects: Mapping[str, Any] | None) -> dict[str,
 def build_model(
     spec: ModelSpec, custom_objects: Mapping[str, Any] | None = None, *, compile: bool = True
 ) -> Any:
-    """Rebuild the model from its spec (new, randomly initialised weights) and compile it."""
+    """Rebuild the model from its spec (new, randomly initialised weights) and compile it.
+
+    The spec is left as it was: Keras' deserialisation pops keys out of the configs it is
+    given (a functional model's layers), so it gets copies.
+    """
     keras = _keras()
     with keras.saving.custom_object_scope(expand_custom_objects(custom_objects)):
-        model = keras.saving.deserialize_keras_object(spec.model)
+        model = keras.saving.deserialize_keras_object(copy.deepcopy(spec.model))
         if compile:
             model.compile(
-                optimizer=keras.optimizers.deserialize(spec.optimizer),
-                loss=_deserialize(spec.loss),
-                metrics=_deserialize(spec.metrics),
+                optimizer=keras.optimizers.deserialize(copy.deepcopy(spec.optimizer)),
+                loss=_deserialize(copy.deepcopy(spec.loss)),
+                metrics=_deserialize(copy.deepcopy(spec.metrics)),
                 loss_weights=spec.loss_weights,
             )
     return model
