@@ -41,6 +41,10 @@ def test_sliced_list_arrays_keep_their_rows():
     ("array", "message"),
     [
         (pa.array([[1.0], [2.0, 3.0]]), "different lengths"),
+        (
+            pa.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0]]),
+            r"row 0 has 2 value\(s\), row 3 has 1",
+        ),
         (pa.array([1.0, None]), "null"),
         (pa.array([[1.0], None]), "null"),
         (pa.array(["a", "b"]), "Arrow type string"),

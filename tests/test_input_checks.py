@@ -152,6 +152,18 @@ def test_a_null_vector_further_in_is_named_by_the_worker(spark):
     assert "column 'features' has 1 null value(s), the first at row 120" in message
 
 
+def test_a_shorter_vector_further_in_is_named_by_the_worker(spark):
+    df = _data_with(spark, 150, Vectors.dense(np.full(63, 0.5)))
+    trainer = DOWNPOUR(
+        digits_mlp(), "adam", "categorical_crossentropy", **{**COMMON, "num_workers": 1}
+    )
+    with pytest.raises(WorkerFailedError) as caught:
+        trainer.train(df)
+    message = str(caught.value)
+    assert "worker 0 (attempt 0), in its partition" in message
+    assert "row 0 has 64 value(s), row 150 has 63" in message
+
+
 def test_nan_in_the_features_is_named_by_the_worker(spark):
     df = _data_with(spark, 77, Vectors.dense(np.full(64, np.nan)))
     trainer = DOWNPOUR(

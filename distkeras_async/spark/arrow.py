@@ -38,8 +38,11 @@ def _list_to_numpy(array: pa.Array, name: str, dtype: np.dtype) -> np.ndarray:
         lengths = np.diff(offsets)
         width = int(lengths[0]) if rows else 0
         if rows and not (lengths == width).all():
+            other = int(np.flatnonzero(lengths != width)[0])
             raise ColumnError(
-                f"column {name!r} has rows of different lengths ({lengths.min()}..{lengths.max()})"
+                f"column {name!r} has rows of different lengths: row 0 has {width} value(s), "
+                f"row {other} has {int(lengths[other])} (lengths {lengths.min()}..{lengths.max()}"
+                "): every row must have as many values as the model input takes"
             )
         values = array.flatten()
     inner = _to_numpy(values, name, dtype)
