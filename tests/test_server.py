@@ -668,3 +668,29 @@ def test_epoch_centers_are_kept_only_when_asked(make_server, connect):
     client = connect(server, 0)
     client.report({"loss": 1.0}, epoch=1)
     assert server.take_epoch_center(1) is None
+
+
+def test_a_retry_that_reannounces_an_epoch_keeps_its_logs(make_server, connect):
+    server = make_server([np.zeros(4, np.float32)], "downpour", num_workers=1)
+    client = connect(server, 0)
+    client.report({"loss": 0.7}, epoch=1)
+    client.report({}, epoch=1)  # a retry cannot know whether epoch 1's report arrived
+    client.report({}, epoch=2)  # here it had not: the epoch ends, without logs
+    assert server.stats().workers[0].epochs == {1: {"loss": 0.7}, 2: {}}
+
+
+@pytest.mark.parametrize("algorithm", ["downpour", "averaging"])
+def test_a_workers_own_error_in_the_client_block_is_reported_not_a_goodbye(
+    make_server, connect, algorithm
+):
+    from distkeras_async.errors import TrainingDivergedError
+
+    server = make_server([np.zeros(4, np.float32)], algorithm, num_workers=2)
+    with pytest.raises(TrainingDivergedError), connect(server, 0) as client:
+        client.pull()
+        raise TrainingDivergedError("the loss became nan at local step 3")
+    wait_until(lambda: 0 in server.stats().workers and not server.stats().workers[0].connected)
+    assert server.stats().workers[0].finished is False
+    if algorithm == "averaging":  # a synchronous run fails at once, with the worker's reason
+        wait_until(lambda: server.failure is not None)
+        assert "the loss became nan at local step 3" in server.failure

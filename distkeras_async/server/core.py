@@ -224,7 +224,10 @@ class ServerCore:
         stats.last_metrics = dict(message.metrics)
         stats.reports += 1
         if message.epoch is not None:
-            stats.epochs[message.epoch] = dict(message.metrics)
+            # A retried attempt re-announces, without logs, an epoch whose end it cannot
+            # know was reported (its predecessor may have died between the two): keep logs.
+            if message.metrics or message.epoch not in stats.epochs:
+                stats.epochs[message.epoch] = dict(message.metrics)
             self._epochs_ended()
         if message.history:
             records = self.step_records.setdefault((message.worker, message.attempt), [])

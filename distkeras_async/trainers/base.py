@@ -69,9 +69,11 @@ class Trainer:
         progress: show a progress bar (default: when attached to a terminal or notebook).
         worker_threads: TensorFlow threads per worker (default: the task's cores).
         sample_weight_col: a numeric column of per-row weights, used in every local step
-            and (with a validation DataFrame that has it) in validation.
+            and in validation (a validation DataFrame must have the column too).
         class_weight: ``{class index: weight}``, as ``fit`` takes it: each row's weight is
-            multiplied by its class's (the argmax of a one-hot label, a sparse label's value).
+            multiplied by its class's (the argmax of a one-hot label, a sparse label's
+            value). Unlike ``fit``, validation rows are weighted the same way, unless the
+            validation tuple brings its own weights.
     """
 
     def __init__(

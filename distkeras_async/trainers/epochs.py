@@ -224,7 +224,7 @@ class EpochCallbacks:
             work()
         except BaseException as exc:  # a user's callback: fail the run with its error
             self.error = exc
-            logger.error("a callback raised; stopping the workers: %r", exc)
+            logger.error("the epoch callbacks failed; stopping the workers: %r", exc)
             if self.server is not None and self.server.running:
                 self.server.request(stop=True)
 
@@ -234,10 +234,10 @@ class EpochCallbacks:
         assert server is not None
         while not self.stopped and self.epochs_done < self.epochs_to_run and server.running:
             stats = server.stats()
-            if self._diverged(stats):
-                return
             logs = epoch_logs(stats, self.epochs_done + 1, self.num_workers)
             if logs is None:
+                # The epochs that ended before a worker diverged ran first, as in fit.
+                self._diverged(stats)
                 return
             self._end_epoch(logs)
 

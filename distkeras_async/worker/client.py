@@ -28,7 +28,10 @@ from distkeras_async.errors import (
     ConnectionClosedError,
     DistKerasError,
     ErrorCode,
+    ProtocolError,
     RemoteProtocolError,
+    RunFailedError,
+    ServerError,
     from_code,
 )
 from distkeras_async.layout import FLAT_DTYPE, Layout
@@ -69,6 +72,17 @@ _ROUND_MARGIN = 30.0
 
 def _finite(metrics: Mapping[str, float]) -> dict[str, float]:
     return {str(k): float(v) for k, v in metrics.items() if np.isfinite(v)}
+
+
+# Errors that the connection or the server raised: leaving the block on one says goodbye.
+_FROM_THE_CONNECTION = (
+    OSError,
+    ProtocolError,
+    AuthenticationError,
+    ConnectionClosedError,
+    ServerError,
+    RunFailedError,
+)
 
 
 class ParameterServerClient:
@@ -243,7 +257,10 @@ class ParameterServerClient:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc is not None and not isinstance(exc, DistKerasError | OSError):
+        # The worker's own failure (its model, its data, a diverged loss) is reported, so a
+        # synchronous run fails at once and no one counts the worker as finished; an error
+        # that came from the connection or the server is already known there.
+        if exc is not None and not isinstance(exc, _FROM_THE_CONNECTION):
             self.report_error(f"{type(exc).__name__}: {exc}")
         else:
             self.close()

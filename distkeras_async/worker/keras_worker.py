@@ -495,6 +495,11 @@ class KerasWorker:
                 on_diverged=requests.diverged,
                 exchange_at_epoch_end=plan.exchange_at_epoch_end,
             )
+            per_epoch = -(-rows // plan.batch_size)
+            if skip and per_epoch and skip % per_epoch == 0:
+                # The killed attempt may have died between its epoch-end commit and that
+                # epoch's report: say the epoch ended (the server keeps the logs it has).
+                client.report({}, epoch=skip // per_epoch)
             if rows == 0 or not self.uses_fit(algorithm):
                 batches = self.batches(xs, ys) if weights is None else self.batches(xs, ys, weights)
                 run_session(session, itertools.islice(batches, skip, None))
