@@ -94,32 +94,20 @@ def saved_model(tmp_path) -> Path:
 def test_serve_runs_a_standalone_parameter_server(tmp_path, saved_model, secret):
     import keras
 
-    (tmp_path / "secret").write_text(secret.hex())
     output = tmp_path / "trained.keras"
-    process = subprocess.Popen(
-        [
-            *CLI,
-            "serve",
-            "--model",
-            str(saved_model),
-            "--workers",
-            "1",
-            "--secret-file",
-            str(tmp_path / "secret"),
-            "--set",
-            "communication_window=3",
-            "--exit-when-done",
-            "--output",
-            str(output),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    process, port, _ = _serve(
+        tmp_path,
+        saved_model,
+        secret,
+        "--workers",
+        "1",
+        "--set",
+        "communication_window=3",
+        "--exit-when-done",
+        "--output",
+        str(output),
     )
     try:
-        line = process.stdout.readline()
-        assert line.startswith("listening on 127.0.0.1:"), process.stderr.read()
-        port = int(line.split()[2].rsplit(":", 1)[1])
         with ParameterServerClient("127.0.0.1", port, secret, 0, timeout=20) as client:
             assert client.hyperparameters["communication_window"] == 3
             center = client.pull()

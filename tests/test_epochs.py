@@ -8,7 +8,7 @@ import numpy as np
 
 from distkeras_async.datasets import digits_mlp
 from distkeras_async.trainers.epochs import EpochCallbacks, epoch_logs
-from distkeras_async.worker.keras_worker import DIVERGED_METRIC
+from distkeras_async.worker.requests import DIVERGED_METRIC
 
 
 class Seen(keras.callbacks.Callback):

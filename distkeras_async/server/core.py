@@ -37,6 +37,7 @@ from distkeras_async.layout import Layout
 from distkeras_async.server.apply import CenterUpdater, describe_failure, finite_norm
 from distkeras_async.server.buffers import BufferPool, CenterStore, Lease
 from distkeras_async.server.checkpoint import Checkpointer
+from distkeras_async.server.epochs import EpochCenters
 from distkeras_async.server.limits import Limits
 from distkeras_async.server.rounds import Rounds
 from distkeras_async.server.stats import ServerStats
@@ -62,10 +63,6 @@ class Failure:
 
     code: ErrorCode
     reason: str
-
-
-# Epoch centers kept for the driver at most (each a copy of the model).
-MAX_EPOCH_CENTERS = 8
 
 
 class ServerCore:
@@ -98,11 +95,8 @@ class ServerCore:
         self.failure: Failure | None = None
         # The driver's requests to the workers (stop, a learning rate): on every reply.
         self.control: Control = NO_CONTROL
-        # The center as each global epoch ended (every worker finished that pass), kept
-        # until the driver's callbacks take it: they see the epoch's center, however late.
-        self.epoch_centers: dict[int, np.ndarray] = {}
-        self.epochs_ended = 0
-        self.keep_epoch_centers = False  # only while the driver takes them
+        # The center as each global epoch ended, until the driver's callbacks take it.
+        self.epochs = EpochCenters()
         self.peers: set[Peer] = set()
         self._active: dict[int, Peer] = {}
         self._latest_attempt: dict[int, int] = {}
@@ -245,19 +239,7 @@ class ServerCore:
         self._epochs_ended()
 
     def _epochs_ended(self) -> None:
-        """Keep a copy of the center for each global epoch that just ended."""
-        while self.stats.epoch_complete(self.epochs_ended + 1, self.num_workers):
-            self.epochs_ended += 1
-            if not self.keep_epoch_centers:
-                continue
-            if len(self.epoch_centers) < MAX_EPOCH_CENTERS:
-                self.epoch_centers[self.epochs_ended] = self.center.array.copy()
-            else:  # the driver lags far behind: it will read the current center instead
-                logger.warning(
-                    "epoch %d ended with %d epoch centers not yet taken; not keeping its center",
-                    self.epochs_ended,
-                    len(self.epoch_centers),
-                )
+        self.epochs.update(self.stats, self.num_workers, self.center.array)
 
     def worker_failed(self, worker: int, message: str) -> None:
         """A worker reports that it failed: a synchronous run fails with it."""

@@ -435,15 +435,7 @@ class ParameterServer:
         state = self._require_state()
         if learning_rate is not None and not (math.isfinite(learning_rate) and learning_rate > 0):
             raise ValueError(f"learning_rate must be a positive finite number, got {learning_rate}")
-
-        def update() -> None:
-            old = state.control
-            state.control = Control(
-                old.stop if stop is None else bool(stop),
-                old.learning_rate if learning_rate is None else float(learning_rate),
-            )
-
-        self._call(update)
+        self._call(lambda: setattr(state, "control", state.control.changed(stop, learning_rate)))
 
     def keep_epoch_centers(self) -> None:
         """Keep a copy of the center as each global epoch ends, from now on.
@@ -451,11 +443,7 @@ class ParameterServer:
         The driver's callbacks ask for it, and take each with :meth:`take_epoch_center`.
         """
         state = self._require_state()
-
-        def keep() -> None:
-            state.keep_epoch_centers = True
-
-        self._call(keep)
+        self._call(lambda: setattr(state.epochs, "keep", True))
 
     def take_epoch_center(self, epoch: int) -> list[np.ndarray] | None:
         """The center as global ``epoch`` ended (a weight list), once; None if not kept.
@@ -464,7 +452,7 @@ class ParameterServer:
         so this is the center with every worker's ``epoch``-th pass in it.
         """
         state = self._require_state()
-        flat = self._call(lambda: state.epoch_centers.pop(epoch, None))
+        flat = self._call(lambda: state.epochs.take(epoch))
         return None if flat is None else self.layout.unflatten(flat)
 
     @property

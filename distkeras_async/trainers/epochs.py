@@ -245,7 +245,7 @@ class EpochCallbacks:
         """A worker's loss diverged under ``TerminateOnNaN``: let it stop the run, as in fit."""
         import keras
 
-        from distkeras_async.worker.keras_worker import DIVERGED_METRIC
+        from distkeras_async.worker.requests import DIVERGED_METRIC
 
         for w in stats.workers.values():
             step = w.last_metrics.get(DIVERGED_METRIC)
@@ -296,7 +296,7 @@ class EpochCallbacks:
 
 
 def _rate(model: Any) -> float | None:
-    from distkeras_async.worker.keras_worker import learning_rate
+    from distkeras_async.worker.requests import learning_rate
 
     rate = learning_rate(model)
     return rate if rate is not None and math.isfinite(rate) else None

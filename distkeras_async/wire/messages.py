@@ -284,6 +284,13 @@ class Control:
     stop: bool = False
     learning_rate: float | None = None
 
+    def changed(self, stop: bool | None, learning_rate: float | None) -> Control:
+        """This control with the given settings changed (None leaves one as it is)."""
+        return Control(
+            self.stop if stop is None else bool(stop),
+            self.learning_rate if learning_rate is None else float(learning_rate),
+        )
+
     def to_wire(self) -> dict[str, Any]:
         """The header fields: only those that are set, so a plain reply costs nothing."""
         fields: dict[str, Any] = {}

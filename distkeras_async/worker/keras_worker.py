@@ -19,7 +19,7 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,18 +27,18 @@ import numpy as np
 
 from distkeras_async import registry
 from distkeras_async.algorithm import Algorithm
-from distkeras_async.errors import LayoutMismatchError, TrainingDivergedError
+from distkeras_async.errors import LayoutMismatchError
 from distkeras_async.layout import Layout
+from distkeras_async.worker.batches import batch_weight, epoch_batches, epoch_order, pack
 from distkeras_async.worker.client import ParameterServerClient
 from distkeras_async.worker.exchange import StepRecord, WorkerSession, run_session
 from distkeras_async.worker.inputs import check_finite, shape_inputs
+from distkeras_async.worker.local_model import KerasLocalModel
+from distkeras_async.worker.requests import DriverRequests
 from distkeras_async.worker.serialization import ModelSpec, build_model
 from distkeras_async.worker.weights import row_weights
 
 logger = logging.getLogger(__name__)
-
-# The metric a worker reports when its loss diverged under TerminateOnNaN: the local step.
-DIVERGED_METRIC = "diverged_at_step"
 
 
 @dataclass(frozen=True)
@@ -124,65 +124,6 @@ def limit_threads(threads: int | None) -> None:
         logger.debug("could not set TensorFlow threads: %s", exc)
 
 
-def _backend_variables(model: Any) -> list[Any] | None:
-    """The TensorFlow variables behind ``model.weights`` (``get_weights`` order), if any."""
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        return None
-    variables = [getattr(w, "value", None) for w in model.weights]
-    if not all(hasattr(v, "assign") and hasattr(v, "numpy") for v in variables):
-        return None
-    return variables
-
-
-class KerasLocalModel:
-    """A Keras model as an exchange ``LocalModel``: flat float32 weights in and out.
-
-    On TensorFlow it assigns the backend variables directly: ``model.set_weights`` took 490 us
-    for the digits MLP's four tensors and ``assign(..., read_value=False)`` 170 us (measured
-    here), which is most of an exchange's cost when a local step takes 2 ms.
-    """
-
-    def __init__(
-        self,
-        model: Any,
-        layout: Layout,
-        step: Callable[[tuple[Any, Any]], Mapping[str, float]] | None = None,
-    ) -> None:
-        self.model = model
-        self.layout = layout
-        self._step = step
-        self._variables = _backend_variables(model)
-
-    def get_flat(self) -> np.ndarray:
-        """The model's weights as one new flat float32 vector."""
-        if self._variables is None:
-            return self.layout.flatten(self.model.get_weights())
-        return self.layout.flatten([v.numpy() for v in self._variables])
-
-    def set_flat(self, flat: np.ndarray) -> None:
-        """Assign a flat float32 vector to the model's weights."""
-        if self._variables is None:
-            self.model.set_weights(self.layout.unflatten(flat))
-            return
-        for variable, view in zip(self._variables, self.layout.views(flat), strict=True):
-            value = (
-                view
-                if view.dtype == variable.dtype.as_numpy_dtype
-                else view.astype(variable.dtype.as_numpy_dtype)
-            )
-            variable.assign(value, read_value=False)
-
-    def train_step(self, batch: tuple[Any, Any]) -> Mapping[str, float]:
-        """One optimizer step (``train_on_batch`` unless another step was given)."""
-        if self._step is not None:
-            return self._step(batch)
-        x, y = batch
-        logs = self.model.train_on_batch(x, y, return_dict=True)
-        return {k: float(v) for k, v in logs.items()}
-
-
 def _progress(client: ParameterServerClient, steps: int, records: Sequence[StepRecord]) -> None:
     """Before an exchange: the step count and the new step records ride on the commit."""
     client.steps = steps
@@ -221,87 +162,6 @@ class _Reporter:
         self.sent_at = time.monotonic() if now is None else now
 
 
-class DriverRequests:
-    """Acts on what the driver asks through the server's replies: a learning rate, a stop.
-
-    The driver's callbacks (a schedule, ``ReduceLROnPlateau``, ``EarlyStopping``) run on the
-    Spark driver; their decisions reach the workers on every reply of the server, and a worker
-    applies them after its next exchange (:meth:`after_exchange`).
-    """
-
-    def __init__(
-        self, client: ParameterServerClient, model: Any, terminate_on_nan: bool = False
-    ) -> None:
-        self.client = client
-        self.model = model
-        self.terminate_on_nan = terminate_on_nan
-        self.rate: float | None = None  # the rate the driver set, once it set one
-
-    def after_exchange(self) -> bool:
-        """Apply a new learning rate; whether the driver asked the workers to stop."""
-        control = self.client.control
-        if control.learning_rate is not None and control.learning_rate != self.rate:
-            set_learning_rate(self.model, control.learning_rate)
-            self.rate = control.learning_rate
-        return control.stop
-
-    def with_rate(self, metrics: Mapping[str, float]) -> dict[str, float]:
-        """``metrics``, plus the learning rate once the driver set one (for the history)."""
-        logs = dict(metrics)
-        if self.rate is not None:
-            logs["learning_rate"] = self.rate
-        return logs
-
-    def diverged(self, step: int, loss: float) -> None:
-        """The loss of local ``step`` is not finite: fail the run, or ask the driver to stop it.
-
-        Raises:
-            TrainingDivergedError: unless the driver runs ``TerminateOnNaN``.
-        """
-        client = self.client
-        if not self.terminate_on_nan:
-            raise TrainingDivergedError(
-                f"worker {client.worker_id} (attempt {client.attempt}): the loss became {loss} "
-                f"at local step {step}: training diverged. Lower the learning rate, clip the "
-                "gradients or check the data; with keras.callbacks.TerminateOnNaN() among the "
-                "callbacks the run stops instead and returns the last finite center"
-            )
-        logger.warning("worker %d: loss %s at step %d; stopping", client.worker_id, loss, step)
-        client.report({DIVERGED_METRIC: float(step)})
-
-    def epoch_done(self, epoch: int, logs: Mapping[str, float]) -> None:
-        """Send the logs of a finished pass over the partition, with the current rate."""
-        rate = learning_rate(self.model)
-        extra = {} if rate is None else {"learning_rate": rate}
-        self.client.report({**logs, **extra}, epoch=epoch)
-
-
-def learning_rate(model: Any) -> float | None:
-    """The current learning rate of ``model``'s optimizer (None without one)."""
-    optimizer = getattr(model, "optimizer", None)
-    if optimizer is None:
-        return None
-    # float() of the variable, not ops.convert_to_numpy: that path raises a numpy 2
-    # DeprecationWarning (copy keyword) from Keras' TensorFlow backend at every call.
-    return float(optimizer.learning_rate)
-
-
-def set_learning_rate(model: Any, rate: float) -> None:
-    """Set the learning rate of ``model``'s optimizer, as Keras' own schedules do.
-
-    Raises:
-        ValueError: if the optimizer follows a ``LearningRateSchedule`` of its own, which a
-            rate from the driver cannot replace.
-    """
-    try:
-        model.optimizer.learning_rate = rate
-    except TypeError as exc:
-        raise ValueError(
-            "a driver callback set the learning rate, but the worker optimizer follows a "
-            f"LearningRateSchedule of its own ({exc}): use one or the other"
-        ) from exc
-
-
 def _fit_callback(session: WorkerSession, requests: DriverRequests) -> Any:
     import keras
 
@@ -314,43 +174,6 @@ def _fit_callback(session: WorkerSession, requests: DriverRequests) -> Any:
                 self.model.stop_training = True
 
     return ExchangeCallback()
-
-
-def epoch_order(rows: int, worker: int, epoch: int, shuffle: bool, seed: int = 0) -> np.ndarray:
-    """The order of a partition's rows in one epoch: the same in every attempt of the task.
-
-    A retried attempt must see the rows in the order the killed one saw them, to know which
-    updates the server already applied; so the shuffle is seeded by worker and epoch, never
-    by a generator's state or Keras' own (unseeded) shuffle.
-    """
-    if not shuffle:
-        return np.arange(rows)
-    return np.random.default_rng((seed, worker, epoch)).permutation(rows)
-
-
-def _batches(
-    x: Sequence[np.ndarray],
-    y: Sequence[np.ndarray],
-    plan: WorkerPlan,
-    worker: int,
-    sample_weight: np.ndarray | None = None,
-) -> Iterator[tuple[Any, ...]]:
-    rows = len(x[0]) if x else 0
-    for epoch in range(plan.num_epoch):
-        order = epoch_order(rows, worker, epoch, plan.shuffle, plan.seed)
-        for start in range(0, rows, plan.batch_size):
-            index = order[start : start + plan.batch_size]
-            batch = _pack([a[index] for a in x]), _pack([a[index] for a in y])
-            yield batch if sample_weight is None else (*batch, sample_weight[index])
-
-
-def _weight(batch: tuple[Any, ...]) -> Any:
-    """The sample weights of a batch, if it carries them (third, as in Keras)."""
-    return batch[2] if len(batch) > 2 else None
-
-
-def _pack(arrays: Sequence[np.ndarray]) -> Any:
-    return arrays[0] if len(arrays) == 1 else list(arrays)
 
 
 class KerasWorker:
@@ -404,7 +227,7 @@ class KerasWorker:
         ``batch`` is ``(inputs, targets)``, or ``(inputs, targets, sample_weight)`` when the
         run has sample or class weights.
         """
-        logs = model.train_on_batch(*batch[:2], sample_weight=_weight(batch), return_dict=True)
+        logs = model.train_on_batch(*batch[:2], sample_weight=batch_weight(batch), return_dict=True)
         return {k: float(v) for k, v in logs.items()}
 
     def batches(
@@ -417,7 +240,17 @@ class KerasWorker:
 
         Each is ``(inputs, targets)``, with the rows' weights third when there are weights.
         """
-        return _batches(x, y, self.plan, self.worker_id, sample_weight)
+        plan = self.plan
+        return epoch_batches(
+            x,
+            y,
+            num_epoch=plan.num_epoch,
+            batch_size=plan.batch_size,
+            shuffle=plan.shuffle,
+            seed=plan.seed,
+            worker=self.worker_id,
+            sample_weight=sample_weight,
+        )
 
     # -- the run -----------------------------------------------------------------------
 
@@ -510,8 +343,8 @@ class KerasWorker:
                     if session.stopped:
                         break
                     model.fit(
-                        _pack(fit_x),
-                        _pack(fit_y),
+                        pack(fit_x),
+                        pack(fit_y),
                         sample_weight=fit_w,
                         batch_size=plan.batch_size,
                         epochs=epochs,
