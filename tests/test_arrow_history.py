@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from distkeras_async.errors import ColumnError
-from distkeras_async.spark.arrow import batches_to_numpy, column_to_numpy
+from distkeras_async.worker.columns import batches_to_numpy, column_to_numpy
 from distkeras_async.trainers.history import average_history, flatten_rows
 
 
@@ -43,7 +43,7 @@ def test_sliced_list_arrays_keep_their_rows():
         (pa.array([[1.0], [2.0, 3.0]]), "different lengths"),
         (
             pa.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0]]),
-            r"row 0 has 2 value\(s\), row 3 has 1",
+            r"row 3 has 1 value\(s\) where 2 are expected",
         ),
         (pa.array([1.0, None]), "null"),
         (pa.array([[1.0], None]), "null"),

@@ -161,7 +161,7 @@ def test_a_shorter_vector_further_in_is_named_by_the_worker(spark):
         trainer.train(df)
     message = str(caught.value)
     assert "worker 0 (attempt 0), in its partition" in message
-    assert "row 0 has 64 value(s), row 150 has 63" in message
+    assert "row 150 has 63 value(s) where 64 are expected" in message
 
 
 def test_nan_in_the_features_is_named_by_the_worker(spark):

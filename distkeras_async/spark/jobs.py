@@ -72,22 +72,38 @@ def check_barrier_slots(spark: SparkSession, num_workers: int) -> None:
         )
 
 
-def float_column(df: DataFrame, name: str) -> Column:
-    """Column ``name`` as numbers or arrays of numbers (vectors become ``array<float>``)."""
+def float_column(df: DataFrame, name: str, *, for_workers: bool = False) -> Column:
+    """Column ``name`` as numbers, arrays of numbers, or vectors.
+
+    Args:
+        df: the DataFrame.
+        name: the column.
+        for_workers: the column goes to workers (or predicting tasks), which decode Spark ML
+            vectors themselves, block by block (a sparse vector stays sparse until then);
+            otherwise vectors become ``array<float>`` here. A binary column is passed as it
+            is, for a worker class's ``decode_column``.
+
+    Raises:
+        KeyError: for a column that is not in ``df``.
+        TypeError: for a column of another type (strings, maps, ...).
+    """
     if name not in df.columns:
         raise KeyError(f"column {name!r} is not in the DataFrame (have {df.columns})")
     kind = df.schema[name].dataType
     if isinstance(kind, VectorUDT):
+        if for_workers:
+            return F.col(name).alias(name)
         # vector_to_array fails inside the JVM on a null vector, naming nothing; a null array
         # reaches the worker, which names the column and the row.
         converted = vector_to_array(F.col(name), "float32")
         return F.when(F.col(name).isNull(), F.lit(None)).otherwise(converted).alias(name)
-    if isinstance(kind, T.ArrayType):
+    if isinstance(kind, T.ArrayType | T.BinaryType):
         return F.col(name).alias(name)
     if isinstance(kind, T.NumericType | T.BooleanType):
         return F.col(name).cast("float").alias(name)
     raise TypeError(
-        f"column {name!r} has type {kind.simpleString()}; expected a vector, an array or a number"
+        f"column {name!r} has type {kind.simpleString()}; expected a vector, an array or a "
+        "number (or bytes, which a worker class's decode_column decodes)"
     )
 
 
@@ -123,9 +139,13 @@ def first_row(df: DataFrame, columns: Sequence[str]) -> dict[str, Any] | None:
     return rows[0].asDict() if rows else None
 
 
-def numeric_columns(df: DataFrame, columns: Sequence[str]) -> DataFrame:
-    """``columns`` (each once) as numbers or arrays of numbers; vectors become arrays."""
-    return df.select(*[float_column(df, c) for c in dict.fromkeys(columns)])
+def numeric_columns(
+    df: DataFrame, columns: Sequence[str], *, for_workers: bool = False
+) -> DataFrame:
+    """``columns`` (each once) through :func:`float_column`."""
+    return df.select(
+        *[float_column(df, c, for_workers=for_workers) for c in dict.fromkeys(columns)]
+    )
 
 
 def prepare(
@@ -138,10 +158,10 @@ def prepare(
 ) -> DataFrame:
     """Select ``columns`` as numeric/array columns and spread the rows over the partitions.
 
-    Vector columns become ``array<float>`` in Spark itself (``vector_to_array``), so workers
-    receive plain Arrow lists; ``shuffle`` also randomises which rows go to which worker.
+    Vector columns travel as Spark's vector struct (sparse ones stay sparse) and workers
+    densify them block by block; ``shuffle`` also randomises which rows go to which worker.
     """
-    selected = numeric_columns(df, columns)
+    selected = numeric_columns(df, columns, for_workers=True)
     if shuffle:
         selected = selected.orderBy(F.rand(seed))
     return selected.repartition(num_partitions)
@@ -190,31 +210,26 @@ def run_workers(
     """
     if barrier:
         check_barrier_slots(spark, num_workers)
-    features, labels = plan.features, plan.labels
     weight = [plan.sample_weight] if plan.sample_weight else []
+    columns = [*plan.features, *plan.labels, *weight]
 
     def task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         # Runs on an executor: import there, use only the plain values captured above.
         from pyspark import TaskContext
 
-        from distkeras_async.spark.arrow import batches_to_numpy
         from distkeras_async.worker.keras_worker import train_worker
+        from distkeras_async.worker.partition import spool
 
         context = TaskContext.get()
         assert context is not None
         worker, attempt = context.partitionId(), context.attemptNumber()
         try:
-            arrays = batches_to_numpy(batches, [*features, *labels, *weight])
+            with spool(batches, columns, limit=plan.in_memory_limit) as partition:
+                history = train_worker(plan, worker, attempt, partition, task_cores=context.cpus())
         except ColumnError as exc:
             raise InputDataError(
                 f"worker {worker} (attempt {attempt}), in its partition: {exc}"
             ) from exc
-        x = arrays[: len(features)]
-        y = arrays[len(features) : len(features) + len(labels)]
-        sample_weight = arrays[-1] if weight else None
-        history = train_worker(
-            plan, worker, attempt, x, y, task_cores=context.cpus(), sample_weight=sample_weight
-        )
         yield _history_batch(history, attempt)
 
     try:

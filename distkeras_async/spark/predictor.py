@@ -87,7 +87,9 @@ class ModelPredictor:
             )
         if self.output_col in dataframe.columns:
             raise ValueError(f"the DataFrame already has a column {self.output_col!r}")
-        prepared = dataframe.withColumn(_FEATURES, float_column(dataframe, self.features_col))
+        prepared = dataframe.withColumn(
+            _FEATURES, float_column(dataframe, self.features_col, for_workers=True)
+        )
         schema = T.StructType(
             [*prepared.schema.fields, T.StructField(_OUTPUT, T.ArrayType(T.FloatType()))]
         )
@@ -135,7 +137,7 @@ def _predict_task(
 
         # Imported on the executor, not pickled with the task: the cache outlives the task.
         from distkeras_async.spark import model_cache
-        from distkeras_async.spark.arrow import column_to_numpy
+        from distkeras_async.worker.columns import column_to_numpy
         from distkeras_async.worker.inputs import shape_inputs
 
         def build() -> Any:

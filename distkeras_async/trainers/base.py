@@ -31,6 +31,7 @@ from distkeras_async.trainers.input_checks import check_first_row
 from distkeras_async.trainers.learning import check_center
 from distkeras_async.trainers.snapshots import CenterSnapshots
 from distkeras_async.wire.auth import check_secret, new_secret
+from distkeras_async.worker.partition import IN_MEMORY_LIMIT
 from distkeras_async.worker.serialization import (
     ModelSpec,
     build_model,
@@ -224,6 +225,13 @@ class DistributedTrainer(Trainer):
         worker_class: a :class:`~distkeras_async.worker.KerasWorker` subclass that customises
             what each worker does (data preparation, local step); see
             ``docs/custom-worker.md``.
+        in_memory_limit: a worker whose partition holds at most this many bytes (Arrow's
+            count, 256 MiB by default) trains it from numpy arrays in memory, with a full
+            shuffle every epoch; a larger partition is written to a file in the task's local
+            directory as it arrives and streamed from it every epoch, in bounded memory
+            (``docs/data.md``). 0 streams every partition.
+        shuffle_window: rows a streamed partition shuffles together (with its blocks'
+            order); default about 32 MiB of rows. Larger shuffles better and costs memory.
         **hyperparameters: the algorithm's hyperparameters (``communication_window``, ...).
     """
 
@@ -266,6 +274,8 @@ class DistributedTrainer(Trainer):
         seed: int = 0,
         sample_weight_col: str | None = None,
         class_weight: Mapping[int, float] | None = None,
+        in_memory_limit: int = IN_MEMORY_LIMIT,
+        shuffle_window: int | None = None,
         **hyperparameters: Any,
     ) -> None:
         super().__init__(
@@ -324,6 +334,16 @@ class DistributedTrainer(Trainer):
         if not checks.is_int(seed) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         self.seed = seed
+        if not checks.is_int(in_memory_limit) or in_memory_limit < 0:
+            raise ValueError(
+                f"in_memory_limit must be a number of bytes >= 0, got {in_memory_limit!r}"
+            )
+        self.in_memory_limit = in_memory_limit
+        self.shuffle_window = (
+            None
+            if shuffle_window is None
+            else checks.positive_int(shuffle_window, "shuffle_window")
+        )
         self.learning_report: Any = None
         self.warnings: list[str] = []
         # Workers get the class, not the name: a class registered at run time in a notebook
@@ -490,6 +510,8 @@ class DistributedTrainer(Trainer):
             # Callbacks and validation see the center at each epoch's end: it must hold the
             # epoch's last steps, not lag by up to a window (SingleTrainer's is 100 steps).
             exchange_at_epoch_end=bool(callback_list) or validation is not None,
+            in_memory_limit=self.in_memory_limit,
+            shuffle_window=self.shuffle_window,
         )
         try:
             epochs.watch(server)
@@ -551,11 +573,16 @@ class DistributedTrainer(Trainer):
         return [] if self.sample_weight_col is None else [self.sample_weight_col]
 
     def _custom_prepare(self) -> bool:
-        """Whether a custom worker class turns the columns into inputs its own way."""
+        """Whether a custom worker class turns the columns into inputs its own way.
+
+        (It decodes or prepares them itself, so the driver cannot check their shapes.)
+        """
         from distkeras_async.worker.keras_worker import KerasWorker
 
-        return (
-            self.worker_class is not None and self.worker_class.prepare is not KerasWorker.prepare
+        own = self.worker_class
+        return own is not None and (
+            own.prepare is not KerasWorker.prepare
+            or own.decode_column is not KerasWorker.decode_column
         )
 
     def get_center_snapshots(self) -> list[tuple[float, list[Any]]]:

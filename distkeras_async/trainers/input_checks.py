@@ -108,6 +108,11 @@ def _value(row: dict[str, Any], column: str, what: str) -> np.ndarray:
             f"column {column!r} is null in the first row of {what}: drop or fill nulls before "
             "training (DataFrame.na.drop, Imputer)"
         )
+    if isinstance(value, bytes | bytearray):
+        raise InputDataError(
+            f"column {column!r} holds bytes in {what}: pass a worker_class whose "
+            "decode_column decodes them (docs/custom-worker.md)"
+        )
     return np.asarray(value, dtype=np.float64)
 
 

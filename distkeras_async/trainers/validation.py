@@ -172,7 +172,7 @@ def resolve(
         )
         return Validation(x, y, weight, batch_size)
     from distkeras_async.spark import jobs as sparkglue
-    from distkeras_async.spark.arrow import column_to_numpy
+    from distkeras_async.worker.columns import column_to_numpy
 
     check_weight_column(validation_data, sample_weight_col, "the validation")
     weights = [] if sample_weight_col is None else [sample_weight_col]

@@ -46,12 +46,23 @@ def shape_inputs(model: Any, columns: Sequence[np.ndarray]) -> list[np.ndarray]:
 
 
 def check_finite(
-    columns: Sequence[np.ndarray], names: Sequence[str], worker: int, attempt: int
+    columns: Sequence[np.ndarray],
+    names: Sequence[str],
+    worker: int,
+    attempt: int,
+    first_row: int = 0,
 ) -> None:
-    """Refuse a partition with NaN or infinity in a column, naming the column and the row.
+    """Refuse rows with NaN or infinity in a column, naming the column and the row.
 
     A non-finite input makes a non-finite loss, then a non-finite update that the server
     refuses: this says where the data is wrong instead.
+
+    Args:
+        columns: a block of the partition's rows, one array per column.
+        names: the columns' names.
+        worker: the worker id, for the message.
+        attempt: the task attempt, for the message.
+        first_row: the partition position of the block's first row.
 
     Raises:
         InputDataError: for the first column with a non-finite value.
@@ -64,7 +75,8 @@ def check_finite(
             bad = np.flatnonzero(~finite)
             raise InputDataError(
                 f"worker {worker} (attempt {attempt}): column {name!r} has NaN or infinity at "
-                f"row {int(bad[0])} of its partition ({len(bad)} row(s) in all): clean the "
-                "data (DataFrame.na.drop, Imputer), or pass allow_nonfinite_inputs=True if the "
+                f"row {first_row + int(bad[0])} of its partition ({len(bad)} row(s) among rows "
+                f"{first_row}..{first_row + len(column) - 1}): clean the data "
+                "(DataFrame.na.drop, Imputer), or pass allow_nonfinite_inputs=True if the "
                 "model handles them"
             )

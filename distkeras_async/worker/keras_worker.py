@@ -14,28 +14,33 @@ calls it with plain numpy arrays and ids.
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import logging
 import os
 import ssl
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from distkeras_async import registry
 from distkeras_async.algorithm import Algorithm
-from distkeras_async.errors import LayoutMismatchError
+from distkeras_async.errors import InputDataError, LayoutMismatchError
 from distkeras_async.layout import Layout
-from distkeras_async.worker.batches import batch_weight, epoch_batches, epoch_order, pack
+from distkeras_async.worker.batches import batch_weight, epoch_batches
 from distkeras_async.worker.client import ParameterServerClient
+from distkeras_async.worker.columns import column_to_numpy
 from distkeras_async.worker.exchange import StepRecord, WorkerSession, run_session
 from distkeras_async.worker.inputs import check_finite, shape_inputs
 from distkeras_async.worker.local_model import KerasLocalModel
+from distkeras_async.worker.partition import IN_MEMORY_LIMIT, Partition
+from distkeras_async.worker.reporter import Reporter, attach_progress
 from distkeras_async.worker.requests import DriverRequests
 from distkeras_async.worker.serialization import ModelSpec, build_model
+from distkeras_async.worker.sources import ArraySource, Prepared, StreamSource
+from distkeras_async.worker.stream import EpochStream, default_window
 from distkeras_async.worker.weights import row_weights
 
 logger = logging.getLogger(__name__)
@@ -73,6 +78,10 @@ class WorkerPlan:
             driver has ``TerminateOnNaN``), instead of failing it.
         exchange_at_epoch_end: also exchange at the end of every pass over the partition
             (the driver runs callbacks or validation on the center then).
+        in_memory_limit: a partition of at most this many Arrow bytes trains from numpy
+            arrays in memory; a larger one is spooled to a local file and streamed.
+        shuffle_window: rows per shuffle window of a streamed partition (None: about
+            32 MiB of rows); see :mod:`distkeras_async.worker.stream`.
     """
 
     model_spec: str
@@ -99,6 +108,8 @@ class WorkerPlan:
     class_weight: Mapping[int, float] | None = None
     terminate_on_nan: bool = False
     exchange_at_epoch_end: bool = False
+    in_memory_limit: int = IN_MEMORY_LIMIT
+    shuffle_window: int | None = None
 
     def make_algorithm(self) -> Algorithm:
         """A fresh instance of the plan's algorithm for this worker."""
@@ -124,44 +135,6 @@ def limit_threads(threads: int | None) -> None:
         logger.debug("could not set TensorFlow threads: %s", exc)
 
 
-def _progress(client: ParameterServerClient, steps: int, records: Sequence[StepRecord]) -> None:
-    """Before an exchange: the step count and the new step records ride on the commit."""
-    client.steps = steps
-    client.history.extend((r.iteration, r.timestamp, r.metrics) for r in records)
-
-
-class _Reporter:
-    """Reports the latest metrics (and samples seen) to the server for its progress bar.
-
-    A report is a round trip (0.27 ms measured on loopback); after every exchange that is a
-    few percent of a small model's step time for a progress bar that refreshes twice a
-    second, so it is sent at most every ``REPORT_INTERVAL`` seconds. (The step records
-    travel with the commits, not here.)
-    """
-
-    REPORT_INTERVAL = 0.5
-
-    def __init__(self, client: ParameterServerClient, batch_size: int) -> None:
-        self.client = client
-        self.batch_size = batch_size
-        self.latest: dict[str, float] = {}
-        self.sent_at = 0.0
-
-    def __call__(self, metrics: Mapping[str, float]) -> None:
-        self.latest = dict(metrics)
-        now = time.monotonic()
-        if now - self.sent_at >= self.REPORT_INTERVAL:
-            self.flush(now)
-
-    def flush(self, now: float | None = None) -> None:
-        """Send the latest metrics now."""
-        if not self.latest:
-            return
-        steps = self.latest.get("steps", 0.0)
-        self.client.report({**self.latest, "samples": steps * self.batch_size})
-        self.sent_at = time.monotonic() if now is None else now
-
-
 def _fit_callback(session: WorkerSession, requests: DriverRequests) -> Any:
     import keras
 
@@ -183,14 +156,18 @@ class KerasWorker:
     error reporting stay the library's (see ``docs/custom-worker.md``):
 
     * :meth:`build_model` -- rebuild the model (e.g. to add a regulariser on the worker);
-    * :meth:`prepare` -- turn the partition's numpy arrays into model inputs/targets
-      (e.g. augmentation, normalisation, reshaping);
+    * :meth:`decode_column` -- turn one Arrow column of a block of rows into a numpy array
+      (e.g. decode images stored as bytes); it runs on every block, every epoch;
+    * :meth:`prepare` -- turn the columns into model inputs/targets (e.g. augmentation,
+      normalisation, reshaping); it sees the whole partition when it is held in memory, and
+      one chunk of rows at a time when the partition streams, so it must work row by row;
     * :meth:`train_step` -- one local step on a batch (e.g. gradient clipping, a custom
       loss); overriding it runs the worker through ``train_on_batch`` instead of ``fit``
       (the history then holds each step's own metrics, where ``fit`` reports running means
       over the epoch);
     * :meth:`batches` -- the order and size of local batches; overriding it also leaves
-      ``fit`` for a plain loop.
+      ``fit`` for a plain loop, and it takes the whole partition's arrays, so the partition
+      must fit the plan's ``in_memory_limit``.
 
     Pass the subclass as ``worker_class=`` to any trainer. It travels to the executors with
     the Spark job, so define it in an importable module (or register it by value).
@@ -214,10 +191,24 @@ class KerasWorker:
         """The compiled model, rebuilt from the plan's spec with new random weights."""
         return build_model(ModelSpec.from_json(self.plan.model_spec), self.plan.custom_objects)
 
+    def decode_column(self, name: str, column: pa.Array, first_row: int) -> np.ndarray:
+        """One column of a block of rows as a numpy array, one row per row.
+
+        The default takes numbers, arrays of numbers and Spark ML vectors (a sparse vector is
+        densified here, block by block); override it to decode other columns, e.g. images
+        stored as bytes (``BinaryType``).
+
+        Args:
+            name: the column's name.
+            column: its values in this block.
+            first_row: the partition position of the block's first row (for messages).
+        """
+        return column_to_numpy(column, name, first_row=first_row)
+
     def prepare(
         self, model: Any, x: Sequence[np.ndarray], y: Sequence[np.ndarray]
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Model inputs and targets from the partition's columns (default: reshape to inputs)."""
+        """Model inputs and targets from the columns (default: reshape to the inputs)."""
         rows = len(x[0]) if x else 0
         return shape_inputs(model, x) if rows else list(x), list(y)
 
@@ -263,13 +254,93 @@ class KerasWorker:
             and own.batches is KerasWorker.batches
         )
 
+    def decode(self, block: pa.RecordBatch, first_row: int) -> list[np.ndarray]:
+        """Every column of a block of rows, through :meth:`decode_column`."""
+        return [
+            self.decode_column(name, block.column(i), first_row)
+            for i, name in enumerate(block.schema.names)
+        ]
+
+    def checked_blocks(self, partition: Partition) -> Iterator[list[np.ndarray]]:
+        """Every block of the partition, decoded and checked, in partition order.
+
+        Raises:
+            InputDataError: naming the column and the row's position in the partition, for
+                a null, a row of another width than the rows before, or (unless the plan
+                allows them) NaN or infinity.
+        """
+        plan = self.plan
+        names = partition.columns
+        widths: list[tuple[int, ...]] | None = None
+        where = f"worker {self.worker_id} (attempt {self.attempt})"
+        for index, first in enumerate(partition.first_rows()):
+            try:
+                columns = self.decode(partition.block(index), int(first))
+            except ValueError as exc:
+                raise InputDataError(f"{where}, in its partition: {exc}") from exc
+            shapes = [c.shape[1:] for c in columns]
+            if widths is None:
+                widths = shapes
+            for name, shape, width in zip(names, shapes, widths, strict=True):
+                if shape != width:
+                    raise InputDataError(
+                        f"{where}, in its partition: column {name!r} has rows of shape "
+                        f"{shape} from row {int(first)} on, where the rows before have {width}"
+                    )
+            data = len(plan.features) + len(plan.labels)
+            if not plan.allow_nonfinite_inputs:
+                check_finite(columns[:data], names[:data], self.worker_id, self.attempt, int(first))
+            if len(columns) > data:  # a weight column never may be non-finite
+                check_finite(columns[data:], names[data:], self.worker_id, self.attempt, int(first))
+            yield columns
+
+    def train(self, partition: Partition) -> list[StepRecord]:
+        """Check the partition, then train it in memory or streamed; returns the history.
+
+        A partition held in memory (at most the plan's ``in_memory_limit``) becomes numpy
+        arrays and goes through :meth:`run`; a spooled one is checked in one pass first, so
+        bad data fails the worker before any step, then streams through :meth:`run_stream`.
+
+        Raises:
+            InputDataError: for bad data (see :meth:`checked_blocks`), or a partition too
+                large for a worker class that overrides ``batches`` or ``run``.
+        """
+        own = type(self)
+        wants_arrays = own.batches is not KerasWorker.batches or own.run is not KerasWorker.run
+        if partition.in_memory:
+            columns = list(self.checked_blocks(partition))
+            partition.close()  # the Arrow blocks are not needed once decoded
+            if columns:
+                arrays = [np.concatenate(parts) for parts in zip(*columns, strict=True)]
+            else:
+                arrays = [np.zeros((0,), np.float32) for _ in partition.columns]
+            x, y, w = self._split(arrays)
+            return self.run(x, y) if w is None else self.run(x, y, w)
+        if wants_arrays:
+            raise InputDataError(
+                f"worker {self.worker_id}: its partition has {partition.nbytes} bytes, more "
+                f"than in_memory_limit={self.plan.in_memory_limit}, and {own.__name__} "
+                "overrides batches() or run(), which take the whole partition as arrays: raise "
+                "in_memory_limit, use more workers, or override prepare()/train_step() instead"
+            )
+        for _ in self.checked_blocks(partition):
+            partition.release()
+        return self.run_stream(partition)
+
+    def _split(
+        self, arrays: Sequence[np.ndarray]
+    ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray | None]:
+        features, labels = len(self.plan.features), len(self.plan.labels)
+        weight = arrays[features + labels] if len(arrays) > features + labels else None
+        return list(arrays[:features]), list(arrays[features : features + labels]), weight
+
     def run(
         self,
         x: Sequence[np.ndarray],
         y: Sequence[np.ndarray],
         sample_weight: np.ndarray | None = None,
     ) -> list[StepRecord]:
-        """Train the partition under the plan's algorithm; returns the per-step history.
+        """Train a partition held as arrays under the plan's algorithm; returns the history.
 
         ``sample_weight`` is the partition's weight column, if the run has one; with the
         plan's ``class_weight`` it makes every row's weight in the local steps.
@@ -278,9 +349,61 @@ class KerasWorker:
             LayoutMismatchError: if the rebuilt model's weights differ from the server's.
         """
         plan = self.plan
-        limit_threads(plan.worker_threads or self.task_cores)
-        model = self.build_model()
-        algorithm = plan.make_algorithm()
+        model, algorithm = self._start()
+        with self._connect(model) as client:
+            xs, ys = self.prepare(model, x, y)
+            rows = len(xs[0]) if xs else 0
+            weights = row_weights(ys, sample_weight, plan.class_weight) if rows else None
+            source = ArraySource(
+                xs,
+                ys,
+                weights,
+                self.batches,
+                num_epoch=plan.num_epoch,
+                batch_size=plan.batch_size,
+                shuffle=plan.shuffle,
+                seed=plan.seed,
+                worker=self.worker_id,
+            )
+            return self._train(model, algorithm, client, source)
+
+    def run_stream(self, partition: Partition) -> list[StepRecord]:
+        """Train a spooled partition window by window; returns the history.
+
+        Memory follows the shuffle window, not the partition (see
+        :mod:`distkeras_async.worker.stream`).
+
+        Raises:
+            LayoutMismatchError: if the rebuilt model's weights differ from the server's.
+        """
+        plan = self.plan
+        model, algorithm = self._start()
+        stream = EpochStream(
+            partition,
+            self.decode,
+            batch_size=plan.batch_size,
+            window_rows=plan.shuffle_window or default_window(partition, plan.batch_size),
+            shuffle=plan.shuffle,
+            seed=plan.seed,
+            worker=self.worker_id,
+        )
+
+        def prepared(chunk: list[np.ndarray]) -> Prepared:
+            x, y, w = self._split(chunk)
+            xs, ys = self.prepare(model, x, y)
+            return xs, ys, row_weights(ys, w, plan.class_weight)
+
+        with self._connect(model) as client:
+            source = StreamSource(stream, prepared, plan.num_epoch)
+            return self._train(model, algorithm, client, source)
+
+    def _start(self) -> tuple[Any, Algorithm]:
+        limit_threads(self.plan.worker_threads or self.task_cores)
+        return self.build_model(), self.plan.make_algorithm()
+
+    @contextlib.contextmanager
+    def _connect(self, model: Any) -> Iterator[ParameterServerClient]:
+        plan = self.plan
         layout = Layout.of(model.get_weights())
         tls = None if plan.tls_ca is None else ssl.create_default_context(cadata=plan.tls_ca)
         with ParameterServerClient(
@@ -299,123 +422,80 @@ class KerasWorker:
                     f"{len(layout.specs)} tensors, but the server holds {client.layout.size} in "
                     f"{len(client.layout.specs)}: pass the same custom_objects everywhere"
                 )
-            xs, ys = self.prepare(model, x, y)
-            rows = len(xs[0]) if xs else 0
-            weights = row_weights(ys, sample_weight, plan.class_weight) if rows else None
-            requests = DriverRequests(client, model, plan.terminate_on_nan)
-            local = KerasLocalModel(
-                model,
-                layout,
-                step=lambda batch: requests.with_rate(self.train_step(model, batch)),
-            )
-            # A retried attempt of an asynchronous task resumes after the steps the server
-            # already applied (from any attempt): no row's update is applied twice.
-            resume = plan.on_retry == "resume" and not algorithm.synchronous
-            skip = client.progress if resume else 0
-            report = _Reporter(client, plan.batch_size)
-            session = WorkerSession(
-                local,
-                algorithm,
-                client,
-                worker_id=self.worker_id,
-                on_exchange=report,
-                first_step=skip,
-                on_progress=lambda steps, records: _progress(client, steps, records),
-                steps_per_epoch=-(-rows // plan.batch_size),
-                on_epoch=requests.epoch_done,
-                running_means=self.uses_fit(algorithm),
-                after_exchange=requests.after_exchange,
-                on_diverged=requests.diverged,
-                exchange_at_epoch_end=plan.exchange_at_epoch_end,
-            )
-            per_epoch = -(-rows // plan.batch_size)
-            if skip and per_epoch and skip % per_epoch == 0:
-                # The killed attempt may have died between its epoch-end commit and that
-                # epoch's report: say the epoch ended (the server keeps the logs it has).
-                client.report({}, epoch=skip // per_epoch)
-            if rows == 0 or not self.uses_fit(algorithm):
-                batches = self.batches(xs, ys) if weights is None else self.batches(xs, ys, weights)
-                run_session(session, itertools.islice(batches, skip, None))
-            else:
-                session.start()
-                callback = _fit_callback(session, requests)
-                for fit_x, fit_y, fit_w, epochs in self._fit_calls(xs, ys, weights, rows, skip):
-                    if session.stopped:
-                        break
-                    model.fit(
-                        pack(fit_x),
-                        pack(fit_y),
-                        sample_weight=fit_w,
-                        batch_size=plan.batch_size,
-                        epochs=epochs,
-                        shuffle=False,
-                        verbose=0,
-                        callbacks=[callback],
-                    )
-                session.finish()
-            if not session.diverged:  # its report must stay the worker's last word
-                report.flush()
-            return session.history
+            yield client
 
-    def _fit_calls(
+    def _train(
         self,
-        xs: Sequence[np.ndarray],
-        ys: Sequence[np.ndarray],
-        weights: np.ndarray | None,
-        rows: int,
-        skip: int,
-    ) -> Iterator[tuple[list[np.ndarray], list[np.ndarray], np.ndarray | None, int]]:
-        """``model.fit`` calls that take the partition's steps ``skip`` onwards, in order.
-
-        Without shuffling (and nothing to skip) that is one call for every epoch, the fastest
-        path; with shuffling, one call per epoch on that epoch's order (``epoch_order``).
-        Each is ``(inputs, targets, sample weights or None, epochs)``.
-        """
+        model: Any,
+        algorithm: Algorithm,
+        client: ParameterServerClient,
+        source: ArraySource | StreamSource,
+    ) -> list[StepRecord]:
         plan = self.plan
+        rows = source.rows
+        requests = DriverRequests(client, model, plan.terminate_on_nan)
+        local = KerasLocalModel(
+            model,
+            client.layout,
+            step=lambda batch: requests.with_rate(self.train_step(model, batch)),
+        )
+        # A retried attempt of an asynchronous task resumes after the steps the server
+        # already applied (from any attempt): no row's update is applied twice.
+        resume = plan.on_retry == "resume" and not algorithm.synchronous
+        skip = client.progress if resume else 0
+        report = Reporter(client, plan.batch_size)
         per_epoch = -(-rows // plan.batch_size)
-        epoch, batch = divmod(skip, per_epoch)
-
-        def rows_of(index: Any) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray | None]:
-            return (
-                [a[index] for a in xs],
-                [a[index] for a in ys],
-                None if weights is None else weights[index],
-            )
-
-        if not plan.shuffle:
-            if batch:
-                yield (*rows_of(slice(batch * plan.batch_size, None)), 1)
-                epoch += 1
-            if epoch < plan.num_epoch:
-                yield list(xs), list(ys), weights, plan.num_epoch - epoch
-            return
-        for e in range(epoch, plan.num_epoch):
-            order = epoch_order(rows, self.worker_id, e, True, plan.seed)
-            if e == epoch and batch:
-                order = order[batch * plan.batch_size :]
-            yield (*rows_of(order), 1)
+        session = WorkerSession(
+            local,
+            algorithm,
+            client,
+            worker_id=self.worker_id,
+            on_exchange=report,
+            first_step=skip,
+            on_progress=lambda steps, records: attach_progress(client, steps, records),
+            steps_per_epoch=per_epoch,
+            on_epoch=requests.epoch_done,
+            running_means=self.uses_fit(algorithm),
+            after_exchange=requests.after_exchange,
+            on_diverged=requests.diverged,
+            exchange_at_epoch_end=plan.exchange_at_epoch_end,
+        )
+        if skip and per_epoch and skip % per_epoch == 0:
+            # The killed attempt may have died between its epoch-end commit and that
+            # epoch's report: say the epoch ended (the server keeps the logs it has).
+            client.report({}, epoch=skip // per_epoch)
+        if rows == 0 or not self.uses_fit(algorithm):
+            run_session(session, source.batches(skip))
+        else:
+            session.start()
+            callback = _fit_callback(session, requests)
+            for call in source.fit_calls(skip):
+                if session.stopped:
+                    break
+                model.fit(
+                    **call,
+                    batch_size=None if "steps_per_epoch" in call else plan.batch_size,
+                    shuffle=False,
+                    verbose=0,
+                    callbacks=[callback],
+                )
+            session.finish()
+        if not session.diverged:  # its report must stay the worker's last word
+            report.flush()
+        return session.history
 
 
 def train_worker(
     plan: WorkerPlan,
     worker_id: int,
     attempt: int,
-    x: Sequence[np.ndarray],
-    y: Sequence[np.ndarray],
+    partition: Partition,
     task_cores: int = 1,
-    sample_weight: np.ndarray | None = None,
 ) -> list[StepRecord]:
     """Train one worker's partition with the plan's worker class; returns its history.
 
     Raises:
-        InputDataError: if a column holds NaN or infinity (unless the plan allows them; a
-            weight column never may).
+        InputDataError: for bad data in the partition (see :meth:`KerasWorker.train`).
     """
-    if not plan.allow_nonfinite_inputs:
-        check_finite([*x, *y], [*plan.features, *plan.labels], worker_id, attempt)
-    if sample_weight is not None:
-        check_finite([sample_weight], [plan.sample_weight or "?"], worker_id, attempt)
     worker = (plan.worker_class or KerasWorker)(plan, worker_id, attempt, task_cores)
-    if sample_weight is None:
-        return worker.run(x, y)  # a custom run() of an older worker class takes (x, y)
-    return worker.run(x, y, sample_weight)
+    return worker.train(partition)

@@ -1,0 +1,50 @@
+"""What a worker tells the server besides its updates: step records and progress reports."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+
+from distkeras_async.worker.client import ParameterServerClient
+from distkeras_async.worker.exchange import StepRecord
+
+
+def attach_progress(
+    client: ParameterServerClient, steps: int, records: Sequence[StepRecord]
+) -> None:
+    """Before an exchange: the step count and the new step records ride on the commit."""
+    client.steps = steps
+    client.history.extend((r.iteration, r.timestamp, r.metrics) for r in records)
+
+
+class Reporter:
+    """Reports the latest metrics (and samples seen) to the server for its progress bar.
+
+    A report is a round trip (0.27 ms measured on loopback); after every exchange that is a
+    few percent of a small model's step time for a progress bar that refreshes twice a
+    second, so it is sent at most every ``REPORT_INTERVAL`` seconds. (The step records
+    travel with the commits, not here.)
+    """
+
+    REPORT_INTERVAL = 0.5
+
+    def __init__(self, client: ParameterServerClient, batch_size: int) -> None:
+        self.client = client
+        self.batch_size = batch_size
+        self.latest: dict[str, float] = {}
+        self.sent_at = 0.0
+
+    def __call__(self, metrics: Mapping[str, float]) -> None:
+        """Keep ``metrics`` as the latest; send them if the last report is old enough."""
+        self.latest = dict(metrics)
+        now = time.monotonic()
+        if now - self.sent_at >= self.REPORT_INTERVAL:
+            self.flush(now)
+
+    def flush(self, now: float | None = None) -> None:
+        """Send the latest metrics now."""
+        if not self.latest:
+            return
+        steps = self.latest.get("steps", 0.0)
+        self.client.report({**self.latest, "samples": steps * self.batch_size})
+        self.sent_at = time.monotonic() if now is None else now
