@@ -226,7 +226,7 @@ class DistributedTrainer(Trainer):
             what each worker does (data preparation, local step); see
             ``docs/custom-worker.md``.
         in_memory_limit: a worker whose partition holds at most this many bytes (Arrow's
-            count, 256 MiB by default) trains it from numpy arrays in memory, with a full
+            count, 64 MiB by default) trains it from numpy arrays in memory, with a full
             shuffle every epoch; a larger partition is written to a file in the task's local
             directory as it arrives and streamed from it every epoch, in bounded memory
             (``docs/data.md``). 0 streams every partition.

@@ -16,7 +16,7 @@ import numpy as np
 
 from distkeras_async.worker.batches import epoch_order, pack
 from distkeras_async.worker.feed import fit_input
-from distkeras_async.worker.stream import EpochStream, chunk_batches
+from distkeras_async.worker.stream import WINDOW_BYTES, EpochStream, chunk_batches
 
 # (inputs, targets, weights or None) for a block of rows, as the model takes them.
 Prepared = tuple[list[np.ndarray], list[np.ndarray], np.ndarray | None]
@@ -70,30 +70,53 @@ class ArraySource:
     def fit_calls(self, skip: int) -> Iterator[FitCall]:
         """``model.fit`` arguments that take the partition's steps ``skip`` onwards, in order.
 
-        Without shuffling (and nothing to skip) that is one call for every epoch, the fastest
-        path; with shuffling, one call per epoch on that epoch's order (``epoch_order``).
+        Without shuffling that is one call on the arrays for every epoch (Keras slices them
+        in C++). With shuffling, each epoch's order (``epoch_order``) reaches Keras as a
+        stream of shuffled chunks (:func:`~distkeras_async.worker.feed.fit_input`), one
+        call for all epochs: a ``fit`` call per epoch costs ~0.15 s, more than a digits
+        epoch, and a permuted copy of the whole partition would double its memory.
         """
         per_epoch = -(-self.rows // self.batch_size)
         epoch, batch = divmod(skip, per_epoch)
-
-        def call(index: Any, epochs: int = 1) -> FitCall:
-            x = [a[index] for a in self.xs]
-            y = [a[index] for a in self.ys]
-            w = None if self.weights is None else self.weights[index]
-            return {"x": pack(x), "y": pack(y), "sample_weight": w, "epochs": epochs}
-
         if not self.shuffle:
             if batch:
-                yield call(slice(batch * self.batch_size, None))
+                yield self._call(slice(batch * self.batch_size, None))
                 epoch += 1
             if epoch < self.num_epoch:
-                yield call(slice(None), self.num_epoch - epoch)
+                yield self._call(slice(None), self.num_epoch - epoch)
             return
-        for e in range(epoch, self.num_epoch):
-            order = epoch_order(self.rows, self.worker, e, True, self.seed)
-            if e == epoch and batch:
-                order = order[batch * self.batch_size :]
-            yield call(order)
+        if batch:
+            yield {
+                "x": fit_input(self._chunks(epoch, batch, epoch + 1), self.batch_size),
+                "steps_per_epoch": per_epoch - batch,
+                "epochs": 1,
+            }
+            epoch += 1
+        if epoch < self.num_epoch:
+            yield {
+                "x": fit_input(self._chunks(epoch, 0, self.num_epoch), self.batch_size),
+                "steps_per_epoch": per_epoch,
+                "epochs": self.num_epoch - epoch,
+            }
+
+    def _call(self, index: Any, epochs: int = 1) -> FitCall:
+        x = [a[index] for a in self.xs]
+        y = [a[index] for a in self.ys]
+        w = None if self.weights is None else self.weights[index]
+        return {"x": pack(x), "y": pack(y), "sample_weight": w, "epochs": epochs}
+
+    def _chunks(self, first: int, skip_batches: int, last: int) -> Iterator[tuple[Any, ...]]:
+        """Epochs ``first`` to ``last`` in their shuffled orders, as chunks of whole batches."""
+        row_bytes = sum(a[:1].nbytes for a in [*self.xs, *self.ys]) or 1
+        size = max(1, WINDOW_BYTES // row_bytes // self.batch_size) * self.batch_size
+        for epoch in range(first, last):
+            order = epoch_order(self.rows, self.worker, epoch, True, self.seed)
+            if epoch == first:
+                order = order[skip_batches * self.batch_size :]
+            for start in range(0, len(order), size):
+                index = order[start : start + size]
+                w = None if self.weights is None else self.weights[index]
+                yield _element(([a[index] for a in self.xs], [a[index] for a in self.ys], w))
 
 
 class StreamSource:

@@ -39,34 +39,72 @@ def _status(field: str) -> float:
     raise KeyError(field)
 
 
-def _batches(rows: int, seed: int = 0) -> Iterator[Any]:
-    import numpy as np
+def _arrow(x: Any, y: Any) -> Any:
     import pyarrow as pa
+
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1]),
+            pa.FixedSizeListArray.from_arrays(pa.array(y.reshape(-1)), y.shape[1]),
+        ],
+        names=["features", "label"],
+    )
+
+
+def _batches(rows: int, width: int = WIDTH, seed: int = 0) -> Iterator[Any]:
+    """Generated rows whose label is the first feature's decile, as Arrow batches."""
+    import numpy as np
 
     rng = np.random.default_rng(seed)
     for start in range(0, rows, ARROW_BATCH):
         count = min(ARROW_BATCH, rows - start)
-        x = rng.random((count, WIDTH), dtype=np.float32)
+        x = rng.random((count, width), dtype=np.float32)
         y = np.zeros((count, 10), np.float32)
         y[np.arange(count), (x[:, 0] * 10).astype(int)] = 1.0
-        yield pa.RecordBatch.from_arrays(
-            [
-                pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), WIDTH),
-                pa.FixedSizeListArray.from_arrays(pa.array(y.reshape(-1)), 10),
-            ],
-            names=["features", "label"],
-        )
+        yield _arrow(x, y)
 
 
-def probe(mb: float, limit: int, epochs: int = 1, batch_size: int = 1024) -> dict[str, Any]:
-    """Train one worker on ``mb`` MiB of generated features; its memory and time.
+def _digits() -> Iterator[Any]:
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.data / 16).astype(np.float32)
+    y = np.eye(10, dtype=np.float32)[digits.target]
+    for start in range(0, len(x), ARROW_BATCH):
+        yield _arrow(x[start : start + ARROW_BATCH], y[start : start + ARROW_BATCH])
+
+
+def _model(width: int, hidden: int) -> Any:
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.Input((width,)),
+            keras.layers.Dense(hidden, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+
+
+def train_once(
+    batches: Iterator[Any],
+    *,
+    width: int,
+    hidden: int,
+    limit: int,
+    epochs: int,
+    batch_size: int,
+    reset_peak: bool = False,
+) -> dict[str, Any]:
+    """One worker (DOWNPOUR, window 20) trains the partition that ``batches`` stream.
 
     Returns:
-        ``rows``, ``partition_mb``, ``baseline_mb`` (resident before the partition),
-        ``peak_mb`` (the peak after), ``streamed`` and ``seconds``.
+        ``baseline_mb`` and ``peak_mb`` (resident before, peak after), ``streamed``,
+        ``seconds`` (the whole worker: spool, checks, connection, training) and
+        ``step_seconds`` (from the end of the first local step to the end of the last).
     """
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    import keras
     import numpy as np
 
     from distkeras_async import ParameterServer, new_secret
@@ -75,23 +113,12 @@ def probe(mb: float, limit: int, epochs: int = 1, batch_size: int = 1024) -> dic
     from distkeras_async.worker.serialization import describe_model
 
     limit_threads(2)
-
-    def model() -> Any:
-        return keras.Sequential(
-            [
-                keras.Input((WIDTH,)),
-                keras.layers.Dense(32, activation="relu"),
-                keras.layers.Dense(10, activation="softmax"),
-            ]
-        )
-
-    rows = int(mb * 2**20 / (WIDTH * 4))
-    master = model()
+    master = _model(width, hidden)
     spec = describe_model(master, "adam", "categorical_crossentropy", ["accuracy"])
     # Warm-up: the same kind of model traced once, so the baseline holds TensorFlow's runtime.
-    warm = model()
+    warm = _model(width, hidden)
     warm.compile(optimizer="adam", loss="categorical_crossentropy")
-    x, y = np.zeros((batch_size, WIDTH), np.float32), np.zeros((batch_size, 10), np.float32)
+    x, y = np.zeros((batch_size, width), np.float32), np.zeros((batch_size, 10), np.float32)
     warm.fit(x, y, batch_size=batch_size, verbose=0)
     secret = new_secret()
     server = ParameterServer(
@@ -111,12 +138,14 @@ def probe(mb: float, limit: int, epochs: int = 1, batch_size: int = 1024) -> dic
         in_memory_limit=limit,
     )
     try:
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")  # reset VmHWM to the current resident set
+        if reset_peak:
+            with open("/proc/self/clear_refs", "w") as refs:
+                refs.write("5")  # reset VmHWM to the current resident set
         baseline = _status("VmRSS")
         began = time.perf_counter()
-        with spool(_batches(rows), ["features", "label"], limit=limit) as partition:
+        with spool(batches, ["features", "label"], limit=limit) as partition:
             streamed = not partition.in_memory
+            rows = partition.num_rows
             history = train_worker(plan, 0, 0, partition, task_cores=2)
         seconds = time.perf_counter() - began
     finally:
@@ -124,12 +153,69 @@ def probe(mb: float, limit: int, epochs: int = 1, batch_size: int = 1024) -> dic
     assert len(history) == epochs * -(-rows // batch_size), "not every batch was trained"
     return {
         "rows": rows,
-        "partition_mb": round(rows * (WIDTH + 10) * 4 / 2**20, 1),
         "baseline_mb": round(baseline, 1),
         "peak_mb": round(_status("VmHWM"), 1),
         "streamed": streamed,
-        "seconds": round(seconds, 2),
+        "seconds": round(seconds, 3),
+        "step_seconds": round(history[-1].timestamp - history[0].timestamp, 3),
     }
+
+
+def probe(mb: float, limit: int, epochs: int = 1, batch_size: int = 1024) -> dict[str, Any]:
+    """Train one worker on ``mb`` MiB of generated features; its memory and time."""
+    rows = int(mb * 2**20 / (WIDTH * 4))
+    result = train_once(
+        _batches(rows),
+        width=WIDTH,
+        hidden=32,
+        limit=limit,
+        epochs=epochs,
+        batch_size=batch_size,
+        reset_peak=True,
+    )
+    return {**result, "partition_mb": round(rows * (WIDTH + 10) * 4 / 2**20, 1)}
+
+
+def throughput(repeats: int = 3, rows: int = 1_000_000) -> list[dict[str, Any]]:
+    """Samples/s of the streamed path over the in-memory path, measured alternately.
+
+    Digits (1,797 rows, 10 epochs) and ``rows`` generated rows of 64 features (1 epoch), a
+    64-64-10 MLP, batch 32, shuffled, one worker (DOWNPOUR, window 20) in this process.
+    """
+    import statistics
+
+    cases = [
+        ("digits", _digits, 10),
+        (f"{rows:,} rows", lambda: _batches(rows, width=64), 1),
+    ]
+    results = []
+    for name, batches, epochs in cases:
+        runs: dict[str, list[dict[str, Any]]] = {"memory": [], "streamed": []}
+        for _ in range(repeats):
+            for mode, limit in (("memory", 1 << 40), ("streamed", 0)):
+                runs[mode].append(
+                    train_once(
+                        batches(), width=64, hidden=64, limit=limit, epochs=epochs, batch_size=32
+                    )
+                )
+        total = runs["memory"][0]["rows"] * epochs
+
+        def median(mode: str, key: str, runs: Any = runs, total: int = total) -> float:
+            return statistics.median(total / r[key] for r in runs[mode])
+
+        results.append(
+            {
+                "data": name,
+                "memory_sps": round(median("memory", "seconds")),
+                "streamed_sps": round(median("streamed", "seconds")),
+                "ratio": round(median("streamed", "seconds") / median("memory", "seconds"), 3),
+                "step_ratio": round(
+                    median("streamed", "step_seconds") / median("memory", "step_seconds"), 3
+                ),
+            }
+        )
+        print(json.dumps(results[-1]), flush=True)
+    return results
 
 
 def run_probe(mb: float, limit: int, epochs: int = 1) -> dict[str, Any]:
@@ -156,7 +242,11 @@ def run_probe(mb: float, limit: int, epochs: int = 1) -> dict[str, Any]:
 def main() -> None:
     """Print the probe's result, or the table of all sizes."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", nargs="?", default="table", choices=["table", "probe"])
+    parser.add_argument(
+        "command", nargs="?", default="table", choices=["table", "probe", "throughput"]
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--mb", type=float, default=100.0)
     parser.add_argument("--limit", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=1)
@@ -164,6 +254,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "probe":
         print(json.dumps(probe(args.mb, args.limit, args.epochs)))
+        return
+    if args.command == "throughput":
+        throughput(args.repeats, args.rows)
         return
     print("| partition | path | baseline RSS | peak RSS | growth | seconds |")
     print("|---|---|---|---|---|---|")
