@@ -176,6 +176,50 @@ def probe(mb: float, limit: int, epochs: int = 1, batch_size: int = 1024) -> dic
     return {**result, "partition_mb": round(rows * (WIDTH + 10) * 4 / 2**20, 1)}
 
 
+def predict_probe(mb: float) -> dict[str, Any]:
+    """Predict ``mb`` MiB of generated rows with the executors' predict task; its memory.
+
+    The task is :class:`~distkeras_async.spark.ModelPredictor`'s own, run in this process on
+    Arrow batches as Spark streams them.
+    """
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    import pyarrow as pa
+
+    from distkeras_async.spark import predictor as predicting
+
+    model = _model(WIDTH, 32)
+    shipped = predicting.ModelPredictor(model, batch_size=1024)
+    task = predicting._predict_task(
+        shipped._config,
+        shipped._key,
+        shipped._weights,
+        shipped._layout.to_wire(),
+        shipped.batch_size,
+        shipped.custom_objects,
+    )
+    rows = int(mb * 2**20 / (WIDTH * 4))
+
+    def inputs(count: int) -> Iterator[Any]:
+        for batch in _batches(count):
+            yield pa.RecordBatch.from_arrays([batch.column(0)], names=[predicting._FEATURES])
+
+    for _ in task(inputs(ARROW_BATCH)):  # warm-up: the model built and traced once
+        pass
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+    baseline = _status("VmRSS")
+    began = time.perf_counter()
+    predicted = sum(out.num_rows for out in task(inputs(rows)))
+    assert predicted == rows
+    return {
+        "rows": rows,
+        "partition_mb": round(rows * WIDTH * 4 / 2**20, 1),
+        "baseline_mb": round(baseline, 1),
+        "peak_mb": round(_status("VmHWM"), 1),
+        "seconds": round(time.perf_counter() - began, 3),
+    }
+
+
 def throughput(repeats: int = 3, rows: int = 1_000_000) -> list[dict[str, Any]]:
     """Samples/s of the streamed path over the in-memory path, measured alternately.
 
@@ -218,13 +262,13 @@ def throughput(repeats: int = 3, rows: int = 1_000_000) -> list[dict[str, Any]]:
     return results
 
 
-def run_probe(mb: float, limit: int, epochs: int = 1) -> dict[str, Any]:
-    """:func:`probe` in a fresh Python process (its peak RSS is its own)."""
+def run_probe(mb: float, limit: int, epochs: int = 1, command: str = "probe") -> dict[str, Any]:
+    """:func:`probe` (or ``predict``: :func:`predict_probe`) in a fresh Python process."""
     out = subprocess.run(
         [
             sys.executable,
             __file__,
-            "probe",
+            command,
             *("--mb", str(mb), "--limit", str(limit)),
             *("--epochs", str(epochs)),
         ],
@@ -243,7 +287,7 @@ def main() -> None:
     """Print the probe's result, or the table of all sizes."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "command", nargs="?", default="table", choices=["table", "probe", "throughput"]
+        "command", nargs="?", default="table", choices=["table", "probe", "predict", "throughput"]
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -254,6 +298,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "probe":
         print(json.dumps(probe(args.mb, args.limit, args.epochs)))
+        return
+    if args.command == "predict":
+        print(json.dumps(predict_probe(args.mb)))
         return
     if args.command == "throughput":
         throughput(args.repeats, args.rows)
@@ -270,6 +317,13 @@ def main() -> None:
                 f"{r['seconds']} |",
                 flush=True,
             )
+        r = run_probe(mb, 0, command="predict")
+        print(
+            f"| {r['partition_mb']:,.0f} MiB | predicted | {r['baseline_mb']:,.0f} MiB | "
+            f"{r['peak_mb']:,.0f} MiB | {r['peak_mb'] - r['baseline_mb']:,.0f} MiB | "
+            f"{r['seconds']} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pytest
 
 from distkeras_async.errors import ColumnError
-from distkeras_async.worker.columns import batches_to_numpy, column_to_numpy
 from distkeras_async.trainers.history import average_history, flatten_rows
+from distkeras_async.worker.columns import batches_to_numpy, column_to_numpy
 
 
 def test_scalar_and_list_columns_become_dense_float32():

@@ -27,6 +27,7 @@ from distkeras_async.ml.params import KerasEstimatorParams, set_keywords
 from distkeras_async.server.stats import ServerStats
 from distkeras_async.spark.predictor import ModelPredictor
 from distkeras_async.trainers.input_checks import loss_name
+from distkeras_async.worker.partition import IN_MEMORY_LIMIT
 
 # Losses whose model is a classifier: it writes Spark's rawPrediction, probability and
 # prediction columns.
@@ -81,6 +82,10 @@ class KerasEstimator(
         validationFraction: a fraction of the rows held out, seeded by ``seed``, as
             validation data (default 0: none). Not together with ``validationCol``.
         callbacks: Keras callbacks run on the driver at every global epoch (not saved).
+        inMemoryLimit: bytes up to which a worker holds its partition in memory (default
+            64 MiB); a larger partition streams from a local file (``docs/data.md``).
+        shuffleWindow: rows a streamed partition shuffles together (default: about
+            32 MiB of rows).
 
     After ``fit``, the :class:`KerasModel` has ``keras_history``: the Keras ``History`` with
     the workers' epoch metrics and the center's ``val_*`` metrics.
@@ -111,6 +116,8 @@ class KerasEstimator(
         validationCol: str | None = None,  # noqa: N803
         validationFraction: float = 0.0,  # noqa: N803
         callbacks: Any = None,
+        inMemoryLimit: int = IN_MEMORY_LIMIT,  # noqa: N803
+        shuffleWindow: int | None = None,  # noqa: N803
     ) -> None:
         super().__init__()
         set_keywords(self, self._input_kwargs)
@@ -138,6 +145,8 @@ class KerasEstimator(
         validationCol: str | None = None,  # noqa: N803
         validationFraction: float = 0.0,  # noqa: N803
         callbacks: Any = None,
+        inMemoryLimit: int = IN_MEMORY_LIMIT,  # noqa: N803
+        shuffleWindow: int | None = None,  # noqa: N803
     ) -> KerasEstimator:
         """Set the given Params (keyword arguments only; all or none of them)."""
         set_keywords(self, self._input_kwargs)
@@ -207,6 +216,14 @@ class KerasEstimator(
         """Set the ``classWeight`` Param."""
         return self._set(classWeight=value)
 
+    def setInMemoryLimit(self, value: int) -> KerasEstimator:  # noqa: N802
+        """Set the ``inMemoryLimit`` Param."""
+        return self._set(inMemoryLimit=value)
+
+    def setShuffleWindow(self, value: int) -> KerasEstimator:  # noqa: N802
+        """Set the ``shuffleWindow`` Param."""
+        return self._set(shuffleWindow=value)
+
     def setValidationCol(self, value: str) -> KerasEstimator:  # noqa: N802
         """Set the ``validationCol`` Param."""
         return self._set(validationCol=value)
@@ -260,6 +277,8 @@ class KerasEstimator(
             seed=self.getSeed(),
             sample_weight_col=self.getSampleWeightCol(),
             class_weight=self.getClassWeight(),
+            in_memory_limit=self.getInMemoryLimit(),
+            shuffle_window=self.getShuffleWindow(),
             **self.getHyperparameters(),
         )
         training, validation = self._validation(dataset)

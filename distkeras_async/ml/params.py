@@ -24,6 +24,7 @@ from pyspark.ml.param.shared import (
 
 from distkeras_async import checks, registry
 from distkeras_async.errors import DistKerasError
+from distkeras_async.worker.partition import IN_MEMORY_LIMIT
 from distkeras_async.worker.serialization import (
     serialize_config,
     serialize_optimizer,
@@ -287,6 +288,17 @@ class KerasEstimatorParams(
         "a fraction of the rows held out (seeded) as validation data; 0 for none",
         _fraction,
     )
+    inMemoryLimit = _param(  # noqa: N815
+        "inMemoryLimit",
+        "bytes up to which a worker holds its partition in memory; larger ones stream from "
+        "a local file (0: always stream)",
+        _seed,
+    )
+    shuffleWindow = _param(  # noqa: N815
+        "shuffleWindow",
+        "rows a streamed partition shuffles together (not set: about 32 MiB of rows)",
+        _positive_int,
+    )
     callbacks = _param(
         "callbacks",
         "Keras callbacks run on the driver at every global epoch (not saved with the stage)",
@@ -306,6 +318,7 @@ class KerasEstimatorParams(
             shuffle=False,
             seed=0,
             validationFraction=0.0,
+            inMemoryLimit=IN_MEMORY_LIMIT,
         )
 
     def getOptimizer(self) -> Any:  # noqa: N802
@@ -347,6 +360,15 @@ class KerasEstimatorParams(
     def getSeed(self) -> int:  # noqa: N802
         """The ``seed`` Param's value."""
         return int(self.getOrDefault(self.seed))
+
+    def getInMemoryLimit(self) -> int:  # noqa: N802
+        """The ``inMemoryLimit`` Param's value."""
+        return int(self.getOrDefault(self.inMemoryLimit))
+
+    def getShuffleWindow(self) -> int | None:  # noqa: N802
+        """The ``shuffleWindow`` Param's value, or None when it is not set."""
+        value = self._optional(self.shuffleWindow)
+        return None if value is None else int(value)
 
     def getSampleWeightCol(self) -> str | None:  # noqa: N802
         """The ``sampleWeightCol`` Param's value, or None when it is not set."""
