@@ -357,3 +357,25 @@ def test_a_custom_batches_hook_refuses_a_partition_beyond_the_limit(
         pytest.raises(InputDataError, match=r"in_memory_limit=100.*CustomBatches overrides"),
     ):
         train_worker(plan, 0, 0, partition)
+
+
+@pytest.mark.parametrize("limit", [0, 1 << 30], ids=["streamed", "in-memory"])
+def test_a_partition_whose_rows_do_not_fit_the_model_fails_before_any_step(
+    make_server, secret, small_model, tmp_path, limit
+):
+    """The driver checks the DataFrame's first row; another partition is checked here."""
+    model, spec = small_model
+    server = make_server(model.get_weights(), num_workers=1)
+    plan = plan_for(server, spec, secret, in_memory_limit=limit)
+    batch = pa.RecordBatch.from_pydict(
+        {"x": pa.array([[1.0] * 5] * 100, pa.list_(pa.float32())), "y": np.ones(100)}
+    )
+    with (
+        spool([batch], ["x", "y"], limit=limit, directory=str(tmp_path)) as partition,
+        pytest.raises(
+            InputDataError,
+            match=r"'x' has 5 value\(s\) per row from row 0 on, but the model's input takes 4",
+        ),
+    ):
+        train_worker(plan, 0, 0, partition)
+    assert server.stats().version == 0

@@ -33,7 +33,7 @@ from distkeras_async.worker.batches import batch_weight, epoch_batches
 from distkeras_async.worker.client import ParameterServerClient
 from distkeras_async.worker.columns import column_to_numpy
 from distkeras_async.worker.exchange import StepRecord, WorkerSession, run_session
-from distkeras_async.worker.inputs import check_finite, shape_inputs
+from distkeras_async.worker.inputs import check_finite, input_shapes, shape_inputs
 from distkeras_async.worker.local_model import KerasLocalModel
 from distkeras_async.worker.partition import IN_MEMORY_LIMIT, Partition
 from distkeras_async.worker.reporter import Reporter, attach_progress
@@ -281,6 +281,7 @@ class KerasWorker:
             shapes = [c.shape[1:] for c in columns]
             if widths is None:
                 widths = shapes
+                self._check_input_sizes(columns, int(first))
             for name, shape, width in zip(names, shapes, widths, strict=True):
                 if shape != width:
                     raise InputDataError(
@@ -293,6 +294,23 @@ class KerasWorker:
             if len(columns) > data:  # a weight column never may be non-finite
                 check_finite(columns[data:], names[data:], self.worker_id, self.attempt, int(first))
             yield columns
+
+    def _check_input_sizes(self, columns: Sequence[np.ndarray], first: int) -> None:
+        """A partition whose rows do not fit the model's inputs fails before any step.
+
+        (The driver checks the DataFrame's first row; another partition's rows may differ.)
+        """
+        for name, column, size in zip(
+            self.plan.features, columns, self._input_sizes(), strict=False
+        ):
+            found = int(np.prod(column.shape[1:]))
+            if size is not None and len(column) and found != size:
+                raise InputDataError(
+                    f"worker {self.worker_id} (attempt {self.attempt}), in its partition: "
+                    f"column {name!r} has {found} value(s) per row from row {first} on, but "
+                    f"the model's input takes {size}: select the column that matches the "
+                    "model, or change the model's Input"
+                )
 
     def train(self, partition: Partition) -> list[StepRecord]:
         """Check the partition, then train it in memory or streamed; returns the history.
@@ -398,8 +416,28 @@ class KerasWorker:
             return self._train(model, algorithm, client, source)
 
     def _start(self) -> tuple[Any, Algorithm]:
-        limit_threads(self.plan.worker_threads or self.task_cores)
-        return self.build_model(), self.plan.make_algorithm()
+        return self._model(), self.plan.make_algorithm()
+
+    def _model(self) -> Any:
+        """The worker's model, built once (the checks of :meth:`train` use it too)."""
+        if getattr(self, "_built", None) is None:
+            limit_threads(self.plan.worker_threads or self.task_cores)
+            self._built = self.build_model()
+        return self._built
+
+    def _input_sizes(self) -> list[int | None]:
+        """Values per row each feature column must have (None: unknown or customised)."""
+        own = type(self)
+        count = len(self.plan.features)
+        if own.prepare is not KerasWorker.prepare or (
+            own.decode_column is not KerasWorker.decode_column
+        ):
+            return [None] * count
+        sizes: list[int | None] = []
+        for shape in input_shapes(self._model(), count):
+            dims = [] if shape is None else list(shape[1:])
+            sizes.append(None if shape is None or None in dims else int(np.prod(dims)))
+        return sizes
 
     @contextlib.contextmanager
     def _connect(self, model: Any) -> Iterator[ParameterServerClient]:
