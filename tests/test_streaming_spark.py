@@ -41,9 +41,8 @@ class RawImageWorker(KerasWorker):
 
     def decode_column(self, name, column, first_row):
         if pa.types.is_binary(column.type):
-            flat = np.frombuffer(column.buffers()[2], np.uint8)
-            offsets = column.offsets.to_numpy()
-            return (flat[offsets[0] : offsets[-1]].reshape(len(column), 64) / 16).astype(np.float32)
+            pixels = np.stack([np.frombuffer(v, np.uint8) for v in column.to_pylist()])
+            return (pixels / 16).astype(np.float32)
         return super().decode_column(name, column, first_row)
 
 
