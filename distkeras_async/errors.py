@@ -167,6 +167,10 @@ class LayoutMismatchError(DistKerasError):
     """The model rebuilt on a worker does not have the driver model's weight layout."""
 
 
+class BackendError(DistKerasError, ValueError):
+    """A Keras backend that is unknown, not installed, or not the one Keras already runs on."""
+
+
 class ColumnError(ValueError):
     """A DataFrame column cannot be turned into a numeric array; the message names it."""
 

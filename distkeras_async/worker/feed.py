@@ -5,8 +5,9 @@ in-memory numpy arrays (1.00): a ``keras.utils.PyDataset`` of batches ran at 0.7
 generator of batches at 0.66, one ``fit`` call per window of numpy arrays at 0.78 (each call
 costs ~0.15 s), and a ``tf.data`` pipeline that takes whole chunks from a generator and cuts
 them into batches in TensorFlow at 0.96-1.09. The last is what :func:`fit_input` builds; it
-is Keras' ``tf.data`` adapter, which every Keras backend accepts. Without TensorFlow it falls
-back to a generator of batches.
+is Keras' ``tf.data`` adapter. On JAX and PyTorch, whose trainers iterate their input in Python
+anyway (and restart a ``tf.data`` iterator at every epoch, which a stream of epochs cannot
+allow), the feed is a generator of batches instead.
 
 The chunk generator runs one chunk ahead in tf.data's own thread (``prefetch(1)``), so the
 next window is decoded and shuffled while the model trains on the current one.
@@ -52,10 +53,14 @@ def fit_input(chunks: Iterator[Element], batch_size: int) -> Any:
     Every chunk is a whole number of batches (but an epoch's last); the result yields the
     batches of all the chunks. Pass ``steps_per_epoch`` to ``fit``: the input has no length.
     """
-    try:
-        import tensorflow as tf
-    except ImportError:  # a Keras backend without TensorFlow: Keras' generator adapter
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        # JAX and PyTorch iterate their input in Python anyway, and restart a tf.data
+        # iterator every epoch: a generator of batches, kept across epochs, is their feed.
         return _batches(chunks, batch_size)
+    import tensorflow as tf
+
     chunks = (_structure(c) for c in chunks)
     first = next(chunks, None)
     if first is None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import ssl
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from distkeras_async import registry
 from distkeras_async.algorithm import Algorithm
 from distkeras_async.errors import InputDataError, LayoutMismatchError
 from distkeras_async.layout import Layout
+from distkeras_async.worker.backend import limit_threads
 from distkeras_async.worker.batches import batch_weight, epoch_batches
 from distkeras_async.worker.client import ParameterServerClient
 from distkeras_async.worker.columns import column_to_numpy
@@ -114,25 +114,6 @@ class WorkerPlan:
     def make_algorithm(self) -> Algorithm:
         """A fresh instance of the plan's algorithm for this worker."""
         return registry.resolve(self.algorithm, **self.hyperparameters)
-
-
-def limit_threads(threads: int | None) -> None:
-    """Limit TensorFlow's thread pools to ``threads`` so co-located workers do not fight.
-
-    TensorFlow accepts this only before its runtime starts; in a Spark Python worker that
-    already ran a task it is too late, and the limit set by that first task stays.
-    """
-    if not threads:
-        return
-    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(threads))
-    os.environ.setdefault("TF_NUM_INTEROP_THREADS", str(min(threads, 2)))
-    try:
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
-    except (ImportError, RuntimeError) as exc:  # runtime already initialised
-        logger.debug("could not set TensorFlow threads: %s", exc)
 
 
 def _fit_callback(session: WorkerSession, requests: DriverRequests) -> Any:

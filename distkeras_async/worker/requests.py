@@ -83,6 +83,9 @@ def learning_rate(model: Any) -> float | None:
     optimizer = getattr(model, "optimizer", None)
     if optimizer is None:
         return None
+    sync = getattr(model, "jax_state_sync", None)
+    if sync is not None:
+        sync()  # JAX's fit holds the optimizer's variables apart during an epoch
     # float() of the variable, not ops.convert_to_numpy: that path raises a numpy 2
     # DeprecationWarning (copy keyword) from Keras' TensorFlow backend at every call.
     return float(optimizer.learning_rate)
@@ -95,6 +98,9 @@ def set_learning_rate(model: Any, rate: float) -> None:
         ValueError: if the optimizer follows a ``LearningRateSchedule`` of its own, which a
             rate from the driver cannot replace.
     """
+    sync = getattr(model, "jax_state_sync", None)
+    if sync is not None:
+        sync()  # JAX's fit then reads the optimizer's variables again before its next step
     try:
         model.optimizer.learning_rate = rate
     except TypeError as exc:
