@@ -86,6 +86,8 @@ class KerasEstimator(
             64 MiB); a larger partition streams from a local file (``docs/data.md``).
         shuffleWindow: rows a streamed partition shuffles together (default: about
             32 MiB of rows).
+        backend: the Keras backend the workers train on (default: the driver's); the
+            fitted model's ``transform`` predicts on the backend of the process it runs in.
 
     After ``fit``, the :class:`KerasModel` has ``keras_history``: the Keras ``History`` with
     the workers' epoch metrics and the center's ``val_*`` metrics.
@@ -118,6 +120,7 @@ class KerasEstimator(
         callbacks: Any = None,
         inMemoryLimit: int = IN_MEMORY_LIMIT,  # noqa: N803
         shuffleWindow: int | None = None,  # noqa: N803
+        backend: str | None = None,
     ) -> None:
         super().__init__()
         set_keywords(self, self._input_kwargs)
@@ -147,6 +150,7 @@ class KerasEstimator(
         callbacks: Any = None,
         inMemoryLimit: int = IN_MEMORY_LIMIT,  # noqa: N803
         shuffleWindow: int | None = None,  # noqa: N803
+        backend: str | None = None,
     ) -> KerasEstimator:
         """Set the given Params (keyword arguments only; all or none of them)."""
         set_keywords(self, self._input_kwargs)
@@ -216,6 +220,10 @@ class KerasEstimator(
         """Set the ``classWeight`` Param."""
         return self._set(classWeight=value)
 
+    def setBackend(self, value: str) -> KerasEstimator:  # noqa: N802
+        """Set the ``backend`` Param."""
+        return self._set(backend=value)
+
     def setInMemoryLimit(self, value: int) -> KerasEstimator:  # noqa: N802
         """Set the ``inMemoryLimit`` Param."""
         return self._set(inMemoryLimit=value)
@@ -279,6 +287,7 @@ class KerasEstimator(
             class_weight=self.getClassWeight(),
             in_memory_limit=self.getInMemoryLimit(),
             shuffle_window=self.getShuffleWindow(),
+            backend=self.getBackend(),
             **self.getHyperparameters(),
         )
         training, validation = self._validation(dataset)

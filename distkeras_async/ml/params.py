@@ -24,6 +24,7 @@ from pyspark.ml.param.shared import (
 
 from distkeras_async import checks, registry
 from distkeras_async.errors import DistKerasError
+from distkeras_async.worker.backend import BACKENDS
 from distkeras_async.worker.partition import IN_MEMORY_LIMIT
 from distkeras_async.worker.serialization import (
     serialize_config,
@@ -155,6 +156,12 @@ def _seed(value: Any) -> int:
     if not checks.is_int(value) or value < 0:
         raise TypeError(f"expected a non-negative int, got {value!r}")
     return int(value)
+
+
+def _backend(value: Any) -> str:
+    if value not in BACKENDS:
+        raise TypeError(f"expected one of {sorted(BACKENDS)}, got {value!r}")
+    return str(value)
 
 
 def _positive_int(value: Any) -> int:
@@ -299,6 +306,12 @@ class KerasEstimatorParams(
         "rows a streamed partition shuffles together (not set: about 32 MiB of rows)",
         _positive_int,
     )
+    backend = _param(
+        "backend",
+        "the Keras backend the workers train on: tensorflow, jax or torch (not set: the "
+        "driver's KERAS_BACKEND)",
+        _backend,
+    )
     callbacks = _param(
         "callbacks",
         "Keras callbacks run on the driver at every global epoch (not saved with the stage)",
@@ -360,6 +373,11 @@ class KerasEstimatorParams(
     def getSeed(self) -> int:  # noqa: N802
         """The ``seed`` Param's value."""
         return int(self.getOrDefault(self.seed))
+
+    def getBackend(self) -> str | None:  # noqa: N802
+        """The ``backend`` Param's value, or None when it is not set (the driver's)."""
+        value = self._optional(self.backend)
+        return None if value is None else str(value)
 
     def getInMemoryLimit(self) -> int:  # noqa: N802
         """The ``inMemoryLimit`` Param's value."""

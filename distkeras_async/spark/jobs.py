@@ -167,7 +167,28 @@ def prepare(
     return selected.repartition(num_partitions)
 
 
-def warm_up(df: DataFrame, workers: int) -> None:
+@contextlib.contextmanager
+def executor_backend(spark: SparkSession, backend: str) -> Iterator[None]:
+    """Give the Python functions defined inside this block's jobs ``KERAS_BACKEND=backend``.
+
+    PySpark passes ``SparkContext.environment`` to the Python workers of each function it
+    ships, and Spark keeps one pool of Python workers per environment: a job on JAX gets its
+    own workers, which import Keras on JAX, next to the TensorFlow workers of earlier jobs
+    (a Python process cannot switch its Keras backend once Keras is imported).
+    """
+    environment = spark.sparkContext.environment
+    previous = environment.get("KERAS_BACKEND")
+    environment["KERAS_BACKEND"] = backend
+    try:
+        yield
+    finally:
+        if previous is None:
+            environment.pop("KERAS_BACKEND", None)
+        else:
+            environment["KERAS_BACKEND"] = previous
+
+
+def warm_up(df: DataFrame, workers: int, backend: str = "tensorflow") -> None:
     """Start ``workers`` Spark Python workers and import Keras in each, all at once.
 
     A fresh Python worker spends 4-8 s importing TensorFlow; doing it before training keeps
@@ -175,6 +196,9 @@ def warm_up(df: DataFrame, workers: int) -> None:
     """
 
     def task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from distkeras_async.worker.backend import select_backend
+
+        select_backend(backend)
         import keras  # noqa: F401 - the import is the point
 
         for _ in batches:
@@ -182,7 +206,9 @@ def warm_up(df: DataFrame, workers: int) -> None:
         yield pa.RecordBatch.from_pydict({"ok": pa.array([1], pa.int32())})
 
     check_barrier_slots(df.sparkSession, workers)
-    df.repartition(workers).mapInArrow(task, "ok int", barrier=True).collect()
+    with executor_backend(df.sparkSession, backend):
+        warmed = df.repartition(workers).mapInArrow(task, "ok int", barrier=True)
+    warmed.collect()
 
 
 def _history_batch(records: Sequence[Any], attempt: int) -> pa.RecordBatch:
@@ -217,6 +243,10 @@ def run_workers(
         # Runs on an executor: import there, use only the plain values captured above.
         from pyspark import TaskContext
 
+        from distkeras_async.worker.backend import check_backend, select_backend
+
+        select_backend(plan.backend)  # before anything imports Keras
+        check_backend(plan.backend)
         from distkeras_async.worker.keras_worker import train_worker
         from distkeras_async.worker.partition import spool
 
@@ -234,7 +264,9 @@ def run_workers(
 
     try:
         with job_group(spark, TRAINING_GROUP, "distkeras-async: training"):
-            rows = df.mapInArrow(task, HISTORY_SCHEMA, barrier=barrier).collect()
+            with executor_backend(spark, plan.backend):
+                training = df.mapInArrow(task, HISTORY_SCHEMA, barrier=barrier)
+            rows = training.collect()
     except Exception as exc:
         if type(exc).__module__.startswith(("pyspark", "py4j")):
             raise WorkerFailedError(f"a worker failed:\n{_worker_traceback(exc)}") from exc

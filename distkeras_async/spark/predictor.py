@@ -20,8 +20,9 @@ from pyspark.sql import types as T  # noqa: N812
 
 from distkeras_async import checks
 from distkeras_async.layout import Layout
-from distkeras_async.spark.jobs import float_column
+from distkeras_async.spark.jobs import executor_backend, float_column
 from distkeras_async.spark.model_cache import model_key
+from distkeras_async.worker.backend import check_backend, current_backend
 from distkeras_async.worker.serialization import expand_custom_objects
 
 _FEATURES = "__distkeras_features"
@@ -40,6 +41,7 @@ class ModelPredictor:
         custom_objects: custom Keras classes and functions, by name.
         scalar_output: write a double (True), a vector (False), or decide from the model's
             output width (None, the default).
+        backend: the Keras backend the executors predict on (default: the driver's).
     """
 
     def __init__(
@@ -51,12 +53,14 @@ class ModelPredictor:
         *,
         custom_objects: Mapping[str, Any] | None = None,
         scalar_output: bool | None = None,
+        backend: str | None = None,
     ) -> None:
         import keras
 
         if not isinstance(keras_model, keras.Model) or not keras_model.built:
             raise ValueError("keras_model must be a built keras.Model")
         checks.positive_int(batch_size, "batch_size")
+        self.backend = check_backend(backend or current_backend())
         self.features_col = features_col
         self.output_col = output_col
         self.batch_size = batch_size
@@ -93,17 +97,17 @@ class ModelPredictor:
         schema = T.StructType(
             [*prepared.schema.fields, T.StructField(_OUTPUT, T.ArrayType(T.FloatType()))]
         )
-        predicted = prepared.mapInArrow(
-            _predict_task(
-                self._config,
-                self._key,
-                self._weights_broadcast(dataframe),
-                self._layout.to_wire(),
-                self.batch_size,
-                self.custom_objects,
-            ),
-            schema,
-        ).drop(_FEATURES)
+        task = _predict_task(
+            self._config,
+            self._key,
+            self._weights_broadcast(dataframe),
+            self._layout.to_wire(),
+            self.batch_size,
+            self.custom_objects,
+            self.backend,
+        )
+        with executor_backend(dataframe.sparkSession, self.backend):
+            predicted = prepared.mapInArrow(task, schema).drop(_FEATURES)
         if self.scalar_output:
             column = F.col(_OUTPUT)[0].cast("double")
         else:
@@ -125,6 +129,7 @@ def _predict_task(
     layout_wire: list[Any],
     batch_size: int,
     custom_objects: Mapping[str, Any],
+    backend: str = "tensorflow",
 ) -> Any:
     """The per-task function; it captures only plain values (TorchDistributor's pattern).
 
@@ -134,6 +139,11 @@ def _predict_task(
 
     def task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import numpy as np
+
+        from distkeras_async.worker.backend import check_backend, select_backend
+
+        select_backend(backend)  # before anything imports Keras
+        check_backend(backend)
 
         # Imported on the executor, not pickled with the task: the cache outlives the task.
         from distkeras_async.spark import model_cache

@@ -31,6 +31,7 @@ from distkeras_async.trainers.input_checks import check_first_row
 from distkeras_async.trainers.learning import check_center
 from distkeras_async.trainers.snapshots import CenterSnapshots
 from distkeras_async.wire.auth import check_secret, new_secret
+from distkeras_async.worker.backend import check_backend, current_backend
 from distkeras_async.worker.partition import IN_MEMORY_LIMIT
 from distkeras_async.worker.serialization import (
     ModelSpec,
@@ -232,6 +233,10 @@ class DistributedTrainer(Trainer):
             (``docs/data.md``). 0 streams every partition.
         shuffle_window: rows a streamed partition shuffles together (with its blocks'
             order); default about 32 MiB of rows. Larger shuffles better and costs memory.
+        backend: the Keras backend the workers train on, ``"tensorflow"``, ``"jax"`` or
+            ``"torch"`` (default: the driver's, i.e. ``KERAS_BACKEND``). The driver's model
+            may come from another backend; the workers' Python processes get
+            ``KERAS_BACKEND`` for this run's jobs (``docs/backends.md``).
         **hyperparameters: the algorithm's hyperparameters (``communication_window``, ...).
     """
 
@@ -276,6 +281,7 @@ class DistributedTrainer(Trainer):
         class_weight: Mapping[int, float] | None = None,
         in_memory_limit: int = IN_MEMORY_LIMIT,
         shuffle_window: int | None = None,
+        backend: str | None = None,
         **hyperparameters: Any,
     ) -> None:
         super().__init__(
@@ -344,6 +350,8 @@ class DistributedTrainer(Trainer):
             if shuffle_window is None
             else checks.positive_int(shuffle_window, "shuffle_window")
         )
+        # The workers' backend, checked here: a missing package fails before any Spark job.
+        self.backend = check_backend(backend or current_backend())
         self.learning_report: Any = None
         self.warnings: list[str] = []
         # Workers get the class, not the name: a class registered at run time in a notebook
@@ -512,6 +520,7 @@ class DistributedTrainer(Trainer):
             exchange_at_epoch_end=bool(callback_list) or validation is not None,
             in_memory_limit=self.in_memory_limit,
             shuffle_window=self.shuffle_window,
+            backend=self.backend,
         )
         try:
             epochs.watch(server)

@@ -106,16 +106,47 @@ def limit_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def _live_jax_state(model: Any) -> dict[str, list[Any]] | None:
+    """JAX's training state in the middle of ``fit``, when it is newer than the variables.
+
+    Keras' JAX trainer keeps the state in ``model._jax_state`` between steps and re-reads the
+    variables before the next step only after a sync (``_jax_state_synced``). Reading and
+    replacing the state's arrays in place costs an exchange two transfers per tensor; a sync
+    instead assigns every variable (the optimizer's and the metrics' too) and makes the next
+    step rebuild the state. Measured on digits at ``communication_window=5`` (one worker,
+    2-core VM): 15,000-16,200 samples/s with a sync per exchange, 17,800-21,750 in place,
+    against 19,400-24,200 for JAX's own ``fit``. (These are Keras internals: without them,
+    the sync is the fallback.)
+    """
+    state = getattr(model, "_jax_state", None)
+    if not isinstance(state, dict) or getattr(model, "_jax_state_synced", True):
+        return None
+    return state
+
+
+def _slots(model: Any, variables: Sequence[Any]) -> list[tuple[str, int]] | None:
+    """Where each variable sits in JAX's state: (its list, its index), or None if unknown."""
+    where: dict[int, tuple[str, int]] = {}
+    for group, members in (
+        ("trainable_variables", model.trainable_variables),
+        ("non_trainable_variables", model.non_trainable_variables),
+    ):
+        for index, member in enumerate(members):
+            where[id(member)] = (group, index)
+    slots = [where.get(id(v)) for v in variables]
+    return None if any(s is None for s in slots) else slots  # type: ignore[return-value]
+
+
 def read_variables(model: Any, variables: Sequence[Any]) -> list[np.ndarray]:
     """The current value of every variable as numpy, also in the middle of ``fit``.
 
-    On JAX, ``fit`` keeps the training state apart from the variables during an epoch; it
-    is written back first (``jax_state_sync``), which also makes ``fit`` read the variables
-    again before its next step, so an assignment after this one is not lost.
+    On JAX, ``fit`` keeps the training state apart from the variables during an epoch; the
+    values come from that state (:func:`_live_jax_state`).
     """
-    sync = getattr(model, "jax_state_sync", None)
-    if sync is not None:
-        sync()  # a no-op outside fit, or when nothing changed since the last sync
+    state = _live_jax_state(model)
+    slots = None if state is None else _slots(model, variables)
+    if state is not None and slots is not None:
+        return [np.asarray(state[group][index]) for group, index in slots]
     return [_to_numpy(v.value) for v in variables]
 
 
@@ -128,11 +159,19 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 
 def assign_variables(model: Any, variables: Sequence[Any], values: Sequence[np.ndarray]) -> None:
-    """Assign ``values`` to the variables (each cast to the variable's dtype)."""
-    sync = getattr(model, "jax_state_sync", None)
-    if sync is not None:
-        # Written back first and marked synced, so neither fit's next step nor its epoch
-        # end puts the old state over the new values: fit reads the variables again.
-        sync()
+    """Assign ``values`` to the variables (each cast to the variable's dtype).
+
+    In the middle of JAX's ``fit`` the values replace the state's arrays in place, which is
+    what ``fit``'s next step uses (and what it writes back to the variables at the end).
+    """
+    state = _live_jax_state(model)
+    slots = None if state is None else _slots(model, variables)
+    if state is not None and slots is not None:
+        import jax.numpy as jnp
+
+        for (group, index), value in zip(slots, values, strict=True):
+            current = state[group][index]
+            state[group][index] = jnp.asarray(value, dtype=current.dtype)
+        return
     for variable, value in zip(variables, values, strict=True):
         variable.assign(value)

@@ -82,6 +82,7 @@ class WorkerPlan:
             arrays in memory; a larger one is spooled to a local file and streamed.
         shuffle_window: rows per shuffle window of a streamed partition (None: about
             32 MiB of rows); see :mod:`distkeras_async.worker.stream`.
+        backend: the Keras backend the workers run on (``tensorflow``, ``jax``, ``torch``).
     """
 
     model_spec: str
@@ -110,6 +111,7 @@ class WorkerPlan:
     exchange_at_epoch_end: bool = False
     in_memory_limit: int = IN_MEMORY_LIMIT
     shuffle_window: int | None = None
+    backend: str = "tensorflow"
 
     def make_algorithm(self) -> Algorithm:
         """A fresh instance of the plan's algorithm for this worker."""
