@@ -83,6 +83,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         port=args.port,
         progress=False if args.no_progress else None,
         plot_path=args.plot,
+        backend=args.backend,
     )
     return 0
 
@@ -147,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=0, help="parameter server port (0: any free)")
     demo.add_argument("--plot", metavar="PATH", help="write a PNG of loss and accuracy")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo.add_argument(
+        "--backend",
+        choices=["tensorflow", "jax", "torch"],
+        help="the workers' Keras backend (default: $KERAS_BACKEND, else tensorflow)",
+    )
     demo.set_defaults(func=_cmd_demo)
 
     serve = sub.add_parser("serve", help="a standalone parameter server for a .keras model")

@@ -281,11 +281,17 @@ def run_demo(
     progress: bool | None = None,
     plot_path: str | None = None,
     echo: Callable[[str], None] = print,
+    backend: str | None = None,
 ) -> list[Result]:
-    """Run the demo: SingleTrainer first as the baseline, then each requested trainer."""
+    """Run the demo: SingleTrainer first as the baseline, then each requested trainer.
+
+    ``backend`` is the workers' Keras backend (default: this process' ``KERAS_BACKEND``).
+    """
     from distkeras_async.datasets import digits
     from distkeras_async.spark.jobs import warm_up
+    from distkeras_async.worker.backend import check_backend, current_backend
 
+    backend = check_backend(backend or current_backend())
     check_java()
     if port:
         _check_port(port)
@@ -293,13 +299,21 @@ def run_demo(
     spark = start_spark(max(2, workers))
     try:
         data = digits(spark)
-        echo("starting Spark's Python workers ...")
-        warm_up(data.train, max(2, workers))
+        echo(f"starting Spark's Python workers (Keras on {backend}) ...")
+        warm_up(data.train, max(2, workers), backend=backend)
         results = []
         for name in names:
             echo(f"training {name} ({1 if name == 'SingleTrainer' else workers} worker(s)) ...")
             results.append(
-                run_one(name, workers, epochs, data, master_port=port, progress=progress)
+                run_one(
+                    name,
+                    workers,
+                    epochs,
+                    data,
+                    master_port=port,
+                    progress=progress,
+                    backend=backend,
+                )
             )
         echo(format_table(results))
         echo("")
