@@ -53,6 +53,23 @@ def test_demo_trains_prints_the_table_and_plots(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
+@pytest.mark.slow
+def test_demo_trains_its_workers_on_jax():
+    done = run_cli("demo", "--epochs", "2", "--no-progress", "--backend", "jax")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Python workers (Keras on jax)" in done.stdout
+    table = done.stdout[done.stdout.index("trainer") :]
+    _, _, *rows = table[: table.index("\n\n")].splitlines()
+    assert [r.split()[0] for r in rows[:2]] == ["SingleTrainer", "DOWNPOUR"]
+    for row in rows[:2]:
+        assert float(row.split()[-1]) >= 0.8, row
+
+
+def test_demo_refuses_an_unknown_backend():
+    done = run_cli("demo", "--backend", "mxnet")
+    assert done.returncode == 2 and "invalid choice: 'mxnet'" in done.stderr
+
+
 def one_line_error(done) -> str:
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if line.strip()]
