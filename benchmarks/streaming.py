@@ -108,7 +108,8 @@ def train_once(
     import numpy as np
 
     from distkeras_async import ParameterServer, new_secret
-    from distkeras_async.worker.keras_worker import WorkerPlan, limit_threads, train_worker
+    from distkeras_async.worker.backend import limit_threads
+    from distkeras_async.worker.keras_worker import WorkerPlan, train_worker
     from distkeras_async.worker.partition import spool
     from distkeras_async.worker.serialization import describe_model
 

@@ -58,7 +58,7 @@ def plain_fit_task(epochs: int, batch_size: int) -> Any:
         import keras
         import pyarrow as pa
 
-        from distkeras_async.worker import limit_threads
+        from distkeras_async.worker.backend import limit_threads
         from distkeras_async.worker.columns import batches_to_numpy
 
         limit_threads(1)
