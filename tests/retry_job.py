@@ -77,8 +77,20 @@ def main(result_path: str, kill: str, on_retry: str) -> None:
             worker = stats.workers.get(1)
             pid_file = PIDS / "worker-1-attempt-0.pid"
             if worker and worker.commits >= KILL_AFTER_COMMITS and pid_file.exists():
-                os.kill(int(pid_file.read_text()), signal.SIGKILL)
-                killed.update(commits_at_kill=worker.commits, steps_at_kill=servers[0].progress(1))
+                pid = int(pid_file.read_text())
+                os.kill(pid, signal.SIGKILL)
+                # Count what the killed attempt got applied once it is gone: a commit can land
+                # between reading the stats above and the signal. The retry needs seconds to
+                # start (a new Python worker imports Keras), so nothing of it is counted here.
+                for _ in range(200):
+                    try:
+                        os.kill(pid, 0)
+                    except ProcessLookupError:
+                        break
+                    time.sleep(0.01)  # ok: waiting for the killed process, bounded
+                time.sleep(0.3)  # ok: let the server apply what had reached its socket
+                applied = servers[0].stats().workers[1].commits
+                killed.update(commits_at_kill=applied, steps_at_kill=servers[0].progress(1))
                 return
 
     if kill == "kill":

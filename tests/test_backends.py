@@ -57,12 +57,12 @@ def ship_this_module():
 @pytest.mark.parametrize("name", TRAINER_NAMES)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_every_trainer_trains_on_every_backend(backend, name, digits):
-    """The demo's settings per trainer (as ``test_trainers`` on TensorFlow), fewer epochs."""
-    trainer = make_trainer(name, digits_mlp(), workers=2, epochs=4, backend=backend, **COMMON)
+    """The demo's settings per trainer (as ``test_trainers`` on TensorFlow), 3 epochs."""
+    trainer = make_trainer(name, digits_mlp(), workers=2, epochs=3, backend=backend, **COMMON)
     trained = trainer.train(digits.train)
     accuracy = digits.accuracy(trained)
     # Chance is 0.1; on TensorFlow, test_trainers holds these settings to 0.9 at full length.
-    assert accuracy >= 0.7, f"{name} on {backend}: test accuracy {accuracy:.3f}"
+    assert accuracy >= 0.6, f"{name} on {backend}: test accuracy {accuracy:.3f}"
     assert trainer.get_history()
 
 

@@ -171,7 +171,11 @@ def assign_variables(model: Any, variables: Sequence[Any], values: Sequence[np.n
 
         for (group, index), value in zip(slots, values, strict=True):
             current = state[group][index]
-            state[group][index] = jnp.asarray(value, dtype=current.dtype)
+            # Always a copy: ``values`` are views of the client's receive buffer, which the
+            # next pull overwrites. (JAX 0.10's asarray copies on the CPU too, measured; a
+            # version that aliased numpy memory would corrupt the state silently.)
+            state[group][index] = jnp.array(value, dtype=current.dtype, copy=True)
         return
+    owned = current_backend() == "jax"  # the same guarantee for JAX's assign
     for variable, value in zip(variables, values, strict=True):
-        variable.assign(value)
+        variable.assign(np.array(value) if owned else value)
