@@ -74,7 +74,10 @@ def _defined_tests() -> dict[str, set[str]]:
     return defined
 
 
-@pytest.mark.parametrize("page", ["reliability.md", "security.md", "serve.md", "trainers.md"])
+@pytest.mark.parametrize(
+    "page",
+    ["reliability.md", "security.md", "serve.md", "trainers.md", "data.md", "backends.md"],
+)
 def test_every_test_named_next_to_a_guarantee_exists(page):
     """The guarantee tables name the test behind each claim: a renamed or deleted test
     must not leave a claim with nothing behind it."""
