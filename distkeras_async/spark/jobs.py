@@ -29,7 +29,7 @@ from distkeras_async.errors import (
     InsufficientSlotsError,
     WorkerFailedError,
 )
-from distkeras_async.worker.keras_worker import WorkerPlan
+from distkeras_async.worker.plan import WorkerPlan
 
 logger = logging.getLogger(__name__)
 

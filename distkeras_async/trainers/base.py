@@ -414,7 +414,7 @@ class DistributedTrainer(Trainer):
         from distkeras_async.trainers import validation as checked
         from distkeras_async.trainers.epochs import EpochCallbacks
         from distkeras_async.trainers.progress import ProgressBar, attached_to_terminal
-        from distkeras_async.worker.keras_worker import WorkerPlan
+        from distkeras_async.worker.plan import WorkerPlan
 
         # Arguments first, without a Spark job: a mistake costs nothing.
         callback_list = checked.check_callbacks(callbacks)

@@ -5,7 +5,8 @@ Keras is imported lazily (inside functions), so ``import distkeras_async.worker`
 
 from distkeras_async.worker.client import ParameterServerClient
 from distkeras_async.worker.exchange import LocalModel, StepRecord, WorkerSession, run_worker
-from distkeras_async.worker.keras_worker import KerasWorker, WorkerPlan
+from distkeras_async.worker.keras_worker import KerasWorker
+from distkeras_async.worker.plan import WorkerPlan
 
 __all__ = [
     "KerasWorker",
