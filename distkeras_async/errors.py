@@ -171,6 +171,10 @@ class BackendError(DistKerasError, ValueError):
     """A Keras backend that is unknown, not installed, or not the one Keras already runs on."""
 
 
+class DeviceError(DistKerasError):
+    """GPUs asked for that the cluster cannot give, or a task that cannot use its own."""
+
+
 class ColumnError(ValueError):
     """A DataFrame column cannot be turned into a numeric array; the message names it."""
 

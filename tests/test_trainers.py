@@ -14,6 +14,7 @@ from distkeras_async.datasets import digits_mlp
 from distkeras_async.demo import TRAINER_NAMES, make_trainer
 from distkeras_async.errors import (
     AlgorithmError,
+    DeviceError,
     InsufficientSlotsError,
     RoundFailedError,
     RuleFailedError,
@@ -48,6 +49,8 @@ def test_trainer_reaches_90_percent_on_digits(name, digits):
     workers = 1 if name == "SingleTrainer" else 2
     assert {h["worker"] for h in history} == set(range(workers))
     assert all({"loss", "accuracy", "iteration", "timestamp"} <= set(h) for h in history)
+    # local[2] gives tasks no GPUs: every worker trained on the CPU, with every GPU hidden.
+    assert {(h["device"], h["gpus"]) for h in history} == {("cpu:0", "")}
     averaged = trainer.get_averaged_history()
     assert averaged[-1]["loss"] < averaged[0]["loss"]
     assert trainer.get_training_time() > 0
@@ -163,6 +166,26 @@ def test_barrier_slot_shortage_fails_before_any_spark_job(digits):
         trainer.train(train_df)
     # Refused up front: no stage waited for slots (Spark's default wait is 10 minutes).
     assert set(tracker.getJobIdsForGroup()) == jobs_before
+
+
+@pytest.mark.parametrize("name", ["DOWNPOUR", "EASGD"])
+def test_asking_for_gpus_local_mode_cannot_give_fails_before_any_job(digits, name):
+    train_df = digits.train
+    trainer = getattr(trainers, name)(
+        mlp(), "adam", "categorical_crossentropy", use_gpu=True, **COMMON
+    )
+    tracker = train_df.sparkSession.sparkContext.statusTracker()
+    jobs_before = set(tracker.getJobIdsForGroup())
+    with pytest.raises(DeviceError, match=r"use_gpu=True, but spark\.task\.resource\.gpu"):
+        trainer.train(train_df)
+    assert set(tracker.getJobIdsForGroup()) == jobs_before
+
+
+def test_use_gpu_and_driver_device_are_checked():
+    with pytest.raises(ValueError, match="use_gpu must be True, False or None"):
+        trainers.DOWNPOUR(mlp(), "adam", "categorical_crossentropy", use_gpu="yes")
+    with pytest.raises(ValueError, match="driver_device must be a Keras device name"):
+        trainers.DOWNPOUR(mlp(), "adam", "categorical_crossentropy", driver_device="")
 
 
 def test_synchronous_algorithm_needs_the_synchronized_trainer():

@@ -88,6 +88,9 @@ class KerasEstimator(
             32 MiB of rows).
         backend: the Keras backend the workers train on (default: the driver's); the
             fitted model's ``transform`` predicts on the backend of the process it runs in.
+        useGpu: train and predict on the GPUs Spark gives each task (True), on the CPU
+            only (False), or, not set, on the task's GPUs when tasks get any
+            (``docs/cluster.md``).
 
     After ``fit``, the :class:`KerasModel` has ``keras_history``: the Keras ``History`` with
     the workers' epoch metrics and the center's ``val_*`` metrics.
@@ -121,6 +124,7 @@ class KerasEstimator(
         inMemoryLimit: int = IN_MEMORY_LIMIT,  # noqa: N803
         shuffleWindow: int | None = None,  # noqa: N803
         backend: str | None = None,
+        useGpu: bool | None = None,  # noqa: N803
     ) -> None:
         super().__init__()
         set_keywords(self, self._input_kwargs)
@@ -151,6 +155,7 @@ class KerasEstimator(
         inMemoryLimit: int = IN_MEMORY_LIMIT,  # noqa: N803
         shuffleWindow: int | None = None,  # noqa: N803
         backend: str | None = None,
+        useGpu: bool | None = None,  # noqa: N803
     ) -> KerasEstimator:
         """Set the given Params (keyword arguments only; all or none of them)."""
         set_keywords(self, self._input_kwargs)
@@ -224,6 +229,10 @@ class KerasEstimator(
         """Set the ``backend`` Param."""
         return self._set(backend=value)
 
+    def setUseGpu(self, value: bool) -> KerasEstimator:  # noqa: N802
+        """Set the ``useGpu`` Param."""
+        return self._set(useGpu=value)
+
     def setInMemoryLimit(self, value: int) -> KerasEstimator:  # noqa: N802
         """Set the ``inMemoryLimit`` Param."""
         return self._set(inMemoryLimit=value)
@@ -288,6 +297,7 @@ class KerasEstimator(
             in_memory_limit=self.getInMemoryLimit(),
             shuffle_window=self.getShuffleWindow(),
             backend=self.getBackend(),
+            use_gpu=self.getUseGpu(),
             **self.getHyperparameters(),
         )
         training, validation = self._validation(dataset)
@@ -393,7 +403,7 @@ class KerasModel(
 
     def _predictor(self, column: str, scalar: bool | None) -> ModelPredictor:
         # The model object itself is part of the key (held, so its id cannot be reused).
-        key = (self.getModel(), self.getFeaturesCol(), column, scalar)
+        key = (self.getModel(), self.getFeaturesCol(), column, scalar, self.getUseGpu())
         cached = getattr(self, "_predictor_key", None)
         if cached is None or cached[0] is not key[0] or cached[1:] != key[1:]:
             # One predictor per model and columns: its weights are broadcast once, and every
@@ -403,6 +413,7 @@ class KerasModel(
                 features_col=self.getFeaturesCol(),
                 output_col=column,
                 scalar_output=scalar,
+                use_gpu=self.getUseGpu(),
             )
             self._predictor_key = key
         return self._cached_predictor

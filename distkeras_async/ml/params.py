@@ -312,6 +312,12 @@ class KerasEstimatorParams(
         "driver's KERAS_BACKEND)",
         _backend,
     )
+    useGpu = _param(  # noqa: N815
+        "useGpu",
+        "train (and predict) on the GPUs Spark gives each task (True), on the CPU only "
+        "(False), or (not set) on the task's GPUs when spark.task.resource.gpu.amount is set",
+        _boolean,
+    )
     callbacks = _param(
         "callbacks",
         "Keras callbacks run on the driver at every global epoch (not saved with the stage)",
@@ -378,6 +384,11 @@ class KerasEstimatorParams(
         """The ``backend`` Param's value, or None when it is not set (the driver's)."""
         value = self._optional(self.backend)
         return None if value is None else str(value)
+
+    def getUseGpu(self) -> bool | None:  # noqa: N802
+        """The ``useGpu`` Param's value, or None when it is not set (GPUs if tasks get any)."""
+        value = self._optional(self.useGpu)
+        return None if value is None else bool(value)
 
     def getInMemoryLimit(self) -> int:  # noqa: N802
         """The ``inMemoryLimit`` Param's value."""

@@ -23,19 +23,18 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F  # noqa: N812 - Spark's own convention
 from pyspark.sql import types as T  # noqa: N812
 
-from distkeras_async.errors import (
-    ColumnError,
-    InputDataError,
-    InsufficientSlotsError,
-    WorkerFailedError,
-)
+from distkeras_async.errors import ColumnError, InputDataError, WorkerFailedError
+from distkeras_async.spark.resources import check_barrier_slots, resolve_use_gpu
 from distkeras_async.worker.plan import WorkerPlan
 
 logger = logging.getLogger(__name__)
 
 HISTORY_SCHEMA = (
-    "worker int, attempt int, iteration long, timestamp double, metrics map<string,double>"
+    "worker int, attempt int, iteration long, timestamp double, metrics map<string,double>, "
+    "device string, gpus string"
 )
+# The environment variable that keeps CPU and GPU jobs in separate Spark Python workers.
+DEVICE_ENV = "DISTKERAS_ASYNC_DEVICE"
 
 # Spark settings that make a barrier stage with too few slots fail fast instead of
 # retrying for ten minutes; they must be set before the SparkContext starts.
@@ -48,28 +47,6 @@ FAST_BARRIER_CONF = {
 def driver_host(spark: SparkSession) -> str:
     """The address executors use to reach the driver (``spark.driver.host``)."""
     return str(spark.conf.get("spark.driver.host", "127.0.0.1"))
-
-
-def available_slots(spark: SparkSession) -> int:
-    """How many tasks the cluster can run at once (for ``local[N]``: N)."""
-    sc = spark.sparkContext
-    cpus_per_task = int(sc.getConf().get("spark.task.cpus", "1"))
-    return max(1, int(sc.defaultParallelism) // max(1, cpus_per_task))
-
-
-def check_barrier_slots(spark: SparkSession, num_workers: int) -> None:
-    """Fail at once if a barrier stage of ``num_workers`` tasks cannot be scheduled.
-
-    Raises:
-        InsufficientSlotsError: naming the slots available and the workers asked for.
-    """
-    slots = available_slots(spark)
-    if num_workers > slots:
-        raise InsufficientSlotsError(
-            f"a synchronous algorithm runs all {num_workers} workers at once, but the cluster "
-            f"has {slots} task slot(s) (master {spark.sparkContext.master!r}); lower "
-            f"num_workers to {slots} or add executors/cores"
-        )
 
 
 def float_column(df: DataFrame, name: str, *, for_workers: bool = False) -> Column:
@@ -168,50 +145,77 @@ def prepare(
 
 
 @contextlib.contextmanager
-def executor_backend(spark: SparkSession, backend: str) -> Iterator[None]:
-    """Give the Python functions defined inside this block's jobs ``KERAS_BACKEND=backend``.
+def executor_environment(spark: SparkSession, backend: str, use_gpu: bool) -> Iterator[None]:
+    """Give the Python functions defined inside this block's jobs their backend and device.
 
     PySpark passes ``SparkContext.environment`` to the Python workers of each function it
     ships, and Spark keeps one pool of Python workers per environment: a job on JAX gets its
     own workers, which import Keras on JAX, next to the TensorFlow workers of earlier jobs
-    (a Python process cannot switch its Keras backend once Keras is imported).
+    (a Python process cannot switch its Keras backend once Keras is imported). The same
+    holds for devices: CPU jobs and GPU jobs never share a Python worker, which stays bound
+    to the devices of its first task (``worker/devices.py``).
     """
     environment = spark.sparkContext.environment
-    previous = environment.get("KERAS_BACKEND")
-    environment["KERAS_BACKEND"] = backend
+    wanted = {"KERAS_BACKEND": backend, DEVICE_ENV: "gpu" if use_gpu else "cpu"}
+    previous = {key: environment.get(key) for key in wanted}
+    environment.update(wanted)
     try:
         yield
     finally:
-        if previous is None:
-            environment.pop("KERAS_BACKEND", None)
-        else:
-            environment["KERAS_BACKEND"] = previous
+        for key, value in previous.items():
+            if value is None:
+                environment.pop(key, None)
+            else:
+                environment[key] = value
 
 
-def warm_up(df: DataFrame, workers: int, backend: str = "tensorflow") -> None:
+def prepare_task(backend: str, use_gpu: bool) -> str:
+    """On an executor, before Keras is imported: select the backend and bind the task's GPUs.
+
+    Returns:
+        The task's GPU addresses, comma-separated (``""``: it runs on the CPU).
+    """
+    from pyspark import TaskContext
+
+    from distkeras_async.worker.backend import check_backend, select_backend
+    from distkeras_async.worker.devices import bind_devices, task_devices
+
+    context = TaskContext.get()
+    gpus = None if context is None else context.resources().get("gpu")
+    addresses = task_devices([] if gpus is None else list(gpus.addresses), use_gpu)
+    bound = bind_devices(addresses)
+    select_backend(backend)
+    check_backend(backend)
+    return bound
+
+
+def warm_up(
+    df: DataFrame, workers: int, backend: str = "tensorflow", use_gpu: bool | None = None
+) -> None:
     """Start ``workers`` Spark Python workers and import Keras in each, all at once.
 
     A fresh Python worker spends 4-8 s importing TensorFlow; doing it before training keeps
-    that out of training times (Spark reuses the workers for the next jobs).
+    that out of training times (Spark reuses the workers for the next jobs of the same
+    backend and ``use_gpu``, whose Python workers are bound to their tasks' devices).
     """
+    spark = df.sparkSession
+    gpu = resolve_use_gpu(spark, use_gpu)
 
     def task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from distkeras_async.worker.backend import select_backend
-
-        select_backend(backend)
+        prepare_task(backend, gpu)
         import keras  # noqa: F401 - the import is the point
 
         for _ in batches:
             pass
         yield pa.RecordBatch.from_pydict({"ok": pa.array([1], pa.int32())})
 
-    check_barrier_slots(df.sparkSession, workers)
-    with executor_backend(df.sparkSession, backend):
+    check_barrier_slots(spark, workers, use_gpu=gpu)
+    with executor_environment(spark, backend, gpu):
         warmed = df.repartition(workers).mapInArrow(task, "ok int", barrier=True)
     warmed.collect()
 
 
-def _history_batch(records: Sequence[Any], attempt: int) -> pa.RecordBatch:
+def _history_batch(records: Sequence[Any], attempt: int, device: str, gpus: str) -> pa.RecordBatch:
     return pa.RecordBatch.from_pydict(
         {
             "worker": pa.array([r.worker for r in records], pa.int32()),
@@ -221,6 +225,8 @@ def _history_batch(records: Sequence[Any], attempt: int) -> pa.RecordBatch:
             "metrics": pa.array(
                 [list(r.metrics.items()) for r in records], pa.map_(pa.string(), pa.float64())
             ),
+            "device": pa.array([device] * len(records), pa.string()),
+            "gpus": pa.array([gpus] * len(records), pa.string()),
         }
     )
 
@@ -235,7 +241,7 @@ def run_workers(
         WorkerFailedError: if a worker raised (its message and traceback included).
     """
     if barrier:
-        check_barrier_slots(spark, num_workers)
+        check_barrier_slots(spark, num_workers, use_gpu=plan.use_gpu)
     weight = [plan.sample_weight] if plan.sample_weight else []
     columns = [*plan.features, *plan.labels, *weight]
 
@@ -243,28 +249,26 @@ def run_workers(
         # Runs on an executor: import there, use only the plain values captured above.
         from pyspark import TaskContext
 
-        from distkeras_async.worker.backend import check_backend, select_backend
-
-        select_backend(plan.backend)  # before anything imports Keras
-        check_backend(plan.backend)
-        from distkeras_async.worker.keras_worker import train_worker
+        gpus = prepare_task(plan.backend, plan.use_gpu)  # before anything imports Keras
+        from distkeras_async.worker.keras_worker import new_worker
         from distkeras_async.worker.partition import spool
 
         context = TaskContext.get()
         assert context is not None
         worker, attempt = context.partitionId(), context.attemptNumber()
+        trainer = new_worker(plan, worker, attempt, task_cores=context.cpus())
         try:
             with spool(batches, columns, limit=plan.in_memory_limit) as partition:
-                history = train_worker(plan, worker, attempt, partition, task_cores=context.cpus())
+                history = trainer.train(partition)
         except ColumnError as exc:
             raise InputDataError(
                 f"worker {worker} (attempt {attempt}), in its partition: {exc}"
             ) from exc
-        yield _history_batch(history, attempt)
+        yield _history_batch(history, attempt, trainer.device, gpus)
 
     try:
         with job_group(spark, TRAINING_GROUP, "distkeras-async: training"):
-            with executor_backend(spark, plan.backend):
+            with executor_environment(spark, plan.backend, plan.use_gpu):
                 training = df.mapInArrow(task, HISTORY_SCHEMA, barrier=barrier)
             rows = training.collect()
     except Exception as exc:

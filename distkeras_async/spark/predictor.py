@@ -20,8 +20,9 @@ from pyspark.sql import types as T  # noqa: N812
 
 from distkeras_async import checks
 from distkeras_async.layout import Layout
-from distkeras_async.spark.jobs import executor_backend, float_column
+from distkeras_async.spark.jobs import executor_environment, float_column, prepare_task
 from distkeras_async.spark.model_cache import model_key
+from distkeras_async.spark.resources import resolve_use_gpu
 from distkeras_async.worker.backend import check_backend, current_backend
 from distkeras_async.worker.serialization import expand_custom_objects
 
@@ -42,6 +43,9 @@ class ModelPredictor:
         scalar_output: write a double (True), a vector (False), or decide from the model's
             output width (None, the default).
         backend: the Keras backend the executors predict on (default: the driver's).
+        use_gpu: predict on the GPUs Spark gives each task (True; fails before the job when
+            tasks get none), on the CPU only, hiding any GPU (False), or on the task's GPUs
+            if it has any (None, the default). The driver only serializes the model.
     """
 
     def __init__(
@@ -54,6 +58,7 @@ class ModelPredictor:
         custom_objects: Mapping[str, Any] | None = None,
         scalar_output: bool | None = None,
         backend: str | None = None,
+        use_gpu: bool | None = None,
     ) -> None:
         import keras
 
@@ -61,6 +66,7 @@ class ModelPredictor:
             raise ValueError("keras_model must be a built keras.Model")
         checks.positive_int(batch_size, "batch_size")
         self.backend = check_backend(backend or current_backend())
+        self.use_gpu = use_gpu
         self.features_col = features_col
         self.output_col = output_col
         self.batch_size = batch_size
@@ -97,6 +103,7 @@ class ModelPredictor:
         schema = T.StructType(
             [*prepared.schema.fields, T.StructField(_OUTPUT, T.ArrayType(T.FloatType()))]
         )
+        gpu = resolve_use_gpu(dataframe.sparkSession, self.use_gpu)
         task = _predict_task(
             self._config,
             self._key,
@@ -105,8 +112,9 @@ class ModelPredictor:
             self.batch_size,
             self.custom_objects,
             self.backend,
+            gpu,
         )
-        with executor_backend(dataframe.sparkSession, self.backend):
+        with executor_environment(dataframe.sparkSession, self.backend, gpu):
             predicted = prepared.mapInArrow(task, schema).drop(_FEATURES)
         if self.scalar_output:
             column = F.col(_OUTPUT)[0].cast("double")
@@ -130,6 +138,7 @@ def _predict_task(
     batch_size: int,
     custom_objects: Mapping[str, Any],
     backend: str = "tensorflow",
+    use_gpu: bool = False,
 ) -> Any:
     """The per-task function; it captures only plain values (TorchDistributor's pattern).
 
@@ -140,10 +149,7 @@ def _predict_task(
     def task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import numpy as np
 
-        from distkeras_async.worker.backend import check_backend, select_backend
-
-        select_backend(backend)  # before anything imports Keras
-        check_backend(backend)
+        prepare_task(backend, use_gpu)  # before anything imports Keras
 
         # Imported on the executor, not pickled with the task: the cache outlives the task.
         from distkeras_async.spark import model_cache

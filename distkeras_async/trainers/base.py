@@ -237,6 +237,14 @@ class DistributedTrainer(Trainer):
             ``"torch"`` (default: the driver's, i.e. ``KERAS_BACKEND``). The driver's model
             may come from another backend; the workers' Python processes get
             ``KERAS_BACKEND`` for this run's jobs (``docs/backends.md``).
+        use_gpu: train on the GPUs Spark gives each task (True: fails before any job when
+            tasks get none, or when a synchronous run has fewer GPU slots than workers), on
+            the CPU only, hiding every GPU (False), or, by default (None), on the task's GPUs
+            when ``spark.task.resource.gpu.amount`` is set. A worker sees exactly its task's
+            GPUs; the history's ``device`` says where each worker trained (``docs/cluster.md``).
+        driver_device: where the driver's copy of the model evaluates (validation, callbacks,
+            the learning check), e.g. ``"cpu"`` (the default: the driver then leaves any GPU
+            of its node to the executors) or ``"gpu:0"``; a Keras device name.
         **hyperparameters: the algorithm's hyperparameters (``communication_window``, ...).
     """
 
@@ -282,6 +290,8 @@ class DistributedTrainer(Trainer):
         in_memory_limit: int = IN_MEMORY_LIMIT,
         shuffle_window: int | None = None,
         backend: str | None = None,
+        use_gpu: bool | None = None,
+        driver_device: str = "cpu",
         **hyperparameters: Any,
     ) -> None:
         super().__init__(
@@ -352,6 +362,12 @@ class DistributedTrainer(Trainer):
         )
         # The workers' backend, checked here: a missing package fails before any Spark job.
         self.backend = check_backend(backend or current_backend())
+        if use_gpu is not None and not isinstance(use_gpu, bool):
+            raise ValueError(f"use_gpu must be True, False or None, got {use_gpu!r}")
+        self.use_gpu = use_gpu
+        if not isinstance(driver_device, str) or not driver_device:
+            raise ValueError(f"driver_device must be a Keras device name, got {driver_device!r}")
+        self.driver_device = driver_device
         self.learning_report: Any = None
         self.warnings: list[str] = []
         # Workers get the class, not the name: a class registered at run time in a notebook
@@ -408,9 +424,36 @@ class DistributedTrainer(Trainer):
             RoundFailedError: if a synchronous round failed (timeout, dead worker).
             RuleFailedError: if the algorithm's server rule raised (with its traceback).
             InsufficientSlotsError: if a synchronous run cannot schedule every worker.
+            DeviceError: if GPUs were asked for that the cluster cannot give.
             OSError: if ``master_port`` is busy.
         """
+        import keras
+
+        # Everything the driver computes on its model copy runs on driver_device.
+        with keras.device(self.driver_device):
+            return self._train(
+                dataframe,
+                shuffle,
+                resume_from,
+                validation_data=validation_data,
+                validation_split=validation_split,
+                callbacks=callbacks,
+                validation_batch_size=validation_batch_size,
+            )
+
+    def _train(
+        self,
+        dataframe: Any,
+        shuffle: bool,
+        resume_from: str | None,
+        *,
+        validation_data: Any,
+        validation_split: float | None,
+        callbacks: Any,
+        validation_batch_size: int | None,
+    ) -> Any:
         from distkeras_async.spark import jobs as sparkglue
+        from distkeras_async.spark import resources
         from distkeras_async.trainers import validation as checked
         from distkeras_async.trainers.epochs import EpochCallbacks
         from distkeras_async.trainers.progress import ProgressBar, attached_to_terminal
@@ -427,6 +470,11 @@ class DistributedTrainer(Trainer):
         checked.check_validation_data(validation_data, self.features_col, self.label_col)
         checked.check_weight_column(dataframe, self.sample_weight_col)
         session = dataframe.sparkSession
+        # GPUs, and a barrier stage's slots, before any Spark job (a GPU task in local mode
+        # would never be scheduled, and first_row below is a job).
+        use_gpu = resources.resolve_use_gpu(session, self.use_gpu)
+        if self._synchronous_algorithm:
+            resources.check_barrier_slots(session, self.num_workers, use_gpu=use_gpu)
         began = time.time()
         if split is not None:
             dataframe, validation_data = dataframe.randomSplit([1.0 - split, split], self.seed)
@@ -457,6 +505,7 @@ class DistributedTrainer(Trainer):
             self.num_epoch,
             validation,
             on_epoch=ProgressBar.epoch_line(self.num_epoch) if show else None,
+            device=self.driver_device,
         )
         # BackupAndRestore may restore an interrupted run's center and epoch here.
         first_epoch = epochs.train_begin()
@@ -521,6 +570,7 @@ class DistributedTrainer(Trainer):
             in_memory_limit=self.in_memory_limit,
             shuffle_window=self.shuffle_window,
             backend=self.backend,
+            use_gpu=use_gpu,
         )
         try:
             epochs.watch(server)

@@ -18,6 +18,7 @@ for the epochs that ended with the job, never in two threads at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -123,6 +124,8 @@ class EpochCallbacks:
         num_epoch: epochs each worker trains (``params["epochs"]`` of the callbacks).
         validation: data to evaluate the center on at each epoch's end, or None.
         on_epoch: called with ``(epoch, logs)`` after the callbacks (the progress bar).
+        device: the Keras device the background thread evaluates on (a device scope holds
+            for one thread only; the caller's thread sets its own).
     """
 
     def __init__(
@@ -133,6 +136,7 @@ class EpochCallbacks:
         num_epoch: int,
         validation: Validation | None = None,
         on_epoch: Callable[[int, Mapping[str, float]], None] | None = None,
+        device: str | None = None,
     ) -> None:
         import keras
 
@@ -142,6 +146,7 @@ class EpochCallbacks:
         self.num_epoch = num_epoch
         self.validation = validation
         self.on_epoch = on_epoch
+        self.device = device
         self.history = keras.callbacks.History()
         self.callbacks = keras.callbacks.CallbackList(
             [*callbacks, self.history], model=model, epochs=num_epoch, verbose=0
@@ -208,6 +213,13 @@ class EpochCallbacks:
     # -- the watcher -------------------------------------------------------------------
 
     def _watch(self) -> None:
+        import keras
+
+        scope = contextlib.nullcontext() if self.device is None else keras.device(self.device)
+        with scope:
+            self._watch_epochs()
+
+    def _watch_epochs(self) -> None:
         if self.validation is not None and len(self.validation):
             # The first evaluation traces the model's test step (0.4 s for the digits MLP):
             # here it overlaps the Spark job's start instead of delaying the first epoch.

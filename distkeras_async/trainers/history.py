@@ -13,8 +13,9 @@ def flatten_rows(
 ) -> list[dict[str, Any]]:
     """History rows as returned by the workers -> one flat dict per worker step.
 
-    Each dict has ``worker``, ``attempt``, ``iteration``, ``timestamp`` and one key per metric
-    (``loss``, ``accuracy``, ...), sorted by worker, iteration, then attempt. ``lost`` holds
+    Each dict has ``worker``, ``attempt``, ``iteration``, ``timestamp``, ``device`` (where the
+    worker trained: ``cpu:0``, ``gpu:0``, ...), ``gpus`` (the Spark GPU addresses of its task,
+    comma-separated, empty for none) and one key per metric (``loss``, ``accuracy``, ...), sorted by worker, iteration, then attempt. ``lost`` holds
     the step records the server kept of attempts that never finished (a killed task); their
     steps are kept too, marked ``"retried": True``.
     """
@@ -29,6 +30,8 @@ def flatten_rows(
                 "attempt": int(row.get("attempt") or 0),
                 "iteration": int(row["iteration"]),
                 "timestamp": float(row["timestamp"]),
+                # Where the worker trained (its backend's device) and its Spark GPUs.
+                **{key: str(row[key]) for key in ("device", "gpus") if row.get(key) is not None},
                 **{str(k): float(v) for k, v in metrics.items()},
             }
         )
@@ -64,7 +67,7 @@ def average_history(history: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]
         records = by_step[iteration]
         keys = sorted(
             {k for r in records for k in r}
-            - {"worker", "attempt", "iteration", "timestamp", "retried"}
+            - {"worker", "attempt", "iteration", "timestamp", "retried", "device", "gpus"}
         )
         averaged: dict[str, Any] = {
             "iteration": iteration,

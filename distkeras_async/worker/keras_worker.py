@@ -30,6 +30,7 @@ from distkeras_async.worker.backend import limit_threads
 from distkeras_async.worker.batches import batch_weight, epoch_batches
 from distkeras_async.worker.client import ParameterServerClient
 from distkeras_async.worker.columns import column_to_numpy
+from distkeras_async.worker.devices import model_device
 from distkeras_async.worker.exchange import StepRecord, WorkerSession, run_session
 from distkeras_async.worker.inputs import check_finite, input_shapes, shape_inputs
 from distkeras_async.worker.local_model import KerasLocalModel
@@ -43,7 +44,7 @@ from distkeras_async.worker.stream import EpochStream, default_window
 from distkeras_async.worker.weights import row_weights
 
 # WorkerPlan lives in worker/plan.py; it stays importable from here, where it was.
-__all__ = ["KerasWorker", "WorkerPlan", "train_worker"]
+__all__ = ["KerasWorker", "WorkerPlan", "new_worker", "train_worker"]
 
 logger = logging.getLogger(__name__)
 
@@ -328,6 +329,16 @@ class KerasWorker:
             source = StreamSource(stream, prepared, plan.num_epoch)
             return self._train(model, algorithm, client, source)
 
+    @property
+    def device(self) -> str:
+        """The device the worker's model trains on (``cpu:0``, ``gpu:0``, ``cuda:0``, ...).
+
+        Read from the backend's own variables after the model is built, so it says where
+        training ran, not what was asked for; ``cpu`` before the model exists.
+        """
+        built = getattr(self, "_built", None)
+        return "cpu" if built is None else model_device(built)
+
     def _start(self) -> tuple[Any, Algorithm]:
         return self._model(), self.plan.make_algorithm()
 
@@ -448,5 +459,10 @@ def train_worker(
     Raises:
         InputDataError: for bad data in the partition (see :meth:`KerasWorker.train`).
     """
-    worker = (plan.worker_class or KerasWorker)(plan, worker_id, attempt, task_cores)
-    return worker.train(partition)
+    return new_worker(plan, worker_id, attempt, task_cores).train(partition)
+
+
+def new_worker(plan: WorkerPlan, worker_id: int, attempt: int, task_cores: int = 1) -> KerasWorker:
+    """The plan's worker class (default :class:`KerasWorker`) for one task."""
+    worker: KerasWorker = (plan.worker_class or KerasWorker)(plan, worker_id, attempt, task_cores)
+    return worker

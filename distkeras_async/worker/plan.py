@@ -48,6 +48,9 @@ class WorkerPlan:
         shuffle_window: rows per shuffle window of a streamed partition (None: about
             32 MiB of rows); see :mod:`distkeras_async.worker.stream`.
         backend: the Keras backend the workers run on (``tensorflow``, ``jax``, ``torch``).
+        use_gpu: whether workers train on the GPUs Spark gave their task (decided on the
+            driver, :func:`distkeras_async.spark.resources.resolve_use_gpu`); False: they
+            hide every GPU and train on the CPU.
     """
 
     model_spec: str
@@ -79,6 +82,7 @@ class WorkerPlan:
     in_memory_limit: int = IN_MEMORY_LIMIT
     shuffle_window: int | None = None
     backend: str = "tensorflow"
+    use_gpu: bool = False
 
     def make_algorithm(self) -> Algorithm:
         """A fresh instance of the plan's algorithm for this worker."""
