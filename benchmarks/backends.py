@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 EPOCHS = 10
@@ -46,7 +47,9 @@ def _model() -> Any:
     )
 
 
-def plain_fit(x: Any, y: Any) -> float:
+def plain_fit(
+    x: Any, y: Any, model: Callable[[], Any] = _model, batch: int = BATCH, epochs: int = EPOCHS
+) -> float:
     """Samples/s of ``model.fit`` between the first and the last step."""
     import keras
 
@@ -56,22 +59,32 @@ def plain_fit(x: Any, y: Any) -> float:
         def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
             stamps.append(time.perf_counter())
 
-    model = _model()
-    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=True, verbose=0, callbacks=[Stamp()])
-    return (len(stamps) - 1) * BATCH / (stamps[-1] - stamps[0])
+    fitted = model()
+    fitted.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    fitted.fit(x, y, batch_size=batch, epochs=epochs, shuffle=True, verbose=0, callbacks=[Stamp()])
+    return (len(stamps) - 1) * batch / (stamps[-1] - stamps[0])
 
 
-def worker(x: Any, y: Any) -> float:
-    """Samples/s of one distkeras-async worker between its first and its last step."""
+def worker(
+    x: Any,
+    y: Any,
+    model: Callable[[], Any] = _model,
+    batch: int = BATCH,
+    epochs: int = EPOCHS,
+) -> tuple[float, str]:
+    """Samples/s of one distkeras-async worker between its first and its last step.
+
+    Returns:
+        The samples/s, and the device the worker's model trained on.
+    """
     import pyarrow as pa
 
     from distkeras_async import ParameterServer, new_secret
-    from distkeras_async.worker.keras_worker import WorkerPlan, train_worker
+    from distkeras_async.worker.keras_worker import WorkerPlan, new_worker
     from distkeras_async.worker.partition import spool
     from distkeras_async.worker.serialization import describe_model
 
-    master = _model()
+    master = model()
     spec = describe_model(master, "adam", "categorical_crossentropy", ["accuracy"])
     secret = new_secret()
     server = ParameterServer(
@@ -85,24 +98,26 @@ def worker(x: Any, y: Any) -> float:
         host="127.0.0.1",
         port=port,
         secret=secret,
-        num_epoch=EPOCHS,
-        batch_size=BATCH,
+        num_epoch=epochs,
+        batch_size=batch,
         shuffle=True,
         backend=os.environ["KERAS_BACKEND"],
     )
-    batch = pa.RecordBatch.from_arrays(
+    rows = pa.RecordBatch.from_arrays(
         [
-            pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 64),
-            pa.FixedSizeListArray.from_arrays(pa.array(y.reshape(-1)), 10),
+            pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1]),
+            pa.FixedSizeListArray.from_arrays(pa.array(y.reshape(-1)), y.shape[1]),
         ],
         names=["features", "label"],
     )
+    trainer = new_worker(plan, 0, 0, task_cores=2)
     try:
-        with spool([batch], ["features", "label"]) as partition:
-            history = train_worker(plan, 0, 0, partition, task_cores=2)
+        with spool([rows], ["features", "label"]) as partition:
+            history = trainer.train(partition)
     finally:
         server.stop()
-    return (len(history) - 1) * BATCH / (history[-1].timestamp - history[0].timestamp)
+    sps = (len(history) - 1) * batch / (history[-1].timestamp - history[0].timestamp)
+    return sps, trainer.device
 
 
 def measure(repeats: int) -> dict[str, Any]:
@@ -115,7 +130,7 @@ def measure(repeats: int) -> dict[str, Any]:
     plain, ours = [], []
     for _ in range(repeats):
         plain.append(plain_fit(x, y))
-        ours.append(worker(x, y))
+        ours.append(worker(x, y)[0])
     import keras
 
     return {

@@ -23,12 +23,14 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from pyspark.sql import SparkSession
 
 from distkeras_async.datasets import digits, digits_mlp
 from distkeras_async.trainers import DOWNPOUR, AveragingTrainer
+from distkeras_async.worker import KerasWorker
 
 
 def where_am_i(_: Iterable[Any]) -> Iterator[dict[str, Any]]:
@@ -36,7 +38,42 @@ def where_am_i(_: Iterable[Any]) -> Iterator[dict[str, Any]]:
     yield {"cwd": os.path.realpath(os.getcwd()), "python": sys.executable, "pid": os.getpid()}
 
 
-def main(result_path: str) -> None:
+class DeviceProbeWorker(KerasWorker):
+    """The default worker, which also writes down what its task was given and what it sees.
+
+    ``build_model`` runs in the task after the worker bound its process and before the model
+    exists: what it records is the environment the backend (TensorFlow, imported by then)
+    reads its devices from, next to the GPU addresses Spark assigned to the task.
+    """
+
+    probe_dir = ""
+
+    def build_model(self) -> Any:
+        import tensorflow as tf
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        assert context is not None
+        assigned = context.resources().get("gpu")
+        record = {
+            "worker": self.worker_id,
+            "assigned": [] if assigned is None else sorted(assigned.addresses),
+            "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "tf_gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+            "keras_loaded": "keras" in sys.modules,
+            # The worker limited its CPU threads (to its task's cores) before this call.
+            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "pid": os.getpid(),
+        }
+        # A class attribute set by main() before each run: cloudpickle ships a class of
+        # __main__ by value, with its attributes as they are then.
+        path = os.path.join(type(self).probe_dir, f"{self.worker_id}-{self.attempt}.json")
+        with open(path, "w", encoding="utf-8") as out:
+            json.dump(record, out)
+        return super().build_model()
+
+
+def main(result_path: str, probe_root: str) -> None:
     """Train with both scheduling modes and write the result JSON to ``result_path``."""
     spark = SparkSession.builder.appName("distkeras-async-cluster-test").getOrCreate()
     sc = spark.sparkContext
@@ -67,6 +104,7 @@ def main(result_path: str) -> None:
                 num_epoch=10,
                 master_port=0,
                 progress=False,
+                worker_class=DeviceProbeWorker,  # use_gpu not set: the task's GPUs
             ),
             "AveragingTrainer": AveragingTrainer(
                 digits_mlp(),
@@ -78,15 +116,27 @@ def main(result_path: str) -> None:
                 num_epoch=15,
                 master_port=0,
                 progress=False,
+                worker_class=DeviceProbeWorker,
+                use_gpu=False,  # the tasks are given GPUs, the workers must hide them
             ),
         }
         for name, trainer in runs.items():
+            probe_dir = os.path.join(probe_root, name)
+            os.makedirs(probe_dir)
+            DeviceProbeWorker.probe_dir = probe_dir
             began = time.monotonic()
             model = trainer.train(data.train)
+            history = trainer.get_history()
             result["trainers"][name] = {
                 "accuracy": data.accuracy(model),
-                "workers": sorted({int(row["worker"]) for row in trainer.get_history()}),
+                "workers": sorted({int(row["worker"]) for row in history}),
                 "seconds": round(time.monotonic() - began, 1),
+                # Per worker: where its history says it trained, and its Spark GPUs.
+                "devices": sorted({(row["worker"], row["device"], row["gpus"]) for row in history}),
+                "probes": [
+                    json.loads(Path(probe_dir, f).read_text(encoding="utf-8"))
+                    for f in sorted(os.listdir(probe_dir))
+                ],
             }
             print(f"cluster_job: {name} {result['trainers'][name]}", flush=True)
     finally:
@@ -97,4 +147,4 @@ def main(result_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])

@@ -1,5 +1,9 @@
 """Training on a real Spark standalone cluster: a master and two workers, separate processes.
 
+The Workers advertise two fake GPUs each through a discovery script (Spark schedules them
+like real ones), so the test also checks that each worker's backend sees exactly its task's
+GPUs, or none on ``use_gpu=False`` (:func:`check_gpu_binding`).
+
 Every other Spark test runs an embedded ``local[2]``, where the driver, the executors and the
 tests share one JVM, one machine and one working directory. Here pyspark's own launcher
 (``bin/spark-class``) starts a standalone Master and two Workers (1 core each) as separate
@@ -41,6 +45,8 @@ CLUSTER_START_TIMEOUT = 90.0  # seconds for 3 JVMs to start on a busy 2-core mac
 SUBMIT_TIMEOUT = 400.0  # seconds for the whole spark-submit run
 STOP_GRACE = 15.0  # seconds between SIGTERM and SIGKILL at teardown
 WORKERS = 2
+# The fake GPU addresses each Worker advertises (distinct, so a task's are traceable).
+WORKER_GPUS = [["0", "1"], ["2", "3"]]
 
 
 def free_port() -> int:
@@ -254,8 +260,24 @@ def start_cluster(root: Path, launched: list[Launched]) -> Cluster:
         # Web UI port 0: any free port (nothing here reads the workers' UIs).
         worker += ["--cores", "1", "--memory", "2g", "--webui-port", "0"]
         worker += ["--work-dir", str(work_dir), cluster.url]
+        # Each Worker advertises GPUs that do not exist: Spark only runs the discovery
+        # script and hands the addresses out, which is all the GPU binding depends on.
+        gpus = WORKER_GPUS[index]
+        script = root / f"gpus-{index}.sh"
+        script.write_text(f"#!/bin/sh\necho '{json.dumps({'name': 'gpu', 'addresses': gpus})}'\n")
+        script.chmod(0o755)
+        options = (
+            f"-Dspark.worker.resource.gpu.amount={len(gpus)} "
+            f"-Dspark.worker.resource.gpu.discoveryScript={script}"
+        )
         launched.append(
-            Launched.start(f"worker-{index}", worker, root / f"worker-{index}.log", root)
+            Launched.start(
+                f"worker-{index}",
+                worker,
+                root / f"worker-{index}.log",
+                root,
+                SPARK_WORKER_OPTS=options,
+            )
         )
     cluster.wait_until(
         f"{WORKERS} workers not registered", lambda state: alive_workers(state) >= WORKERS
@@ -294,13 +316,16 @@ def submit(cluster: Cluster, tmp_path: Path, result: Path) -> Launched:
         "spark.scheduler.minRegisteredResourcesRatio": "1.0",
         "spark.scheduler.maxRegisteredResourcesWaitingTime": "120s",
         "spark.dynamicAllocation.enabled": "false",  # barrier stages refuse it
+        # One of its Worker's two (fake) GPUs per executor, and per task.
+        "spark.executor.resource.gpu.amount": "1",
+        "spark.task.resource.gpu.amount": "1",
         "spark.ui.enabled": "false",  # no driver UI port to collide with parallel runs
         **FAST_BARRIER_CONF,
     }
     args = [str(SPARK_HOME / "bin" / "spark-submit"), "--master", cluster.url]
     for key, value in conf.items():
         args += ["--conf", f"{key}={value}"]
-    args += [str(JOB), str(result)]
+    args += [str(JOB), str(result), str(tmp_path / "device-probes")]
     cwd = tmp_path / "submit-cwd"  # nothing is shared with the workers' directories
     cwd.mkdir()
     return Launched.start("spark-submit", args, tmp_path / "submit.log", cwd)
@@ -325,6 +350,7 @@ def test_training_on_a_standalone_cluster(cluster: Cluster, tmp_path: Path) -> N
 
     assert result["master"] == cluster.url
     assert result["default_parallelism"] == WORKERS
+    check_gpu_binding(result)
 
     # Both scheduling modes trained to the accuracy every trainer reaches on local[2]
     # (tests/test_trainers.py), with both workers in the history.
@@ -349,3 +375,36 @@ def test_training_on_a_standalone_cluster(cluster: Cluster, tmp_path: Path) -> N
     assert {probe["cwd"] for probe in result["probe"]} == executor_dirs
     # The executors ran this interpreter (PYSPARK_PYTHON), where the package is installed.
     assert {probe["python"] for probe in result["probe"]} == {sys.executable}
+
+
+def check_gpu_binding(result: dict[str, Any]) -> None:
+    """Each worker's backend saw exactly the GPUs its task was given, or none on use_gpu=False.
+
+    Every executor holds one of its Worker's two fake GPUs (``WORKER_GPUS``) and every task
+    one GPU. TensorFlow finds none of them (they do not exist), so it trains on the CPU.
+    """
+    advertised = {address for addresses in WORKER_GPUS for address in addresses}
+    downpour = result["trainers"]["DOWNPOUR"]
+    assert {p["worker"] for p in downpour["probes"]} == set(range(WORKERS))
+    for probe in downpour["probes"]:
+        assert len(probe["assigned"]) == 1 and set(probe["assigned"]) <= advertised, probe
+        # The backend's environment names exactly the task's address, bound before Keras.
+        assert probe["visible"] == probe["assigned"][0], probe
+        assert probe["tf_gpus"] == [], probe
+        # A GPU task still limits its CPU threads to its task's cores (1 here).
+        assert probe["intra_op_threads"] == 1, probe
+    assigned = {p["worker"]: p["assigned"][0] for p in downpour["probes"]}
+    # The history records where each worker trained, and its task's GPU.
+    assert downpour["devices"] == [[w, "cpu:0", assigned[w]] for w in range(WORKERS)]
+
+    # use_gpu=False: Spark gave each task a GPU (the app asks one per task), and the worker
+    # hid every GPU from its backend. The barrier stage ran one task per executor, each
+    # with its own executor's GPU.
+    averaging = result["trainers"]["AveragingTrainer"]
+    assert {p["worker"] for p in averaging["probes"]} == set(range(WORKERS))
+    for probe in averaging["probes"]:
+        assert len(probe["assigned"]) == 1, probe
+        assert probe["visible"] == "" and probe["tf_gpus"] == [], probe
+    given = [p["assigned"][0] for p in averaging["probes"]]
+    assert len(set(given)) == WORKERS, f"two tasks were given the same GPU: {given}"
+    assert averaging["devices"] == [[w, "cpu:0", ""] for w in range(WORKERS)]

@@ -78,12 +78,15 @@ def test_the_backend_reads_the_binding_when_keras_is_imported():
     # runs there with exactly that environment, and a second binding is refused.
     code = """
 import json, os
+from distkeras_async.worker.backend import limit_threads
 from distkeras_async.worker.devices import bind_devices
 from distkeras_async.errors import DeviceError
 bind_devices(["3"])
+limit_threads(1)  # what a worker does next, with its task's cores
 import keras, tensorflow as tf
 out = {"visible": os.environ["CUDA_VISIBLE_DEVICES"], "backend": keras.backend.backend(),
-       "gpus": [d.name for d in tf.config.list_physical_devices("GPU")]}
+       "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+       "threads": tf.config.threading.get_intra_op_parallelism_threads()}
 try:
     bind_devices(["0"])
 except DeviceError as exc:
@@ -93,12 +96,18 @@ print(json.dumps(out))
     env = {k: v for k, v in os.environ.items() if k not in (VISIBLE, BOUND)}
     env.update(KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
     done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["visible"] == "3" and out["backend"] == "tensorflow"
     assert out["gpus"] == []  # this machine has no GPU 3 (nor any other)
+    assert out["threads"] == 1  # a GPU task still limits its CPU threads
     assert "GPUs 3 visible" in out["refused"]
 
 

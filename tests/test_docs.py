@@ -76,7 +76,15 @@ def _defined_tests() -> dict[str, set[str]]:
 
 @pytest.mark.parametrize(
     "page",
-    ["reliability.md", "security.md", "serve.md", "trainers.md", "data.md", "backends.md"],
+    [
+        "reliability.md",
+        "security.md",
+        "serve.md",
+        "trainers.md",
+        "data.md",
+        "backends.md",
+        "cluster.md",
+    ],
 )
 def test_every_test_named_next_to_a_guarantee_exists(page):
     """The guarantee tables name the test behind each claim: a renamed or deleted test

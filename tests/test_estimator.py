@@ -9,6 +9,7 @@ from pyspark.ml import Pipeline
 from pyspark.sql import functions as F  # noqa: N812
 
 from distkeras_async.datasets import digits_mlp
+from distkeras_async.errors import DeviceError
 from distkeras_async.ml import KerasEstimator, KerasModel
 
 pytestmark = pytest.mark.slow
@@ -228,6 +229,26 @@ def test_baseline_trains_and_predicts(baseline, data, digits):
     first = out.first()
     assert len(first.probability) == 10 and first.probability.toArray().sum() == pytest.approx(1)
     assert first.prediction == float(np.argmax(first.probability.toArray()))
+
+
+def test_use_gpu_param(spark, data, baseline):
+    # Not set: tasks on local[2] get no GPUs, so the workers trained on the CPU.
+    assert baseline.getUseGpu() is None
+    assert {(h["device"], h["gpus"]) for h in baseline.history} == {("cpu:0", "")}
+    sc = spark.sparkContext
+    sc.setJobGroup("use-gpu", "must not run")
+    try:
+        # Asked for, GPUs that local mode cannot give fail fit and transform before any job.
+        with pytest.raises(DeviceError, match="use_gpu=True"):
+            base_estimator(useGpu=True).fit(data)
+        on_gpus = baseline.copy()
+        on_gpus.set(on_gpus.useGpu, True)
+        with pytest.raises(DeviceError, match="use_gpu=True"):
+            on_gpus.transform(data)
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    assert list(sc.statusTracker().getJobIdsForGroup("use-gpu")) == []
+    assert base_estimator().setUseGpu(False).getUseGpu() is False
 
 
 def test_model_param(data, baseline):
