@@ -91,6 +91,9 @@ def test_a_custom_step_prediction_and_a_checkpoint_on(backend, digits, tmp_path,
     trained = trainer.train(digits.train)
     history = trainer.get_history()
     assert history and all(h.get(f"on_{backend}") == 1.0 for h in history)
+    # The device is the backend's own name for where the model's variables live.
+    cpu = {"jax": "cpu:0", "torch": "cpu"}[backend]
+    assert {(h["device"], h["gpus"]) for h in history} == {(cpu, "")}
     assert digits.accuracy(trained) > 0.8
     # The end-of-run checkpoint is the returned model (the center is backend-free numpy).
     flat = np.concatenate([w.ravel() for w in trained.get_weights()]).astype(np.float32)

@@ -1,6 +1,7 @@
 """Exactly-once work under task retries: a killed asynchronous worker's retry resumes.
 
-Three fresh processes run the same DOWNPOUR job on ``local[2,3]`` (every task may be retried):
+One fresh process runs the same DOWNPOUR job three times on ``local[2,3]`` (every task may be
+retried):
 one undisturbed, one whose worker 1 is killed with SIGKILL after 20 commits and resumes
 (``on_retry="resume"``, the default), and one that restarts its partition instead. The
 commits applied per worker, the steps in the history and the attempts tell exactly-once from
@@ -22,29 +23,32 @@ pytestmark = [pytest.mark.slow, pytest.mark.stress]
 HERE = Path(__file__).resolve().parent
 
 
-def run_job(tmp_path: Path, kill: str, on_retry: str) -> dict:
-    result = tmp_path / f"{kill}-{on_retry}.json"
+def run_jobs(tmp_path: Path, *runs: str) -> dict:
+    result = tmp_path / "runs.json"
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
     done = subprocess.run(
-        [sys.executable, str(HERE / "retry_job.py"), str(result), kill, on_retry],
+        [sys.executable, str(HERE / "retry_job.py"), str(result), *runs],
         cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(result.read_text())
+    results: dict = json.loads(result.read_text())
+    return results
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("retries")
+    results = run_jobs(
+        tmp_path_factory.mktemp("retries"), "none:resume", "kill:resume", "kill:restart"
+    )
     return {
-        "undisturbed": run_job(tmp, "none", "resume"),
-        "resumed": run_job(tmp, "kill", "resume"),
-        "restarted": run_job(tmp, "kill", "restart"),
+        "undisturbed": results["none:resume"],
+        "resumed": results["kill:resume"],
+        "restarted": results["kill:restart"],
     }
 
 
