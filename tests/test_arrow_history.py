@@ -101,3 +101,29 @@ def test_history_is_flattened_and_averaged_per_iteration():
     averaged = average_history(history)
     assert averaged[0] == {"iteration": 0, "workers": 2, "timestamp": 2.0, "acc": 0.25, "loss": 3.0}
     assert averaged[1]["workers"] == 1 and averaged[1]["loss"] == 1.0
+
+
+def test_the_device_and_gpus_of_a_worker_stay_strings_and_are_not_averaged():
+    rows = [
+        {
+            "worker": 0,
+            "iteration": 0,
+            "timestamp": 1.0,
+            "metrics": {"loss": 2.0},
+            "device": "gpu:0",
+            "gpus": "3",
+        },
+        {
+            "worker": 1,
+            "iteration": 0,
+            "timestamp": 2.0,
+            "metrics": {"loss": 4.0},
+            "device": "cpu:0",
+            "gpus": "",
+        },
+    ]
+    history = flatten_rows(rows)
+    assert [(h["device"], h["gpus"]) for h in history] == [("gpu:0", "3"), ("cpu:0", "")]
+    assert average_history(history) == [
+        {"iteration": 0, "workers": 2, "timestamp": 2.0, "loss": 3.0}
+    ]

@@ -15,26 +15,28 @@ def flatten_rows(
 
     Each dict has ``worker``, ``attempt``, ``iteration``, ``timestamp``, ``device`` (where the
     worker trained: ``cpu:0``, ``gpu:0``, ...), ``gpus`` (the Spark GPU addresses of its task,
-    comma-separated, empty for none) and one key per metric (``loss``, ``accuracy``, ...), sorted by worker, iteration, then attempt. ``lost`` holds
-    the step records the server kept of attempts that never finished (a killed task); their
-    steps are kept too, marked ``"retried": True``.
+    comma-separated, empty for none) and one key per metric (``loss``, ``accuracy``, ...),
+    sorted by worker, iteration, then attempt. ``lost`` holds the step records the server
+    kept of attempts that never finished (a killed task); their steps are kept too, marked
+    ``"retried": True``.
     """
     out = []
     for row in rows:
         metrics = row.get("metrics") or {}
         if not isinstance(metrics, Mapping):  # Spark returns maps as lists of pairs sometimes
             metrics = dict(metrics)
-        out.append(
-            {
-                "worker": int(row["worker"]),
-                "attempt": int(row.get("attempt") or 0),
-                "iteration": int(row["iteration"]),
-                "timestamp": float(row["timestamp"]),
-                # Where the worker trained (its backend's device) and its Spark GPUs.
-                **{key: str(row[key]) for key in ("device", "gpus") if row.get(key) is not None},
-                **{str(k): float(v) for k, v in metrics.items()},
-            }
-        )
+        record: dict[str, Any] = {
+            "worker": int(row["worker"]),
+            "attempt": int(row.get("attempt") or 0),
+            "iteration": int(row["iteration"]),
+            "timestamp": float(row["timestamp"]),
+        }
+        # Where the worker trained (its backend's device) and its Spark GPUs.
+        for key in ("device", "gpus"):
+            if row.get(key) is not None:
+                record[key] = str(row[key])
+        record.update({str(k): float(v) for k, v in metrics.items()})
+        out.append(record)
     for (worker, attempt), records in (lost or {}).items():
         for iteration, timestamp, step_metrics in records:
             out.append(
