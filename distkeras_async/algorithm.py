@@ -51,6 +51,10 @@ class ServerHandle(Protocol):
         ...
 
 
+# The dtypes a commit may travel in (distkeras_async.wire.compression has their codecs; the
+# contract names them here because a plugin may import nothing of the wire).
+COMMIT_DTYPES = ("float32", "float16", "bfloat16", "int8")
+
 LocalStep = Callable[[np.ndarray], np.ndarray]
 """One local optimizer step from the given flat weights; returns the weights after it as a
 new array and leaves its argument unchanged."""
@@ -90,9 +94,16 @@ class Hyperparameter:
     minimum: float | None = None
     exclusive_minimum: bool = False
     maximum: float | None = None
+    choices: tuple[Any, ...] | None = None
 
     def validate(self, name: str, value: Any) -> Any:
         """Return ``value`` converted to ``kind``, or raise naming ``name``."""
+        if self.choices is not None:
+            if value not in self.choices or isinstance(value, bool):
+                raise HyperparameterError(
+                    f"hyperparameter {name!r} must be one of {list(self.choices)}, got {value!r}"
+                )
+            return value
         if self.kind is bool:
             if not isinstance(value, bool | np.bool_):
                 raise HyperparameterError(f"hyperparameter {name!r} must be a bool, got {value!r}")
@@ -166,9 +177,17 @@ class Algorithm:
         "communication_window": positive(
             5, "local steps between two exchanges with the parameter server", kind=int
         ),
+        "commit_dtype": Hyperparameter(
+            "float32",
+            str,
+            "the dtype a worker's commit travels in: float32, float16, bfloat16, or int8 with "
+            "one scale per tensor; the worker adds what rounding lost to its next commit",
+            choices=COMMIT_DTYPES,
+        ),
     }
 
     communication_window: int
+    commit_dtype: str
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -39,12 +39,21 @@ def _run_now(callback: Callable[[], None]) -> object:
 class Buffer:
     """One flat float32 buffer, with a count of pending sends that still read from it."""
 
-    __slots__ = ("array", "holds", "view")
+    __slots__ = ("array", "holds", "view", "wire")
 
     def __init__(self, size: int, array: np.ndarray | None = None) -> None:
         self.array = np.empty(size, FLAT_DTYPE) if array is None else array
         self.view = self.array.data.cast("B")
         self.holds = 0
+        # Where a compressed commit lands before it is decoded into ``array``; made on the
+        # first one and kept with the buffer, like the buffer itself.
+        self.wire: memoryview | None = None
+
+    def wire_view(self, nbytes: int) -> memoryview:
+        """A reusable byte buffer of ``nbytes`` for a compressed payload."""
+        if self.wire is None or len(self.wire) != nbytes:
+            self.wire = memoryview(bytearray(nbytes))
+        return self.wire
 
 
 class Lease:

@@ -42,7 +42,7 @@ from distkeras_async.server.limits import Limits
 from distkeras_async.server.rounds import Rounds
 from distkeras_async.server.stats import ServerStats
 from distkeras_async.server.update import Peer, StepRecord, Update
-from distkeras_async.wire import auth
+from distkeras_async.wire import auth, compression
 from distkeras_async.wire.messages import (
     NO_CONTROL,
     Ack,
@@ -89,6 +89,10 @@ class ServerCore:
         self._secret = secret
         self.center = CenterStore(center, limits.center_buffers, loop.call_soon)
         self.receive = BufferPool(layout.size, limits.receive_buffers, loop.call_soon)
+        # What a commit looks like on the wire: the algorithm's commit dtype decides.
+        self.commit_dtype: str = algorithm.commit_dtype
+        self.tensor_sizes = [spec.size for spec in layout.specs]
+        self.commit_specs = compression.commit_specs(self.commit_dtype, self.tensor_sizes)
         self.stats = ServerStats(version=version)
         self.version = version
         self.checkpointer = checkpointer

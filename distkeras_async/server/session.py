@@ -14,6 +14,7 @@ It moves no bytes itself: a :class:`Link` (the transport) does, and the shared
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -33,7 +34,7 @@ from distkeras_async.server.buffers import Buffer, Lease
 from distkeras_async.server.core import ServerCore
 from distkeras_async.server.limits import Limits
 from distkeras_async.server.stats import WorkerStats
-from distkeras_async.wire import auth
+from distkeras_async.wire import auth, compression
 from distkeras_async.wire.decoder import FrameDecoder
 from distkeras_async.wire.frames import FrameHeader
 from distkeras_async.wire.messages import (
@@ -161,8 +162,10 @@ class Session:
         self._receiving: Lease | None = None
         self._sending: list[Buffer] = []
         self._replied = False
+        commit_bytes = sum(spec.nbytes for spec in core.commit_specs)
         self.decoder = FrameDecoder(
-            max_payload_bytes=core.layout.nbytes, allocate=self._allocate_payload
+            max_payload_bytes=max(core.layout.nbytes, commit_bytes),
+            allocate=self._allocate_payload,
         )
 
     @property
@@ -243,12 +246,12 @@ class Session:
             raise RemoteProtocolError("tensors sent before the handshake completed")
         if header.op not in _PAYLOAD_OPS:
             raise RemoteProtocolError(f"a worker may not send tensors with {header.op.value!r}")
-        expected = self.core.layout.flat_spec()
-        if header.specs != (expected,):
+        expected = self.core.commit_specs
+        if header.specs != expected:
             got = [spec.to_wire() for spec in header.specs][:3]
             raise RemoteProtocolError(
-                f"update must be one float32 vector of {expected.size} elements "
-                f"(the model's layout), got {got}"
+                f"update must be {[spec.to_wire() for spec in expected]} (the model's layout in "
+                f"the run's commit dtype, {self.core.commit_dtype}), got {got}"
             )
         lease = self.core.receive.acquire()
         if lease is None:
@@ -256,7 +259,13 @@ class Session:
             self.core.receive.wait(self._on_receive_buffer)
             return None
         self._receiving = lease
-        return lease.buffer.view
+        return self._payload_view(lease)
+
+    def _payload_view(self, lease: Lease) -> memoryview:
+        """Where a commit's payload lands: the float32 buffer, or its compressed twin."""
+        if self.core.commit_dtype == "float32":
+            return lease.buffer.view
+        return lease.buffer.wire_view(sum(spec.nbytes for spec in self.core.commit_specs))
 
     def _on_receive_buffer(self, lease: Lease) -> None:
         if self.closed:
@@ -264,7 +273,7 @@ class Session:
             return
         self._receiving = lease
         try:
-            self.decoder.provide_payload_buffer(lease.buffer.view)
+            self.decoder.provide_payload_buffer(self._payload_view(lease))
             if self._collect():
                 self._process()
         except Exception as exc:
@@ -283,6 +292,13 @@ class Session:
             lease = None
             if frame.tensors:
                 lease, self._receiving = self._receiving, None
+                assert lease is not None
+                if self.core.commit_dtype != "float32":
+                    # Decoded into the float32 buffer here, so rules only see float32.
+                    compression.decode(
+                        self.core.commit_dtype, frame.tensors, self.core.tensor_sizes, lease.array
+                    )
+                    frame = dataclasses.replace(frame, tensors=(lease.array,))
             request = _Request(from_frame(frame), lease)
             if len(self._inbox) >= MAX_QUEUED_REQUESTS:
                 request.release()

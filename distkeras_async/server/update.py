@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import numpy as np
-
 from distkeras_async.algorithm import UpdateMeta
 from distkeras_async.errors import ErrorCode
 from distkeras_async.server.buffers import Buffer, Lease
 from distkeras_async.server.limits import Limits
+from distkeras_async.wire.compression import all_finite
 from distkeras_async.wire.messages import NO_CONTROL, Commit, Control, Message
+
+__all__ = ["Peer", "StepRecord", "Update", "all_finite"]
 
 # One step of a worker's history as it travels: (iteration, timestamp, metrics).
 StepRecord = tuple[int, float, dict[str, float]]
@@ -49,20 +50,6 @@ class Peer(Protocol):
     def abort(self) -> None:
         """Drop the connection at once (the server is stopping)."""
         ...
-
-
-def all_finite(array: np.ndarray) -> bool:
-    """Whether ``array`` has no NaN or infinity.
-
-    ``a . a`` is NaN or infinite when any element is, and BLAS computes it in one pass
-    (measured: 0.07 ms for 1M float32, against 0.15 ms for ``isfinite().all()`` and 0.5 ms
-    for a float64 sum). Only when the dot overflows do we pay for the exact check.
-    """
-    flat = array.reshape(-1)
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(np.dot(flat, flat)):
-            return True
-    return bool(np.isfinite(flat).all())
 
 
 class Update:

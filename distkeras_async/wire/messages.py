@@ -198,16 +198,20 @@ class Commit(Message):
     them, since its first); the server remembers it for a retried attempt to resume after.
     ``history`` holds the records ``(iteration, timestamp, metrics)`` of the steps this
     update adds, so the server keeps the history of every step it applied, even of an attempt
-    that is killed later.
+    that is killed later. A compressed update (``wire/compression.py``) travels in its
+    run's commit dtype; an int8 one carries ``scales``, one per tensor of the model.
     """
 
     op: ClassVar[Op] = Op.COMMIT
     update: np.ndarray
     steps: int | None = None
     history: StepRecords = ()
+    scales: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         _check_vector(self.update)
+        if self.scales is not None:
+            _check_vector(self.scales)
         Message.__post_init__(self)
 
     def wire_fields(self) -> dict[str, Any]:
@@ -220,8 +224,8 @@ class Commit(Message):
         return fields
 
     def wire_tensors(self) -> tuple[np.ndarray, ...]:
-        """The update."""
-        return (self.update,)
+        """The update (and its scales, for int8)."""
+        return (self.update,) if self.scales is None else (self.update, self.scales)
 
     @classmethod
     def _from_frame(cls, frame: Frame) -> Message:
@@ -229,6 +233,7 @@ class Commit(Message):
             frame.tensors[0],
             frame.fields.get("steps"),
             _history_from_wire(frame.fields.get("history", ())),
+            frame.tensors[1] if len(frame.tensors) > 1 else None,
             **_ids(frame),
         )
 
@@ -434,7 +439,8 @@ def from_frame(frame: Frame) -> Message:
             were checked when the frame was decoded).
     """
     cls = MESSAGE_TYPES[frame.op]
-    if frame.tensors and len(frame.tensors) != 1:
+    most = 2 if issubclass(cls, Commit) else 1  # an int8 commit carries its scales
+    if frame.tensors and len(frame.tensors) > most:
         raise RemoteProtocolError(
             f"{frame.op.value!r} message must carry one flat vector, got {len(frame.tensors)}"
         )

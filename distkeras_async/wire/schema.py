@@ -52,6 +52,9 @@ DTYPES: Mapping[str, np.dtype[Any]] = {
     "int32": np.dtype("<i4"),
     "int64": np.dtype("<i8"),
     "uint8": np.dtype("u1"),
+    # Compressed commits (wire/compression.py): int8 values, and bfloat16 as its raw bits.
+    "int8": np.dtype("i1"),
+    "uint16": np.dtype("<u2"),
 }
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 

@@ -36,6 +36,7 @@ from distkeras_async.errors import (
 )
 from distkeras_async.layout import FLAT_DTYPE, Layout
 from distkeras_async.wire import auth
+from distkeras_async.wire.compression import ErrorFeedback
 from distkeras_async.wire.decoder import FrameDecoder
 from distkeras_async.wire.frames import FrameHeader
 from distkeras_async.wire.messages import (
@@ -173,6 +174,14 @@ class ParameterServerClient:
         self.history: list[tuple[int, float, Mapping[str, float]]] = []
         # The driver's latest requests (stop, a learning rate), from the latest reply.
         self.control: Control = NO_CONTROL
+        # The run's commit dtype (the algorithm's); a compressed one keeps the rounding
+        # error of each commit for the next (error feedback).
+        self.commit_dtype = str(self.hyperparameters.get("commit_dtype", "float32"))
+        self._encoder = (
+            None
+            if self.commit_dtype == "float32"
+            else ErrorFeedback(self.commit_dtype, [spec.size for spec in self.layout.specs])
+        )
 
     @property
     def num_params(self) -> int:
@@ -188,9 +197,7 @@ class ParameterServerClient:
 
     def commit(self, update: np.ndarray) -> None:
         """Send an update for the server rule and wait until it is accepted."""
-        self._send(
-            Commit(self._check_update(update), self.steps, self._take_history(), **self._ids())
-        )
+        self._send(self._commit_message(Commit, update))
         reply = self._receive(Ack)
         self.version, self.control = reply.version, reply.control
         if reply.duplicate:
@@ -198,10 +205,16 @@ class ParameterServerClient:
 
     def commit_pull(self, update: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Send an update and receive the center after it was applied, in one round trip."""
-        self._send(
-            CommitPull(self._check_update(update), self.steps, self._take_history(), **self._ids())
-        )
+        self._send(self._commit_message(CommitPull, update))
         return self._receive_center(out)
+
+    def _commit_message(self, kind: type[Commit], update: np.ndarray) -> Commit:
+        """``update`` as the run's commit dtype carries it (plus the steps' records)."""
+        tensors: tuple[np.ndarray, ...] = (self._check_update(update),)
+        if self._encoder is not None:
+            tensors = self._encoder.encode(tensors[0])
+        scales = tensors[1] if len(tensors) > 1 else None
+        return kind(tensors[0], self.steps, self._take_history(), scales, **self._ids())
 
     def _take_history(self) -> tuple[tuple[int, float, Mapping[str, float]], ...]:
         """The step records for the next commit; a long backlog goes ahead in reports."""

@@ -1,0 +1,174 @@
+"""Compressed commits: the dtypes an update may travel in, and their exact codecs.
+
+A rule commits a flat float32 vector; on the wire it may travel smaller:
+
+- ``float32``: as is (4 bytes a parameter);
+- ``float16``: IEEE half precision, rounded to nearest, clipped to +-65504 so nothing finite
+  becomes infinite (2 bytes);
+- ``bfloat16``: the upper 16 bits of the float32, rounded to nearest even, sent as its raw
+  bits (``uint16`` on the wire; 2 bytes);
+- ``int8``: per-tensor symmetric quantization, ``q = rint(x / s)`` with
+  ``s = max|x| / 127`` for each tensor of the model's layout, sent as ``int8`` values and one
+  float32 scale per tensor (1 byte a parameter, plus 4 per tensor).
+
+The worker keeps what rounding lost and adds it to its next update (:class:`ErrorFeedback`),
+so over a run the center receives the full sum of the updates, less only the last rounding:
+compression changes when an update's bits arrive, not how much of it does. The server
+decodes every commit back into float32 before a rule sees it (:func:`decode`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+
+from distkeras_async.wire.schema import DTYPES, TensorSpec
+
+COMMIT_DTYPES = ("float32", "float16", "bfloat16", "int8")
+_HALF_MAX = np.float32(65504.0)
+_INT8_MAX = 127.0
+
+
+def check_commit_dtype(dtype: str) -> str:
+    """``dtype`` if updates can travel in it.
+
+    Raises:
+        ValueError: naming the dtypes there are.
+    """
+    if dtype not in COMMIT_DTYPES:
+        raise ValueError(f"commit dtype must be one of {list(COMMIT_DTYPES)}, got {dtype!r}")
+    return dtype
+
+
+def commit_specs(dtype: str, sizes: Sequence[int]) -> tuple[TensorSpec, ...]:
+    """The tensors of a commit in ``dtype``, as the frame declares them.
+
+    Args:
+        dtype: one of :data:`COMMIT_DTYPES`.
+        sizes: the element count of each tensor of the model, in layout order.
+    """
+    size = sum(sizes)
+    if dtype == "int8":
+        return (TensorSpec("int8", (size,)), TensorSpec("float32", (len(sizes),)))
+    wire = "uint16" if dtype == "bfloat16" else dtype
+    return (TensorSpec(wire, (size,)),)
+
+
+def commit_bytes(dtype: str, sizes: Sequence[int]) -> int:
+    """Payload bytes of one commit in ``dtype``."""
+    return sum(spec.nbytes for spec in commit_specs(dtype, sizes))
+
+
+def all_finite(array: np.ndarray) -> bool:
+    """Whether ``array`` has no NaN or infinity.
+
+    ``a . a`` is NaN or infinite when any element is, and BLAS computes it in one pass
+    (measured: 0.07 ms for 1M float32, against 0.15 ms for ``isfinite().all()`` and 0.5 ms
+    for a float64 sum). Only when the dot overflows do we pay for the exact check.
+    """
+    flat = array.reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.dot(flat, flat)):
+            return True
+    return bool(np.isfinite(flat).all())
+
+
+def _segments(sizes: Sequence[int]) -> list[tuple[int, int]]:
+    bounds = np.cumsum([0, *sizes])
+    return [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+
+
+def decode(
+    dtype: str, tensors: Sequence[np.ndarray], sizes: Sequence[int], out: np.ndarray
+) -> None:
+    """Write the float32 update that ``tensors`` (a commit in ``dtype``) carry into ``out``."""
+    if dtype == "float32":
+        np.copyto(out, tensors[0])
+    elif dtype == "float16":
+        np.copyto(out, tensors[0], casting="same_kind")
+    elif dtype == "bfloat16":
+        bits = out.view(np.uint32)
+        np.copyto(bits, tensors[0], casting="safe")
+        np.left_shift(bits, 16, out=bits)
+    elif dtype == "int8":
+        values, scales = tensors
+        for (start, end), scale in zip(_segments(sizes), scales, strict=True):
+            np.multiply(values[start:end], scale, out=out[start:end], casting="unsafe")
+    else:
+        check_commit_dtype(dtype)
+
+
+class ErrorFeedback:
+    """A worker's encoder: each update plus what earlier roundings lost, in ``dtype``.
+
+    The buffers are allocated once and reused, like the client's receive buffer; the tensors
+    :meth:`encode` returns are views of them, valid until the next call.
+
+    Args:
+        dtype: one of :data:`COMMIT_DTYPES`.
+        sizes: the element count of each tensor of the model, in layout order (int8 scales
+            one tensor at a time).
+    """
+
+    def __init__(self, dtype: str, sizes: Sequence[int]) -> None:
+        self.dtype = check_commit_dtype(dtype)
+        self.sizes = [int(n) for n in sizes]
+        size = sum(self.sizes)
+        self.residual = np.zeros(size, np.float32)
+        self._corrected = np.empty(size, np.float32)
+        self._decoded = np.empty(size, np.float32)
+        self._segments = _segments(self.sizes)
+        specs = commit_specs(dtype, self.sizes)
+        self._wire = [np.empty(spec.shape, DTYPES[spec.dtype]) for spec in specs]
+        self._bits = np.empty(size, np.uint32) if dtype == "bfloat16" else None
+
+    def encode(self, update: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The wire tensors for ``update`` + the residual; the residual becomes what was lost."""
+        if self.dtype == "float32":
+            return (update,)
+        corrected = self._corrected
+        np.add(update, self.residual, out=corrected)
+        wire = self._wire
+        # A NaN or an infinity must reach the server as one, which refuses the commit as it
+        # refuses a float32 one; only finite values are clipped or scaled.
+        finite = all_finite(corrected)
+        if self.dtype == "float16":
+            if finite:
+                np.clip(corrected, -_HALF_MAX, _HALF_MAX, out=self._decoded)
+                np.copyto(wire[0], self._decoded, casting="same_kind")
+            else:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    np.copyto(wire[0], corrected, casting="same_kind")
+        elif self.dtype == "bfloat16":
+            bits = self._bits
+            assert bits is not None
+            source = corrected.view(np.uint32)
+            # Round to nearest even: add 0x7FFF plus the lowest kept bit, then truncate.
+            np.right_shift(source, 16, out=bits)
+            np.bitwise_and(bits, 1, out=bits)
+            np.add(bits, 0x7FFF, out=bits)
+            np.add(bits, source, out=bits)
+            np.right_shift(bits, 16, out=bits)
+            np.copyto(wire[0], bits, casting="unsafe")
+        else:  # int8
+            values, scales = wire
+            scratch = self._decoded
+            for index, (start, end) in enumerate(self._segments):
+                part = corrected[start:end]
+                peak = float(np.max(np.abs(part))) if end > start else 0.0
+                scale = peak / _INT8_MAX
+                scales[index] = scale
+                if scale == 0.0 or not finite:
+                    # All zero; or not finite, sent as a NaN scale the server refuses.
+                    values[start:end] = 0
+                    scales[index] = 0.0 if finite else np.nan
+                    continue
+                np.multiply(part, np.float32(1.0 / scale), out=scratch[start:end])
+                np.rint(scratch[start:end], out=scratch[start:end])
+                np.clip(scratch[start:end], -_INT8_MAX, _INT8_MAX, out=scratch[start:end])
+                np.copyto(values[start:end], scratch[start:end], casting="unsafe")
+        decode(self.dtype, wire, self.sizes, self._decoded)
+        np.subtract(corrected, self._decoded, out=self.residual)
+        return tuple(wire)

@@ -1,0 +1,169 @@
+"""Compressed commits: the codecs, error feedback, and the server's side of the wire."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+from conftest import handshake
+
+from distkeras_async import algorithm as contract
+from distkeras_async import registry
+from distkeras_async.errors import HyperparameterError, ServerError
+from distkeras_async.wire import compression
+from distkeras_async.wire.compression import ErrorFeedback, commit_bytes, decode
+from distkeras_async.wire.frames import Frame
+from distkeras_async.wire.schema import Op
+
+SIZES = [6, 4]  # the conftest server's model: (2, 3) + (4,)
+COMPRESSED = ["float16", "bfloat16", "int8"]
+
+
+def updates(count: int, sizes: list[int], scale: float = 1e-3) -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [(rng.normal(size=sum(sizes)) * scale).astype(np.float32) for _ in range(count)]
+
+
+def test_the_contract_and_the_codecs_name_the_same_dtypes():
+    assert contract.COMMIT_DTYPES == compression.COMMIT_DTYPES
+
+
+@pytest.mark.parametrize("dtype", COMPRESSED)
+def test_error_feedback_delivers_the_whole_sum_but_the_last_rounding(dtype):
+    sizes = [1000, 10, 30_000, 3]
+    encoder = ErrorFeedback(dtype, sizes)
+    sent = np.zeros(sum(sizes), np.float64)
+    received = np.zeros(sum(sizes), np.float64)
+    decoded = np.empty(sum(sizes), np.float32)
+    for update in updates(40, sizes):
+        sent += update
+        decode(dtype, encoder.encode(update), sizes, decoded)
+        received += decoded
+    # Every update arrived but what the last rounding kept back, which the worker holds.
+    np.testing.assert_allclose(received + encoder.residual, sent, rtol=0, atol=1e-8)
+    # And that is small: below one unit of the dtype's resolution at the updates' size.
+    assert np.abs(encoder.residual).max() < 1e-4
+
+
+def test_float32_commits_travel_as_they_are():
+    encoder = ErrorFeedback("float32", SIZES)
+    (update,) = updates(1, SIZES)
+    (sent,) = encoder.encode(update)
+    assert sent is update and not encoder.residual.any()
+
+
+@pytest.mark.parametrize(
+    ("dtype", "ratio"), [("float32", 1.0), ("float16", 0.5), ("bfloat16", 0.5), ("int8", 0.25)]
+)
+def test_commit_bytes_are_halved_or_quartered(dtype, ratio):
+    sizes = [1_000_000, 1000, 10]
+    full = commit_bytes("float32", sizes)
+    # int8 adds one float32 scale per tensor.
+    assert commit_bytes(dtype, sizes) == full * ratio + (4 * len(sizes) if dtype == "int8" else 0)
+
+
+def test_bfloat16_rounds_to_nearest_even_as_ml_dtypes_does():
+    rng = np.random.default_rng(1)
+    x = np.concatenate(
+        # (-0.0 becomes +0.0 once the zero residual is added; the value is the same.)
+        [rng.normal(size=50_000) * 1e3, rng.normal(size=50_000) * 1e-30, [0.0, 1e-40, 3e38]]
+    ).astype(np.float32)
+    (bits,) = ErrorFeedback("bfloat16", [x.size]).encode(x)
+    np.testing.assert_array_equal(bits, x.astype(ml_dtypes.bfloat16).view(np.uint16))
+
+
+def test_float16_clips_instead_of_overflowing():
+    x = np.array([1e6, -1e6, 1.0], np.float32)
+    encoder = ErrorFeedback("float16", [3])
+    (half,) = encoder.encode(x)
+    assert np.isfinite(half).all() and half[0] == 65504
+    # What did not fit is kept for the next commits, not lost.
+    np.testing.assert_allclose(encoder.residual[:2], [1e6 - 65504, -(1e6 - 65504)])
+
+
+def test_int8_scales_each_tensor_and_sends_zero_for_an_all_zero_tensor():
+    x = np.array([0.0, 0.0, 1.0, -2.0, 0.5], np.float32)
+    values, scales = ErrorFeedback("int8", [2, 3]).encode(x)
+    np.testing.assert_allclose(scales, [0.0, 2.0 / 127])
+    np.testing.assert_array_equal(values, [0, 0, 64, -127, 32])
+
+
+def test_commit_dtype_is_a_checked_hyperparameter_of_every_rule():
+    for name in registry.available():
+        assert registry.resolve(name).commit_dtype == "float32"
+    assert registry.resolve("downpour", commit_dtype="int8").settings["commit_dtype"] == "int8"
+    with pytest.raises(HyperparameterError, match=r"one of \['float32', 'float16'"):
+        registry.resolve("downpour", commit_dtype="int4")
+
+
+@pytest.mark.parametrize("dtype", COMPRESSED)
+def test_the_server_applies_what_the_worker_encoded(make_server, connect, dtype):
+    server = make_server(algorithm="downpour", commit_dtype=dtype)
+    client = connect(server)
+    assert client.commit_dtype == dtype
+    total = np.zeros(sum(SIZES), np.float64)
+    for update in updates(5, SIZES, scale=0.1):
+        client.commit(update)
+        total += update
+    # DOWNPOUR adds each commit: the center is the sum of what arrived, which is the sum of
+    # the updates less what the worker still holds back.
+    np.testing.assert_allclose(
+        server.center_flat + client._encoder.residual, total, rtol=0, atol=1e-6
+    )
+    stats = server.stats()
+    assert stats.commits == 5
+
+
+def test_a_float32_commit_to_an_int8_run_is_refused_and_changes_nothing(
+    make_server, raw_peer, secret
+):
+    server = make_server(commit_dtype="int8")
+    peer = raw_peer(server.port)
+    handshake(peer, secret)
+    peer.send(Frame(Op.COMMIT, 0, 0, 1, tensors=(np.ones(sum(SIZES), np.float32),)))
+    reply = peer.receive()
+    assert reply.op is Op.ERROR
+    assert "commit dtype, int8" in reply.fields["message"]
+    assert peer.closed_by_server()
+    assert server.version == 0
+    np.testing.assert_array_equal(server.center_flat, np.zeros(sum(SIZES)))
+
+
+def test_an_int8_commit_to_a_float32_run_is_refused(make_server, raw_peer, secret):
+    server = make_server()
+    peer = raw_peer(server.port)
+    handshake(peer, secret)
+    values = np.ones(sum(SIZES), np.int8)
+    peer.send(Frame(Op.COMMIT, 0, 0, 1, tensors=(values, np.ones(2, np.float32))))
+    reply = peer.receive()
+    assert reply.op is Op.ERROR and "commit dtype, float32" in reply.fields["message"]
+    assert server.version == 0
+
+
+def test_a_non_finite_int8_scale_is_refused_by_the_servers_finite_check(
+    make_server, raw_peer, secret
+):
+    server = make_server(commit_dtype="int8")
+    peer = raw_peer(server.port)
+    handshake(peer, secret)
+    values = np.ones(sum(SIZES), np.int8)
+    peer.send(Frame(Op.COMMIT, 0, 0, 1, tensors=(values, np.array([1.0, np.inf], np.float32))))
+    reply = peer.receive()
+    assert reply.op is Op.ERROR and "NaN or infinity" in reply.fields["message"]
+    assert server.version == 0
+    np.testing.assert_array_equal(server.center_flat, np.zeros(sum(SIZES)))
+
+
+@pytest.mark.parametrize("dtype", COMPRESSED)
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_non_finite_update_reaches_the_server_as_one_and_is_refused(
+    make_server, connect, dtype, bad
+):
+    server = make_server(commit_dtype=dtype)
+    client = connect(server)
+    update = np.ones(sum(SIZES), np.float32)
+    update[2] = bad
+    with pytest.raises(ServerError, match="NaN or infinity"):
+        client.commit(update)
+    assert server.version == 0
+    np.testing.assert_array_equal(server.center_flat, np.zeros(sum(SIZES)))
