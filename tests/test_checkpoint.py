@@ -168,6 +168,27 @@ def test_resuming_with_another_algorithm_or_hyperparameters_is_refused(
         )
 
 
+def test_a_run_may_resume_with_another_commit_dtype(tmp_path, secret):
+    # The checkpoint predates commit_dtype (it has only communication_window); how updates
+    # travel does not change what the rule computes.
+    path = tmp_path / "c.npz"
+    center = _random_checkpoint(path)
+    weights = [np.zeros((2, 3), np.float32), np.zeros(4, np.float32)]
+    with (
+        ParameterServer(
+            weights,
+            "downpour",
+            num_workers=1,
+            secret=secret,
+            resume_from=path,
+            commit_dtype="int8",
+        ) as server,
+        ParameterServerClient("127.0.0.1", server.port, secret, 0, timeout=10) as client,
+    ):
+        assert client.commit_dtype == "int8"
+        assert client.pull().tobytes() == center.tobytes()
+
+
 def test_a_synchronous_run_resumes_and_its_rounds_continue(tmp_path, secret):
     path = tmp_path / "sync.npz"
     center = _random_checkpoint(path, "averaging", {"communication_window": 5}, version=9)

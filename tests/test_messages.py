@@ -128,9 +128,14 @@ def test_invalid_messages_fail_where_they_are_made(make):
         make()
 
 
-def test_a_tensor_message_must_carry_exactly_one_vector():
-    frame = Frame(Op.COMMIT, tensors=(np.ones(2, np.float32), np.ones(3, np.float32)))
-    with pytest.raises(RemoteProtocolError, match="one flat vector, got 2"):
+def test_a_tensor_message_must_carry_one_vector_or_a_commit_its_scales():
+    values, scales = np.ones(5, np.int8), np.ones(2, np.float32)
+    commit = from_frame(Frame(Op.COMMIT, tensors=(values, scales)))
+    assert isinstance(commit, Commit) and commit.scales is not None
+    np.testing.assert_array_equal(commit.scales, scales)
+    assert from_frame(commit.to_frame()).wire_tensors()[1].tolist() == [1.0, 1.0]
+    frame = Frame(Op.COMMIT, tensors=(values, scales, scales))
+    with pytest.raises(RemoteProtocolError, match="one flat vector, got 3"):
         from_frame(frame)
 
 

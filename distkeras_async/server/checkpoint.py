@@ -95,6 +95,11 @@ def load_checkpoint(path: str | os.PathLike[str], layout: Layout | None = None) 
     return checkpoint
 
 
+# Settings of how updates travel, not of what the rule computes: a run may resume with others
+# (and checkpoints written before they existed lack them).
+TRANSPORT = frozenset({"commit_dtype"})
+
+
 def check_resumable(
     checkpoint: Checkpoint, path: object, algorithm: str, hyperparameters: dict[str, Any]
 ) -> None:
@@ -117,7 +122,7 @@ def check_resumable(
     differ = sorted(
         key
         for key in set(ours) | set(checkpoint.hyperparameters)
-        if ours.get(key) != checkpoint.hyperparameters.get(key)
+        if ours.get(key) != checkpoint.hyperparameters.get(key) and key not in TRANSPORT
     )
     if differ:
         details = ", ".join(

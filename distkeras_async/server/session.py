@@ -249,9 +249,10 @@ class Session:
         expected = self.core.commit_specs
         if header.specs != expected:
             got = [spec.to_wire() for spec in header.specs][:3]
+            wanted = compression.describe_commit(self.core.commit_dtype, self.core.tensor_sizes)
             raise RemoteProtocolError(
-                f"update must be {[spec.to_wire() for spec in expected]} (the model's layout in "
-                f"the run's commit dtype, {self.core.commit_dtype}), got {got}"
+                f"update must be {wanted} (the model's layout in the run's commit dtype, "
+                f"{self.core.commit_dtype}), got {got}"
             )
         lease = self.core.receive.acquire()
         if lease is None:

@@ -56,6 +56,15 @@ def commit_specs(dtype: str, sizes: Sequence[int]) -> tuple[TensorSpec, ...]:
     return (TensorSpec(wire, (size,)),)
 
 
+def describe_commit(dtype: str, sizes: Sequence[int]) -> str:
+    """What a commit in ``dtype`` must be, in words (for error messages)."""
+    size = sum(sizes)
+    if dtype == "int8":
+        return f"one int8 vector of {size} elements and {len(sizes)} float32 scales"
+    wire = "uint16 (bfloat16)" if dtype == "bfloat16" else dtype
+    return f"one {wire} vector of {size} elements"
+
+
 def commit_bytes(dtype: str, sizes: Sequence[int]) -> int:
     """Payload bytes of one commit in ``dtype``."""
     return sum(spec.nbytes for spec in commit_specs(dtype, sizes))
