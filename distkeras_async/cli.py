@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from distkeras_async import checks, registry
+from distkeras_async.algorithm import COMMIT_DTYPES
 from distkeras_async.errors import AlgorithmError, DistKerasError
 from distkeras_async.serve import add_arguments as add_serve_arguments
 from distkeras_async.wire import auth
@@ -54,7 +55,11 @@ def _cmd_bench_wire(args: argparse.Namespace) -> int:
     from distkeras_async.bench import run_wire_benchmark
 
     result = run_wire_benchmark(
-        args.params, args.workers, duration=args.duration, repeats=args.repeats
+        args.params,
+        args.workers,
+        duration=args.duration,
+        repeats=args.repeats,
+        commit_dtype=args.commit_dtype,
     )
     if args.json:
         print(json.dumps(result.to_dict()))
@@ -178,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     wire.add_argument("--workers", type=_positive_int, default=1, help="client processes")
     wire.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
     wire.add_argument("--repeats", type=_positive_int, default=3, help="alternating repeats")
+    wire.add_argument(
+        "--commit-dtype",
+        choices=COMMIT_DTYPES,
+        default="float32",
+        help="the dtype commits travel in (the raw-socket baseline sends float32)",
+    )
     wire.add_argument("--json", action="store_true", help="print one JSON object")
     wire.set_defaults(func=_cmd_bench_wire)
     return parser

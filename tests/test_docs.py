@@ -84,6 +84,7 @@ def _defined_tests() -> dict[str, set[str]]:
         "data.md",
         "backends.md",
         "cluster.md",
+        "algorithms.md",
     ],
 )
 def test_every_test_named_next_to_a_guarantee_exists(page):

@@ -168,6 +168,17 @@ def test_barrier_slot_shortage_fails_before_any_spark_job(digits):
     assert set(tracker.getJobIdsForGroup()) == jobs_before
 
 
+def test_int8_commits_train_as_far_with_a_quarter_of_the_bytes(digits):
+    # The demo's DOWNPOUR settings; commits travel as int8 with error feedback.
+    trainer = make_trainer("DOWNPOUR", mlp(), workers=2, progress=False, commit_dtype="int8")
+    accuracy = digits.accuracy(trainer.train(digits.train))
+    assert accuracy >= 0.90, f"test accuracy {accuracy:.3f}"
+    stats = trainer.get_parameter_server_stats()
+    size = sum(w.size for w in mlp().get_weights())
+    # What reached the server: about a byte per parameter and commit, not four.
+    assert stats is not None and stats.bytes_in < stats.commits * size * 1.3
+
+
 @pytest.mark.parametrize("name", ["DOWNPOUR", "EASGD"])
 def test_asking_for_gpus_local_mode_cannot_give_fails_before_any_job(digits, name):
     train_df = digits.train

@@ -1,0 +1,104 @@
+"""Compressed commits: round trips/s and bytes per dtype, and what they do to accuracy.
+
+Wire: one client process does ``commit_pull`` against a real ParameterServer (DOWNPOUR) for
+``--duration`` seconds per dtype, the dtypes alternating ``--repeats`` times in the same run;
+medians, and each dtype's ratio to float32. The update is random (a constant one would make
+every dtype look exact); the worker's encoding with error feedback is included, the center
+returns as float32 every time.
+
+Accuracy (``--accuracy``): DOWNPOUR with 2 workers on scikit-learn's digits on Spark
+``local[2]`` (the demo's settings, ``--epochs`` epochs), once per dtype, repeated; the test
+accuracy of the returned model.
+
+    python benchmarks/compression.py --params 1000000 10000000
+    python benchmarks/compression.py --accuracy --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+
+from distkeras_async.algorithm import COMMIT_DTYPES
+from distkeras_async.bench import measure_server
+from distkeras_async.wire.compression import commit_bytes
+
+
+def wire(params: list[int], duration: float, repeats: int) -> None:
+    """Print round trips/s per dtype against float32, for each model size."""
+    print("| parameters | dtype | commit bytes | round trips/s | vs float32 | runs |")
+    print("|---:|---|---:|---:|---:|---|")
+    for n in params:
+        runs: dict[str, list[float]] = {dtype: [] for dtype in COMMIT_DTYPES}
+        for _ in range(repeats):
+            for dtype in COMMIT_DTYPES:
+                runs[dtype].append(measure_server(n, 1, duration, commit_dtype=dtype))
+        base = statistics.median(runs["float32"])
+        for dtype in COMMIT_DTYPES:
+            median = statistics.median(runs[dtype])
+            spread = ", ".join(f"{v:.0f}" for v in runs[dtype])
+            print(
+                f"| {n:,} | {dtype} | {commit_bytes(dtype, [n]):,} | {median:.1f} | "
+                f"{median / base:.2f} | {spread} |",
+                flush=True,
+            )
+
+
+def accuracy(epochs: int, repeats: int) -> None:
+    """Print the digits test accuracy of DOWNPOUR per commit dtype."""
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    from distkeras_async.datasets import digits, digits_mlp
+    from distkeras_async.demo import make_trainer
+    from distkeras_async.spark import warm_up
+
+    spark = (
+        SparkSession.builder.master("local[2]")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.ui.showConsoleProgress", "false")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    data = digits(spark)
+    warm_up(data.train, 2)
+    runs: dict[str, list[float]] = {dtype: [] for dtype in COMMIT_DTYPES}
+    for _ in range(repeats):
+        for dtype in COMMIT_DTYPES:
+            trainer = make_trainer(
+                "DOWNPOUR",
+                digits_mlp(),
+                workers=2,
+                epochs=epochs,
+                progress=False,
+                commit_dtype=dtype,
+            )
+            runs[dtype].append(data.accuracy(trainer.train(data.train)))
+    print(f"| dtype | test accuracy (median of {repeats}) | runs |")
+    print("|---|---:|---|")
+    for dtype, values in runs.items():
+        spread = ", ".join(f"{v:.3f}" for v in values)
+        print(f"| {dtype} | {statistics.median(values):.3f} | {spread} |")
+    spark.stop()
+
+
+def main() -> None:
+    """Run the wire table, or the accuracy table with ``--accuracy``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--accuracy", action="store_true")
+    parser.add_argument("--epochs", type=int, default=5)
+    args = parser.parse_args()
+    if args.accuracy:
+        accuracy(args.epochs, args.repeats)
+    else:
+        wire(args.params, args.duration, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
