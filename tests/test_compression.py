@@ -167,3 +167,26 @@ def test_a_non_finite_update_reaches_the_server_as_one_and_is_refused(
         client.commit(update)
     assert server.version == 0
     np.testing.assert_array_equal(server.center_flat, np.zeros(sum(SIZES)))
+
+
+def test_float16_decodes_every_bit_pattern_as_numpy_does():
+    bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    out = np.empty(bits.size, np.float32)
+    decode("float16", [bits.view(np.float16)], [bits.size], out)
+    expected = bits.view(np.float16).astype(np.float32)
+    nan = np.isnan(expected)
+    assert np.isnan(out[nan]).all()
+    np.testing.assert_array_equal(out[~nan].view(np.uint32), expected[~nan].view(np.uint32))
+
+
+def test_float16_encodes_as_numpys_round_to_nearest_even():
+    rng = np.random.default_rng(3)
+    scales = (1e-8, 1e-6, 1e-4, 1.0, 1e3, 6e4)
+    x = np.concatenate(
+        [rng.normal(size=20_000) * s for s in scales]
+        + [[0.0, 6e-8, 3e-8, 2.98e-8, 65504.0, 65519.0, 5.960464e-08]]
+    ).astype(np.float32)
+    (half,) = ErrorFeedback("float16", [x.size]).encode(x)
+    # numpy's cast, after the clip that keeps finite values finite.
+    expected = np.clip(x, -65504, 65504).astype(np.float16)
+    np.testing.assert_array_equal(half.view(np.uint16), expected.view(np.uint16))
