@@ -26,6 +26,7 @@ from distkeras_async.algorithm import (
     positive,
 )
 from distkeras_async.errors import HyperparameterError
+from distkeras_async.transforms import Transform, apply_all, check_chain
 
 
 def add_scaled(center: np.ndarray, update: np.ndarray, scale: float) -> None:
@@ -81,14 +82,28 @@ def staleness_scale(meta: UpdateMeta) -> float:
 class DeltaAlgorithm(Algorithm):
     """Worker rule: commit ``scale * (weights - last_pulled)``, then adopt the new center.
 
-    Subclasses choose the scale (:meth:`delta_scale`) and the server rule. At the end the
-    worker commits whatever it learned since its last exchange, so no local step is lost.
+    Subclasses choose the scale (:meth:`delta_scale`) and the server rule, or chain update
+    transforms (:mod:`distkeras_async.transforms`): ``worker_transforms`` change each delta
+    before it is committed, ``server_transforms`` each received update before the center
+    adds it. At the end the worker commits whatever it learned since its last exchange, so
+    no local step is lost.
     """
+
+    worker_transforms: ClassVar[Sequence[Transform]] = ()
+    server_transforms: ClassVar[Sequence[Transform]] = ()
 
     _last: np.ndarray
 
     # center + update: a bounded linear update (see Algorithm.linear_update).
     linear_update = True
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.worker_transforms = check_chain(cls.worker_transforms, "worker")
+        cls.server_transforms = check_chain(cls.server_transforms, "server")
+        if cls.__dict__.get("server_transforms"):
+            # Clipping or taking the sign is not the linear update the fast path relies on.
+            cls.linear_update = False
 
     def delta_scale(self) -> float:
         """Factor applied to the local change before it is committed."""
@@ -104,6 +119,7 @@ class DeltaAlgorithm(Algorithm):
         scale = self.delta_scale()
         if scale != 1.0:
             delta *= np.float32(scale)
+        apply_all(self.worker_transforms, delta)
         return delta
 
     def worker_exchange(self, weights: np.ndarray, server: ServerHandle) -> np.ndarray:
@@ -117,13 +133,15 @@ class DeltaAlgorithm(Algorithm):
         return weights
 
     def server_apply(self, center: np.ndarray, update: np.ndarray, meta: UpdateMeta) -> None:
-        """The center adds the committed change."""
+        """The center adds the committed change (after the server transforms)."""
+        apply_all(self.server_transforms, update, meta)
         np.add(center, update, out=center)
 
     def server_update(
         self, out: np.ndarray, center: np.ndarray, update: np.ndarray, meta: UpdateMeta
     ) -> None:
-        """``out = center + update`` in one pass."""
+        """``out = center + update`` in one pass (after the server transforms)."""
+        apply_all(self.server_transforms, update, meta)
         np.add(center, update, out=out)
 
 

@@ -12,15 +12,14 @@ import re
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
-import msgpack
 import numpy as np
 import pytest
 
 from distkeras_async import registry
-from distkeras_async.algorithm import Algorithm, Hyperparameter, UpdateMeta
+from distkeras_async.algorithm import Algorithm, UpdateMeta
 from distkeras_async.errors import (
     AlgorithmError,
     HyperparameterError,
@@ -28,6 +27,12 @@ from distkeras_async.errors import (
     UnknownAlgorithmError,
 )
 from distkeras_async.rules import DeltaAlgorithm
+from distkeras_async.testing import (
+    apply_updates,
+    check_declarations,
+    check_server_rule,
+    check_worker_rule,
+)
 
 NAMES = registry.available()
 BUILTINS = {"downpour", "adag", "dynsgd", "easgd", "aeasgd", "eamsgd", "averaging"}
@@ -47,44 +52,6 @@ def cls(request: pytest.FixtureRequest) -> type[Algorithm]:
     return registry.get(request.param)
 
 
-# -- a minimal in-memory server for the worker rules ------------------------------------
-
-
-class FakeServer:
-    """A ServerHandle for one worker; synchronous rounds have just this worker."""
-
-    def __init__(self, algorithm: Algorithm, center: np.ndarray) -> None:
-        self.algorithm = algorithm
-        self.center = center.astype(np.float32).copy()
-        self.version = 0
-        self.pulled_version = 0
-        self.updates: list[np.ndarray] = []
-
-    def pull(self, out: np.ndarray | None = None) -> np.ndarray:
-        self.pulled_version = self.version
-        if out is None:
-            return self.center.copy()
-        assert out.dtype == np.float32 and out.shape == self.center.shape
-        np.copyto(out, self.center)
-        return out
-
-    def commit(self, update: np.ndarray) -> None:
-        assert isinstance(update, np.ndarray)
-        assert update.dtype == np.float32, update.dtype
-        assert update.shape == self.center.shape
-        self.updates.append(update.copy())
-        meta = UpdateMeta(0, self.pulled_version, self.version)
-        if self.algorithm.synchronous:
-            self.algorithm.server_apply_round(self.center, [update.copy()], [meta])
-        else:
-            self.algorithm.server_apply(self.center, update.copy(), meta)
-        self.version += 1
-
-    def commit_pull(self, update: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        self.commit(update)
-        return self.pull(out)
-
-
 # -- the battery --------------------------------------------------------------------------
 
 
@@ -98,11 +65,19 @@ def test_name_matches_registry_name(name: str) -> None:
     assert " " not in name
 
 
-def test_class_has_docstring(cls: type[Algorithm]) -> None:
-    assert cls.__doc__ is not None
-    assert cls.__doc__.strip()
-    # Not just inherited from a base class.
-    assert "__doc__" in cls.__dict__
+def test_declarations(cls: type[Algorithm]) -> None:
+    """Name, docstring, mode and hyperparameters (the plugin kit's first check)."""
+    check_declarations(cls)
+
+
+def test_server_rule(cls: type[Algorithm]) -> None:
+    """In place, dtype and shape kept, its forms agree, a linear promise holds."""
+    check_server_rule(cls)
+
+
+def test_worker_rule(cls: type[Algorithm]) -> None:
+    """An idle worker leaves the center; a trained one moves it its way."""
+    check_worker_rule(cls)
 
 
 def test_module_docstring_cites_paper_or_states_rule(cls: type[Algorithm]) -> None:
@@ -115,39 +90,6 @@ def test_module_docstring_cites_paper_or_states_rule(cls: type[Algorithm]) -> No
     assert cites_paper or states_rule, f"{module.__name__}'s docstring neither cites nor states"
 
 
-def test_synchronous_is_bool(cls: type[Algorithm]) -> None:
-    assert type(cls.synchronous) is bool
-    assert type(cls.allow_nonfinite) is bool
-
-
-def test_constructs_with_defaults(cls: type[Algorithm]) -> None:
-    algorithm = cls()
-    assert isinstance(algorithm, Algorithm)
-    for key, spec in cls.hyperparameters.items():
-        assert getattr(algorithm, key) == spec.default
-    assert type(algorithm).__name__ in repr(algorithm)
-
-
-def test_settings_are_msgpack_friendly_scalars(cls: type[Algorithm]) -> None:
-    settings = cls().settings
-    assert set(settings) == set(cls.hyperparameters)
-    for key, value in settings.items():
-        assert isinstance(key, str)
-        assert type(value) in (int, float, bool, str), (key, type(value))
-    assert msgpack.unpackb(msgpack.packb(settings)) == settings
-    # The settings a server sends rebuild an equal algorithm in the worker.
-    assert cls(**settings).settings == settings
-
-
-def test_every_hyperparameter_is_documented(cls: type[Algorithm]) -> None:
-    assert cls.hyperparameters
-    for key, spec in cls.hyperparameters.items():
-        assert isinstance(spec, Hyperparameter)
-        assert key.isidentifier() and key == key.lower()
-        assert spec.doc.strip(), f"hyperparameter {key!r} of {cls.name!r} has no doc"
-        assert spec.validate(key, spec.default) == spec.default
-
-
 def test_communication_window_is_a_hyperparameter(cls: type[Algorithm]) -> None:
     assert "communication_window" in cls.hyperparameters
     assert cls.hyperparameters["communication_window"].kind is int
@@ -156,38 +98,12 @@ def test_communication_window_is_a_hyperparameter(cls: type[Algorithm]) -> None:
         cls(communication_window=0)
 
 
-def test_unknown_hyperparameter_rejected(cls: type[Algorithm]) -> None:
-    with pytest.raises(HyperparameterError, match="no_such_knob") as info:
-        cls(no_such_knob=1)
-    assert "communication_window" in str(info.value)
-
-
-def test_implements_the_server_rule_for_its_mode(cls: type[Algorithm]) -> None:
-    if cls.synchronous:
-        assert cls.server_apply_round is not Algorithm.server_apply_round
-    else:
-        assert cls.server_apply is not Algorithm.server_apply
-    assert cls.worker_exchange is not Algorithm.worker_exchange
-
-
-def _apply(algorithm: Algorithm, center: np.ndarray, updates: Sequence[np.ndarray]) -> np.ndarray:
-    """Apply ``updates`` (a round if synchronous, one by one otherwise) to a copy of center."""
-    result = center.copy()
-    if algorithm.synchronous:
-        metas = [UpdateMeta(w, 0, 0) for w in range(len(updates))]
-        algorithm.server_apply_round(result, [u.copy() for u in updates], metas)
-    else:
-        for version, update in enumerate(updates):
-            algorithm.server_apply(result, update.copy(), UpdateMeta(0, version, version))
-    return result
-
-
 def test_the_real_server_applies_exactly_the_rule(cls: type[Algorithm], make_server, connect):
     """Through sockets, the session, the queue and the in-place or spare-buffer path, the
     server's center is bit for bit the rule applied directly (and it moved)."""
     center = f32(1, 2, 3, 4)
     updates = [f32(0.5, -1, 2, 0.25), f32(-0.25, 0.5, 1, 3)]
-    expected = _apply(cls(), center, updates)
+    expected = apply_updates(cls(), center, updates)
     assert not np.array_equal(expected, center) and np.isfinite(expected).all()
     if cls.synchronous:
         server = make_server(weights=[center.copy()], algorithm=cls, num_workers=2)
@@ -209,66 +125,15 @@ def test_the_real_server_applies_exactly_the_rule(cls: type[Algorithm], make_ser
     assert server.center_flat.tobytes() == expected.tobytes()
 
 
-def test_server_rule_keeps_dtype_shape_and_works_in_place(cls: type[Algorithm]) -> None:
-    algorithm = cls()
-    center = np.linspace(-1, 1, 6, dtype=np.float32)
-    original = center
-    updates = [np.full(6, 0.5, dtype=np.float32), np.arange(6, dtype=np.float32)]
-    if algorithm.synchronous:
-        algorithm.server_apply_round(
-            center, [u.copy() for u in updates], [UpdateMeta(0, 0, 0), UpdateMeta(1, 0, 0)]
-        )
-    else:
-        for update in updates:
-            algorithm.server_apply(center, update.copy(), UpdateMeta(0, 0, 0))
-    assert center is original
-    assert center.dtype == np.float32
-    assert center.shape == (6,)
-    assert center.flags.c_contiguous
-
-
-def test_idle_worker_leaves_center_unchanged(cls: type[Algorithm]) -> None:
-    """A worker that did not move commits an update that leaves the center where it was."""
-    algorithm = cls(communication_window=2)
-    center = f32(1.5, -2, 0.25, 8)
-    server = FakeServer(cls(communication_window=2), center)
-    weights = algorithm.worker_start(np.zeros(4, dtype=np.float32), server)
-    assert weights.dtype == np.float32 and weights.shape == (4,)
-    np.testing.assert_array_equal(weights, center)
-    weights = algorithm.worker_exchange(weights, server)
-    np.testing.assert_array_equal(server.center, center)
-    np.testing.assert_array_equal(weights, center)
-    weights = algorithm.worker_finish(weights, server)
-    np.testing.assert_array_equal(server.center, center)
-    np.testing.assert_array_equal(weights, center)
-    assert weights.dtype == np.float32 and weights.shape == (4,)
-    assert server.updates, "the worker rule never committed"
-
-
-def test_worker_rule_moves_center_towards_trained_worker(cls: type[Algorithm]) -> None:
-    """After local progress, an exchange moves the center in the direction of the worker."""
-    algorithm = cls(communication_window=2)
-    center = f32(0, 0, 0, 0)
-    server = FakeServer(cls(communication_window=2), center)
-    weights = algorithm.worker_start(center.copy(), server)
-    trained = weights + f32(1, -1, 2, 0)
-    if algorithm.acts_every_step():
-        # Zero gradient: the local step changes nothing, the momentum stays zero.
-        trained = algorithm.worker_step(trained, lambda w: w.copy())
-    new = algorithm.worker_exchange(trained.copy(), server)
-    assert new.dtype == np.float32 and new.shape == (4,)
-    moved = server.center - center
-    assert np.all(np.sign(moved) == np.sign(f32(1, -1, 2, 0)))
-
-
 def test_zero_update_rules(cls: type[Algorithm]) -> None:
     """Zero deltas or elastic differences, or a round of identical weights, change nothing."""
     algorithm = cls()
     center = f32(1, 2, 3, 4)
     if cls.name == "averaging":
-        result = _apply(algorithm, center, [center.copy(), center.copy()])
+        result = apply_updates(algorithm, center, [center.copy(), center.copy()])
     else:
-        result = _apply(algorithm, center, [np.zeros(4, np.float32), np.zeros(4, np.float32)])
+        zero = np.zeros(4, np.float32)
+        result = apply_updates(algorithm, center, [zero, zero.copy()])
     np.testing.assert_array_equal(result, center)
 
 
@@ -537,41 +402,6 @@ def test_plugin_reusing_a_name_with_another_target(plugin_dir: tuple[Path, list[
 
 
 # -- the server's out-of-place and in-place forms ----------------------------------------
-
-
-def _server_results(algorithm: Algorithm, center: np.ndarray, updates: list[np.ndarray]):
-    """The next center three ways: in place (server_apply*), into ``out``, and aliased."""
-    metas = [UpdateMeta(w, 3, 5) for w in range(len(updates))]
-    in_place = center.copy()
-    out = np.full_like(center, np.nan)
-    aliased = center.copy()
-    if algorithm.synchronous:
-        algorithm.server_apply_round(in_place, [u.copy() for u in updates], metas)
-        algorithm.apply_round(out, center.copy(), [u.copy() for u in updates], metas)
-        if algorithm.declares_linear_update():
-            algorithm.apply_round(aliased, aliased, [u.copy() for u in updates], metas)
-    else:
-        algorithm.server_apply(in_place, updates[0].copy(), metas[0])
-        algorithm.apply_update(out, center.copy(), updates[0].copy(), metas[0])
-        if algorithm.declares_linear_update():
-            algorithm.apply_update(aliased, aliased, updates[0].copy(), metas[0])
-    return in_place, out, aliased
-
-
-def test_the_server_forms_of_a_rule_agree(cls):
-    """apply_update/apply_round (what the server calls) match the in-place rule exactly, and
-    a rule that promises a bounded linear update gives the same result with out = center and
-    stays within max|center| + sum max|update|."""
-    rng = np.random.default_rng(7)
-    algorithm = cls()
-    center = rng.normal(size=64).astype(np.float32)
-    updates = [rng.normal(size=64).astype(np.float32) for _ in range(3 if cls.synchronous else 1)]
-    in_place, out, aliased = _server_results(algorithm, center, updates)
-    np.testing.assert_array_equal(out, in_place)
-    if cls.declares_linear_update():
-        np.testing.assert_array_equal(aliased, in_place)
-        bound = np.max(np.abs(center)) + sum(np.max(np.abs(u)) for u in updates)
-        assert np.max(np.abs(in_place)) <= bound * (1 + 1e-6)
 
 
 def test_every_builtin_promises_a_bounded_linear_update():

@@ -85,6 +85,7 @@ def _defined_tests() -> dict[str, set[str]]:
         "backends.md",
         "cluster.md",
         "algorithms.md",
+        "custom-optimizer.md",
     ],
 )
 def test_every_test_named_next_to_a_guarantee_exists(page):
