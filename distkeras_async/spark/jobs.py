@@ -111,9 +111,15 @@ def first_row(df: DataFrame, columns: Sequence[str]) -> dict[str, Any] | None:
 
     One small Spark job under :data:`CHECK_GROUP`; no pass over the data.
     """
+    rows = first_rows(df, columns, 1)
+    return rows[0] if rows else None
+
+
+def first_rows(df: DataFrame, columns: Sequence[str], count: int) -> list[dict[str, Any]]:
+    """The first ``count`` rows of ``columns`` (vectors as arrays), in one small Spark job."""
     with job_group(df.sparkSession, CHECK_GROUP, "distkeras-async: checking the input"):
-        rows = numeric_columns(df, columns).head(1)
-    return rows[0].asDict() if rows else None
+        rows = numeric_columns(df, columns).head(count)
+    return [row.asDict() for row in rows]
 
 
 def numeric_columns(

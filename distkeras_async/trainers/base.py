@@ -28,7 +28,7 @@ from distkeras_async.tls import read_ca
 from distkeras_async.trainers.failures import unfinished_workers
 from distkeras_async.trainers.history import average_history, flatten_rows
 from distkeras_async.trainers.input_checks import check_first_row
-from distkeras_async.trainers.learning import check_center
+from distkeras_async.trainers.learning import SAMPLE_ROWS, check_center
 from distkeras_async.trainers.snapshots import CenterSnapshots
 from distkeras_async.wire.auth import check_secret, new_secret
 from distkeras_async.worker.backend import check_backend, current_backend
@@ -480,8 +480,13 @@ class DistributedTrainer(Trainer):
             dataframe, validation_data = dataframe.randomSplit([1.0 - split, split], self.seed)
         # The data against the model, from its first row, before anything starts. A custom
         # worker whose prepare() transforms the columns is only checked for emptiness.
+        # With the learning check, the same small job reads the rows it evaluates on.
+        checking = self.check_learning and not self._custom_prepare()
+        head = sparkglue.first_rows(
+            dataframe, [*self.features_col, *self.label_col], SAMPLE_ROWS if checking else 1
+        )
         check_first_row(
-            sparkglue.first_row(dataframe, [*self.features_col, *self.label_col]),
+            head[0] if head else None,
             self.master_model,
             self.loss,
             self.features_col,
@@ -616,8 +621,8 @@ class DistributedTrainer(Trainer):
         self.history = flatten_rows(rows, lost)
         self.training_time = time.time() - began
         model = self._trained_model(weights)
-        if self.check_learning and not self._custom_prepare():
-            self.learning_report = check_center(self, dataframe, model, initial, weights)
+        if checking:
+            self.learning_report = check_center(self, head, model, initial, weights)
         return model
 
     def _no_epochs_left(self, epochs: Any, began: float) -> Any:
