@@ -374,7 +374,8 @@ def test_a_synchronous_run_checkpoints_at_the_end_and_resumes_from_it(
     flat = np.concatenate([w.ravel() for w in trained.get_weights()]).astype(np.float32)
     assert saved.center.tobytes() == flat.tobytes()
     assert saved.version == stats.version == stats.rounds > 0
-    assert (saved.algorithm, saved.hyperparameters) == ("averaging", {"communication_window": 10})
+    assert saved.algorithm == "averaging"
+    assert saved.hyperparameters == {"communication_window": 10, "commit_dtype": "float32"}
 
     spy = ServerSpy(monkeypatch)
     second = trainers.AveragingTrainer(mlp(), "adam", "categorical_crossentropy", **settings)
