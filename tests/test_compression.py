@@ -114,44 +114,40 @@ def test_the_server_applies_what_the_worker_encoded(make_server, connect, dtype)
     assert stats.commits == 5
 
 
-def test_a_float32_commit_to_an_int8_run_is_refused_and_changes_nothing(
-    make_server, raw_peer, secret
-):
-    server = make_server(commit_dtype="int8")
+def refused(make_server, raw_peer, secret, dtype: str, tensors: tuple[np.ndarray, ...]) -> str:
+    """Send ``tensors`` as a commit by hand to a ``dtype`` run; the error it got back.
+
+    The server must have closed the connection and changed nothing.
+    """
+    server = make_server(commit_dtype=dtype)
     peer = raw_peer(server.port)
     handshake(peer, secret)
-    peer.send(Frame(Op.COMMIT, 0, 0, 1, tensors=(np.ones(sum(SIZES), np.float32),)))
+    peer.send(Frame(Op.COMMIT, 0, 0, 1, tensors=tensors))
     reply = peer.receive()
     assert reply.op is Op.ERROR
-    assert "commit dtype, int8" in reply.fields["message"]
     assert peer.closed_by_server()
     assert server.version == 0
     np.testing.assert_array_equal(server.center_flat, np.zeros(sum(SIZES)))
+    return str(reply.fields["message"])
+
+
+def test_a_float32_commit_to_an_int8_run_is_refused_and_changes_nothing(
+    make_server, raw_peer, secret
+):
+    message = refused(make_server, raw_peer, secret, "int8", (np.ones(sum(SIZES), np.float32),))
+    assert "commit dtype, int8" in message
 
 
 def test_an_int8_commit_to_a_float32_run_is_refused(make_server, raw_peer, secret):
-    server = make_server()
-    peer = raw_peer(server.port)
-    handshake(peer, secret)
-    values = np.ones(sum(SIZES), np.int8)
-    peer.send(Frame(Op.COMMIT, 0, 0, 1, tensors=(values, np.ones(2, np.float32))))
-    reply = peer.receive()
-    assert reply.op is Op.ERROR and "commit dtype, float32" in reply.fields["message"]
-    assert server.version == 0
+    tensors = (np.ones(sum(SIZES), np.int8), np.ones(2, np.float32))
+    assert "commit dtype, float32" in refused(make_server, raw_peer, secret, "float32", tensors)
 
 
 def test_a_non_finite_int8_scale_is_refused_by_the_servers_finite_check(
     make_server, raw_peer, secret
 ):
-    server = make_server(commit_dtype="int8")
-    peer = raw_peer(server.port)
-    handshake(peer, secret)
-    values = np.ones(sum(SIZES), np.int8)
-    peer.send(Frame(Op.COMMIT, 0, 0, 1, tensors=(values, np.array([1.0, np.inf], np.float32))))
-    reply = peer.receive()
-    assert reply.op is Op.ERROR and "NaN or infinity" in reply.fields["message"]
-    assert server.version == 0
-    np.testing.assert_array_equal(server.center_flat, np.zeros(sum(SIZES)))
+    tensors = (np.ones(sum(SIZES), np.int8), np.array([1.0, np.inf], np.float32))
+    assert "NaN or infinity" in refused(make_server, raw_peer, secret, "int8", tensors)
 
 
 @pytest.mark.parametrize("dtype", COMPRESSED)

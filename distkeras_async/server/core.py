@@ -16,6 +16,7 @@ exactly what it was.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -43,6 +44,7 @@ from distkeras_async.server.rounds import Rounds
 from distkeras_async.server.stats import ServerStats
 from distkeras_async.server.update import Peer, StepRecord, Update
 from distkeras_async.wire import auth, compression
+from distkeras_async.wire.frames import Frame
 from distkeras_async.wire.messages import (
     NO_CONTROL,
     Ack,
@@ -93,6 +95,7 @@ class ServerCore:
         self.commit_dtype: str = algorithm.commit_dtype
         self.tensor_sizes = [spec.size for spec in layout.specs]
         self.commit_specs = compression.commit_specs(self.commit_dtype, self.tensor_sizes)
+        self.commit_bytes = compression.commit_bytes(self.commit_dtype, self.tensor_sizes)
         self.stats = ServerStats(version=version)
         self.version = version
         self.checkpointer = checkpointer
@@ -252,6 +255,19 @@ class ServerCore:
             self.fail_run(ErrorCode.WORKER_FAILED, reason)
         else:
             logger.error(reason)
+
+    def payload_view(self, lease: Lease) -> memoryview:
+        """Where a commit's payload lands: the float32 buffer, or its compressed twin."""
+        if self.commit_dtype == "float32":
+            return lease.buffer.view
+        return lease.buffer.wire_view(self.commit_bytes)
+
+    def decoded(self, frame: Frame, lease: Lease) -> Frame:
+        """``frame`` with its update as float32 in ``lease``'s buffer, so rules see float32."""
+        if self.commit_dtype == "float32":
+            return frame
+        compression.decode(self.commit_dtype, frame.tensors, self.tensor_sizes, lease.array)
+        return dataclasses.replace(frame, tensors=(lease.array,))
 
     def commit(self, peer: Peer, message: Commit, lease: Lease, pulled_version: int) -> None:
         """Take a commit whose payload arrived whole; ``lease`` (its buffer) becomes ours.

@@ -14,7 +14,6 @@ It moves no bytes itself: a :class:`Link` (the transport) does, and the shared
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections import deque
@@ -162,9 +161,8 @@ class Session:
         self._receiving: Lease | None = None
         self._sending: list[Buffer] = []
         self._replied = False
-        commit_bytes = sum(spec.nbytes for spec in core.commit_specs)
         self.decoder = FrameDecoder(
-            max_payload_bytes=max(core.layout.nbytes, commit_bytes),
+            max_payload_bytes=max(core.layout.nbytes, core.commit_bytes),
             allocate=self._allocate_payload,
         )
 
@@ -260,13 +258,7 @@ class Session:
             self.core.receive.wait(self._on_receive_buffer)
             return None
         self._receiving = lease
-        return self._payload_view(lease)
-
-    def _payload_view(self, lease: Lease) -> memoryview:
-        """Where a commit's payload lands: the float32 buffer, or its compressed twin."""
-        if self.core.commit_dtype == "float32":
-            return lease.buffer.view
-        return lease.buffer.wire_view(sum(spec.nbytes for spec in self.core.commit_specs))
+        return self.core.payload_view(lease)
 
     def _on_receive_buffer(self, lease: Lease) -> None:
         if self.closed:
@@ -274,7 +266,7 @@ class Session:
             return
         self._receiving = lease
         try:
-            self.decoder.provide_payload_buffer(self._payload_view(lease))
+            self.decoder.provide_payload_buffer(self.core.payload_view(lease))
             if self._collect():
                 self._process()
         except Exception as exc:
@@ -294,12 +286,7 @@ class Session:
             if frame.tensors:
                 lease, self._receiving = self._receiving, None
                 assert lease is not None
-                if self.core.commit_dtype != "float32":
-                    # Decoded into the float32 buffer here, so rules only see float32.
-                    compression.decode(
-                        self.core.commit_dtype, frame.tensors, self.core.tensor_sizes, lease.array
-                    )
-                    frame = dataclasses.replace(frame, tensors=(lease.array,))
+                frame = self.core.decoded(frame, lease)
             request = _Request(from_frame(frame), lease)
             if len(self._inbox) >= MAX_QUEUED_REQUESTS:
                 request.release()

@@ -252,7 +252,8 @@ class ErrorFeedback:
             scratch = self._decoded
             for index, (start, end) in enumerate(self._segments):
                 part = corrected[start:end]
-                peak = float(np.max(np.abs(part))) if end > start else 0.0
+                # max|x| without a temporary array of |x|.
+                peak = max(float(part.max()), -float(part.min())) if end > start else 0.0
                 scale = peak / _INT8_MAX
                 scales[index] = scale
                 if scale == 0.0 or not finite:
