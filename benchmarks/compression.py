@@ -17,9 +17,7 @@ accuracy of the returned model.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 
 from distkeras_async.algorithm import COMMIT_DTYPES
 from distkeras_async.bench import measure_server
@@ -48,21 +46,11 @@ def wire(params: list[int], duration: float, repeats: int) -> None:
 
 def accuracy(epochs: int, repeats: int) -> None:
     """Print the digits test accuracy of DOWNPOUR per commit dtype."""
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from pyspark.sql import SparkSession
-
     from distkeras_async.datasets import digits, digits_mlp
-    from distkeras_async.demo import make_trainer
+    from distkeras_async.demo import make_trainer, start_spark
     from distkeras_async.spark import warm_up
 
-    spark = (
-        SparkSession.builder.master("local[2]")
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.ui.showConsoleProgress", "false")
-        .getOrCreate()
-    )
-    spark.sparkContext.setLogLevel("ERROR")
+    spark = start_spark(2)
     data = digits(spark)
     warm_up(data.train, 2)
     runs: dict[str, list[float]] = {dtype: [] for dtype in COMMIT_DTYPES}

@@ -15,15 +15,9 @@ alternating, medians of ``--repeats``, and each trainer's ratio to ``fit``.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
-
-os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 EPOCHS, BATCH = 10, 32
 
@@ -35,19 +29,13 @@ def main() -> None:
     args = parser.parse_args()
 
     import numpy as np
-    from pyspark.sql import SparkSession
 
     from distkeras_async.datasets import digits, digits_mlp
+    from distkeras_async.demo import start_spark
     from distkeras_async.spark import warm_up
     from distkeras_async.trainers import DOWNPOUR, SingleTrainer
 
-    spark = (
-        SparkSession.builder.master("local[2]")
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.ui.showConsoleProgress", "false")
-        .getOrCreate()
-    )
-    spark.sparkContext.setLogLevel("ERROR")
+    spark = start_spark(2)  # the demo's session: loopback, TensorFlow's notices off
     data = digits(spark)
     warm_up(data.train, 2)
     rows = data.train.select("features", "label").collect()
