@@ -65,6 +65,8 @@ class Failure:
 
     code: ErrorCode
     reason: str
+    # When it failed: a sharded server reports the shard that failed first.
+    at: float = dataclasses.field(default_factory=time.time, compare=False)
 
 
 class ServerCore:
@@ -82,8 +84,10 @@ class ServerCore:
         *,
         version: int = 0,
         checkpointer: Checkpointer | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         self.layout = layout
+        self.shard = shard
         self.algorithm = algorithm
         self.num_workers = num_workers
         self.limits = limits
@@ -119,6 +123,13 @@ class ServerCore:
         self.rounds = Rounds(
             num_workers, limits.round_timeout, loop, self._round_complete, self._round_failed
         )
+        # One shard of a synchronous run keeps the center of the last two versions: a round
+        # that failed on another shard was never applied there, and the driver reads every
+        # shard at the version they all reached (rounds stay all-or-nothing across shards).
+        self.recent: dict[int, np.ndarray] = {}
+        self._keep_recent = shard is not None and algorithm.synchronous
+        if self._keep_recent:
+            self.recent[version] = self.center.array.copy()
 
     # -- connections -------------------------------------------------------------------
 
@@ -208,6 +219,7 @@ class ServerCore:
             self._last_seq.get((worker, attempt), -1) + 1,
             self.limits.round_timeout,
             0 if self.algorithm.synchronous else self.progress.get(worker, 0),
+            self.shard,
         )
 
     def seen(self, worker: int) -> None:
@@ -326,6 +338,9 @@ class ServerCore:
         self.stats.version = self.version
         if self.algorithm.synchronous:
             self.stats.rounds += 1
+        if self._keep_recent:
+            self.recent[self.version] = self.center.array.copy()
+            self.recent.pop(self.version - 2, None)
         self.maybe_checkpoint()
         for m in members:
             self._reply(m.peer, m.message)
@@ -367,6 +382,17 @@ class ServerCore:
     def _send_center(self, peer: Peer, worker: int, duplicate: bool = False) -> None:
         self.stats.worker(worker).pulls += 1
         peer.send_center(self.center.current, self.version, duplicate, self.control)
+
+    def center_at(self, version: int) -> np.ndarray | None:
+        """A copy of the center as it was at ``version``, or None if it is not kept.
+
+        The current version always is; a shard of a synchronous run also keeps the one
+        before.
+        """
+        if version == self.version:
+            return self.center.array.copy()
+        kept = self.recent.get(version)
+        return None if kept is None else kept.copy()
 
     def maybe_checkpoint(self) -> None:
         """Start writing a checkpoint if one is due (a copy of the center, in a thread)."""

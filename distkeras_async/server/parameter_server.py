@@ -98,6 +98,10 @@ class ParameterServer:
         checkpoint_interval: seconds between checkpoints.
         resume_from: start from this checkpoint's center and version instead of ``weights``
             (which must have the same layout).
+        shard: ``(index, count)`` when this server is one shard of a sharded center (a
+            process of :class:`~distkeras_async.server.sharded.ShardedParameterServer`);
+            ``weights`` are then the shard's pieces.
+        version: the center's version at start (a shard resumed from a checkpoint).
         **hyperparameters: the algorithm's hyperparameters when ``algorithm`` is a name/class.
     """
 
@@ -124,6 +128,8 @@ class ParameterServer:
         checkpoint_every: int | None = None,
         checkpoint_interval: float | None = None,
         resume_from: str | os.PathLike[str] | None = None,
+        shard: tuple[int, int] | None = None,
+        version: int = 0,
         **hyperparameters: Any,
     ) -> None:
         if isinstance(weights, np.ndarray):
@@ -147,7 +153,8 @@ class ParameterServer:
         if self.layout.size == 0:
             raise ValueError("the model has no weights to train")
         self._initial = self.layout.flatten(weights)
-        self._initial_version = 0
+        self._initial_version = version
+        self.shard = shard
         if resume_from is not None:
             resumed = load_checkpoint(resume_from, self.layout)
             check_resumable(resumed, resume_from, self.algorithm.name, self.algorithm.settings)
@@ -240,6 +247,7 @@ class ParameterServer:
                 loop,
                 version=self._initial_version,
                 checkpointer=self.checkpointer,
+                shard=self.shard,
             )
             self._state = state
             try:
@@ -308,6 +316,13 @@ class ParameterServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """The bound port as a one-element tuple (a sharded server has one per shard)."""
+        if self.port is None:
+            raise RuntimeError("the parameter server has not been started")
+        return (self.port,)
 
     @property
     def running(self) -> bool:
@@ -386,6 +401,26 @@ class ParameterServer:
             Checkpoint(center, version, self.layout, self.algorithm.name, self.algorithm.settings),
         )
         return version
+
+    def center_at(self, version: int) -> np.ndarray | None:
+        """A copy of the flat center at ``version``, or None if it is not kept.
+
+        The current version is always kept; one shard of a synchronous run also keeps the
+        version before, so a sharded read sees every shard at the same round.
+        """
+        state = self._require_state()
+        return self._call(lambda: state.center_at(version))
+
+    def fail(self, code: ErrorCode, reason: str) -> None:
+        """Fail the run now: every worker is told ``reason``, no update is applied any more."""
+        state = self._require_state()
+        self._call(lambda: state.fail_run(code, reason))
+
+    @property
+    def failure_time(self) -> float | None:
+        """``time.time()`` when the run failed, or None."""
+        failure = self._failure()
+        return None if failure is None else failure.at
 
     @property
     def version(self) -> int:

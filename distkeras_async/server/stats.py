@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -132,3 +133,59 @@ class ServerStats:
                 for k, w in self.workers.items()
             },
         )
+
+    def to_plain(self) -> dict[str, Any]:
+        """Plain values only (for the shard processes' control channel)."""
+        return asdict(self)
+
+    @classmethod
+    def from_plain(cls, plain: dict[str, Any]) -> ServerStats:
+        """The statistics :meth:`to_plain` gave."""
+        workers = {
+            int(k): WorkerStats(
+                **{**w, "epochs": {int(e): dict(logs) for e, logs in w["epochs"].items()}}
+            )
+            for k, w in plain["workers"].items()
+        }
+        return cls(**{**plain, "workers": workers})
+
+    @classmethod
+    def merge(cls, shards: list[ServerStats]) -> ServerStats:
+        """One view of the statistics of a sharded server's shards.
+
+        Every logical commit reaches every shard, so counts of commits, rounds and versions
+        are the smallest over the shards (what every shard has done); bytes and connections
+        add up. A worker is connected or finished only when it is on every shard.
+        """
+        first = shards[0]
+        merged = replace(
+            first.snapshot(),
+            version=min(s.version for s in shards),
+            commits=min(s.commits for s in shards),
+            rounds=min(s.rounds for s in shards),
+            **{
+                name: sum(getattr(s, name) for s in shards)
+                for name in (
+                    "bytes_in",
+                    "bytes_out",
+                    "connections",
+                    "connections_total",
+                    "rejected",
+                    "center_buffers",
+                    "receive_buffers",
+                    "center_buffers_in_use",
+                    "receive_buffers_in_use",
+                    "in_place_updates",
+                )
+            },
+        )
+        for worker, stats in merged.workers.items():
+            others = [s.workers.get(worker, WorkerStats(worker)) for s in shards]
+            stats.commits = min(o.commits for o in others)
+            stats.pulls = min(o.pulls for o in others)
+            stats.bytes_in = sum(o.bytes_in for o in others)
+            stats.connected = all(o.connected for o in others)
+            stats.finished = all(o.finished for o in others)
+            stats.staleness_max = max(o.staleness_max for o in others)
+            stats.disconnected_at = max(o.disconnected_at for o in others)
+        return merged

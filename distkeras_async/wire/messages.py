@@ -119,6 +119,8 @@ class Welcome(Message):
         round_timeout: seconds a synchronous round may wait.
         progress: local steps of this worker already applied to the center, by any of its
             attempts (a retried task resumes after them).
+        shard: ``(index, count)`` when this server holds one shard of a sharded center
+            (:mod:`distkeras_async.server.shards`); None for a whole center.
     """
 
     op: ClassVar[Op] = Op.WELCOME
@@ -132,10 +134,11 @@ class Welcome(Message):
     next_seq: int
     round_timeout: float
     progress: int = 0
+    shard: tuple[int, int] | None = None
 
     def wire_fields(self) -> dict[str, Any]:
-        """Every attribute, the layout as ``[[dtype, shape], ...]``."""
-        return {
+        """Every attribute, the layout as ``[[dtype, shape], ...]`` (``shard`` when set)."""
+        fields: dict[str, Any] = {
             "proof": self.proof,
             "layout": [spec.to_wire() for spec in self.layout],
             "algorithm": self.algorithm,
@@ -147,11 +150,15 @@ class Welcome(Message):
             "round_timeout": self.round_timeout,
             "progress": self.progress,
         }
+        if self.shard is not None:
+            fields["shard"] = list(self.shard)
+        return fields
 
     @classmethod
     def _from_frame(cls, frame: Frame) -> Message:
         f = frame.fields
         layout = tuple(TensorSpec(d, tuple(s)) for d, s in f["layout"])
+        shard = f.get("shard")
         return cls(
             f["proof"],
             layout,
@@ -163,6 +170,7 @@ class Welcome(Message):
             f["next_seq"],
             float(f["round_timeout"]),
             f["progress"],
+            None if shard is None else (shard[0], shard[1]),
             **_ids(frame),
         )
 

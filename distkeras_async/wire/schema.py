@@ -160,6 +160,16 @@ def _is_layout(value: object) -> bool:
 
 Check = Callable[[object], bool]
 
+
+def _is_shard(value: object) -> bool:
+    """``[index, count]`` of a sharded center's shard: ``0 <= index < count``."""
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(is_int(v) for v in value)
+        and 0 <= value[0] < value[1]
+    )
+
 # The driver's requests to the workers, on every reply (see messages.Control).
 _CONTROL: Mapping[str, tuple[Check, bool]] = {
     "stop": (_is_bool, False),
@@ -181,6 +191,7 @@ FIELDS: Mapping[Op, Mapping[str, tuple[Check, bool]]] = {
         "next_seq": (is_int, True),
         "round_timeout": (is_number, True),
         "progress": (is_int, True),
+        "shard": (_is_shard, False),
     },
     Op.PULL: {},
     Op.COMMIT: {"steps": (is_int, False), "history": (_is_history, False)},

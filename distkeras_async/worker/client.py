@@ -168,6 +168,8 @@ class ParameterServerClient:
         self.synchronous_rounds: bool = welcome.synchronous
         self._seq = max(self._seq, welcome.next_seq)
         self.progress: int = welcome.progress
+        # (index, count) when this server holds one shard of a sharded center.
+        self.shard: tuple[int, int] | None = welcome.shard
         # The worker's local steps so far, and the records of the steps the next commit
         # adds; both travel with the next commit (see Commit.steps and Commit.history).
         self.steps: int | None = None
@@ -192,21 +194,36 @@ class ParameterServerClient:
 
     def pull(self, out: np.ndarray | None = None) -> np.ndarray:
         """Fetch the center as a flat float32 vector (received into ``out`` if given)."""
-        self._send(Pull(**self._ids()))
-        return self._receive_center(out)
+        self.send_pull()
+        return self.receive_center(out)
 
     def commit(self, update: np.ndarray) -> None:
         """Send an update for the server rule and wait until it is accepted."""
-        self._send(self._commit_message(Commit, update))
+        self.send_commit(update, pull=False)
+        self.receive_ack()
+
+    def commit_pull(self, update: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Send an update and receive the center after it was applied, in one round trip."""
+        self.send_commit(update, pull=True)
+        return self.receive_center(out)
+
+    # The halves of each request, so a sharded client can send to every shard before it
+    # waits for the first reply (the shards then work at the same time).
+
+    def send_pull(self) -> None:
+        """Send a pull request; :meth:`receive_center` takes the reply."""
+        self._send(Pull(**self._ids()))
+
+    def send_commit(self, update: np.ndarray, *, pull: bool) -> None:
+        """Send a commit (a commit_pull when ``pull``); receive_ack/receive_center follows."""
+        self._send(self._commit_message(CommitPull if pull else Commit, update))
+
+    def receive_ack(self) -> None:
+        """Wait for the acknowledgement of a commit."""
         reply = self._receive(Ack)
         self.version, self.control = reply.version, reply.control
         if reply.duplicate:
             self.duplicates += 1
-
-    def commit_pull(self, update: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Send an update and receive the center after it was applied, in one round trip."""
-        self._send(self._commit_message(CommitPull, update))
-        return self._receive_center(out)
 
     def _commit_message(self, kind: type[Commit], update: np.ndarray) -> Commit:
         """``update`` as the run's commit dtype carries it (plus the steps' records)."""
@@ -240,6 +257,17 @@ class ParameterServerClient:
             epoch: set when ``metrics`` are the logs of this worker's ``epoch``-th pass over
                 its data (from 1), just finished: the driver's epoch callbacks wait for them.
         """
+        self.send_report(metrics, history, epoch=epoch)
+        self.receive_report_ack()
+
+    def send_report(
+        self,
+        metrics: Mapping[str, float],
+        history: Sequence[tuple[int, float, Mapping[str, float]]] = (),
+        *,
+        epoch: int | None = None,
+    ) -> None:
+        """Send a report (see :meth:`report`); :meth:`receive_report_ack` takes the reply."""
         self._send(
             Report(
                 _finite(metrics),
@@ -248,6 +276,9 @@ class ParameterServerClient:
                 **self._ids(),
             )
         )
+
+    def receive_report_ack(self) -> None:
+        """Wait for the acknowledgement of a report."""
         self.control = self._receive(Ack).control
 
     def report_error(self, message: str) -> None:
@@ -336,7 +367,8 @@ class ParameterServerClient:
         self._out = out
         return out.data.cast("B")
 
-    def _receive_center(self, out: np.ndarray | None) -> np.ndarray:
+    def receive_center(self, out: np.ndarray | None = None) -> np.ndarray:
+        """Receive the center of a pull or commit_pull (into ``out`` if given)."""
         if out is not None and (
             out.dtype != FLAT_DTYPE
             or out.shape != (self.layout.size,)

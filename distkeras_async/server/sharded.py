@@ -1,0 +1,586 @@
+"""A parameter server whose center is split across K server processes (shards).
+
+Usage is :class:`~distkeras_async.server.parameter_server.ParameterServer`'s, plus
+``shards``::
+
+    server = ShardedParameterServer(weights, "downpour", num_workers=16, secret=s, shards=4)
+    ports = server.start()         # one port per shard; workers connect to all of them
+    ...
+    weights = server.center        # every shard's slice, in one weight list
+    server.stop()
+
+Each shard is a child process (:mod:`distkeras_async.server.shard_process`) running an
+ordinary parameter server on its slice (:func:`~distkeras_async.server.shards.split`), with
+its own event loop, buffers and rule instance, on its own port; a worker commits its slices
+to every shard at once and reassembles the reply
+(:class:`~distkeras_async.worker.sharded_client.ShardedClient`). This object, on the driver,
+starts and stops the shards, reads them over a pipe (:mod:`distkeras_async.server.control`),
+writes the checkpoints, and turns a failure of one shard into a failure of all.
+
+Semantics per shard (docs/scaling.md):
+
+* asynchronous rules apply each commit per shard, in each shard's own order; a shard's
+  staleness counts that shard's updates between a worker's pull and its commit;
+* synchronous rounds complete on each shard when every live worker's slice arrived; a round
+  that fails on one shard fails the run on all, and the center read afterwards (and every
+  checkpoint) is every shard at the last round they all applied: all or nothing;
+* authentication, TLS, limits and deduplication hold on every shard, which checks each
+  connection itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from distkeras_async import checks, registry
+from distkeras_async.algorithm import Algorithm
+from distkeras_async.errors import DistKerasError, ErrorCode, from_code
+from distkeras_async.layout import Layout
+from distkeras_async.server import control
+from distkeras_async.server.checkpoint import (
+    Checkpoint,
+    Checkpointer,
+    check_resumable,
+    load_checkpoint,
+    save_checkpoint,
+)
+from distkeras_async.server.core import Failure
+from distkeras_async.server.shards import Shard, split
+from distkeras_async.server.stats import ServerStats
+from distkeras_async.server.update import StepRecord
+from distkeras_async.wire import auth
+from distkeras_async.wire.messages import NO_CONTROL, Control
+
+logger = logging.getLogger("distkeras_async.server")
+
+# Seconds a shard has to start (a fresh Python importing numpy and this package: ~0.5 s)
+# and to answer one control request.
+START_TIMEOUT = 60.0
+ANSWER_TIMEOUT = 60.0
+# How often the driver looks for a failed shard (to fail the others) and a due checkpoint.
+WATCH_INTERVAL = 0.2
+
+
+class ShardError(DistKerasError):
+    """A shard process could not start, or stopped answering."""
+
+
+def algorithm_spec(algorithm: Algorithm) -> dict[str, Any]:
+    """How a shard process finds ``algorithm``: its registered name or its import path.
+
+    Raises:
+        ValueError: for a class that another process cannot import (one defined in
+            ``__main__`` or inside a function): register it as a plugin, or define it in
+            a module.
+    """
+    cls = type(algorithm)
+    settings = dict(algorithm.settings)
+    with contextlib.suppress(Exception):
+        if registry.get(algorithm.name) is cls:
+            return {"name": algorithm.name, "settings": settings}
+    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+        raise ValueError(
+            f"a sharded parameter server runs {cls.__qualname__!r} in other processes, which "
+            "cannot import a class defined in __main__ or in a function: define it in a "
+            "module, or register it (registry.register or an entry point), or use shards=1"
+        )
+    return {"name": None, "path": f"{cls.__module__}:{cls.__qualname__}", "settings": settings}
+
+
+class _ShardProcess:
+    """The driver's handle on one shard process: its pipe, one request at a time."""
+
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+        self.port: int | None = None
+        self._lock = threading.Lock()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "distkeras_async.server.shard_process"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            bufsize=0,
+        )
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self._out = self.process.stdin.fileno()
+        self._in = self.process.stdout.fileno()
+
+    def send_config(self, config: dict[str, Any], center: np.ndarray) -> None:
+        control.write(self._out, config, center)
+
+    def started(self) -> int:
+        header, _ = self._answer(START_TIMEOUT)
+        if not header.get("ok"):
+            error = str(header.get("error"))
+            if header.get("kind") == "OSError":
+                raise OSError(error)
+            raise ShardError(f"shard {self.shard.index} did not start: {error}")
+        self.port = int(header["port"])
+        return self.port
+
+    def ask(self, op: str, payload: np.ndarray | None = None, **args: Any) -> tuple[dict[str, Any], np.ndarray | None]:
+        with self._lock:
+            try:
+                control.write(self._out, {"op": op, **args}, payload)
+                header, data = self._answer(ANSWER_TIMEOUT)
+            except (OSError, EOFError, TimeoutError, ValueError) as exc:
+                raise ShardError(
+                    f"shard {self.shard.index} ({self.exit_note()}) did not answer {op!r}: {exc}"
+                ) from exc
+        if not header.get("ok"):
+            raise ShardError(f"shard {self.shard.index}: {op!r} failed: {header.get('error')}")
+        return header, data
+
+    def _answer(self, timeout: float) -> tuple[dict[str, Any], np.ndarray | None]:
+        return control.read(self._in, timeout)
+
+    def exit_note(self) -> str:
+        code = self.process.poll()
+        return "running" if code is None else f"exited with code {code}"
+
+    def stop(self, timeout: float) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ShardError):
+                self.ask("stop")
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:  # pragma: no cover - never hang the caller
+                logger.error("shard %d did not stop within %gs; killing it", self.shard.index, timeout)
+                self.process.kill()
+                self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream is not None:
+                stream.close()
+
+
+class ShardedParameterServer:
+    """A parameter server whose center is split across ``shards`` processes.
+
+    Takes :class:`~distkeras_async.server.parameter_server.ParameterServer`'s arguments
+    (weights, algorithm, ``num_workers``, ``secret``, host, the timeouts and limits, the
+    checkpoint settings, ``resume_from``, hyperparameters) and reads like it (``center``,
+    ``version``, ``stats()``, ``failure``, ``request()``, ...). The differences:
+
+    Args:
+        shards: the number of shard processes (at least 1; each holds a slice).
+        port: the first shard's port (the others take the next ones); 0 lets the OS choose
+            each (see :attr:`ports`).
+        tls_files: ``(certificate, key)`` PEM files for TLS on every shard (a process
+            cannot share an ``ssl.SSLContext``); None for plain TCP.
+    """
+
+    def __init__(
+        self,
+        weights: Sequence[np.ndarray] | np.ndarray,
+        algorithm: str | type[Algorithm] | Algorithm,
+        *,
+        num_workers: int,
+        secret: bytes,
+        shards: int,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls_files: tuple[str, str] | None = None,
+        round_timeout: float = 300.0,
+        idle_timeout: float = 600.0,
+        handshake_timeout: float = 10.0,
+        frame_timeout: float = 60.0,
+        send_timeout: float = 60.0,
+        max_connections: int | None = None,
+        receive_buffers: int | None = None,
+        center_buffers: int = 3,
+        use_uvloop: bool = True,
+        checkpoint_path: str | os.PathLike[str] | None = None,
+        checkpoint_every: int | None = None,
+        checkpoint_interval: float | None = None,
+        resume_from: str | os.PathLike[str] | None = None,
+        **hyperparameters: Any,
+    ) -> None:
+        if isinstance(weights, np.ndarray):
+            weights = [weights]
+        checks.positive_int(num_workers, "num_workers")
+        checks.positive_int(shards, "shards")
+        checks.port(port, "port")
+        for name, value in [
+            ("round_timeout", round_timeout),
+            ("idle_timeout", idle_timeout),
+            ("handshake_timeout", handshake_timeout),
+            ("frame_timeout", frame_timeout),
+            ("send_timeout", send_timeout),
+        ]:
+            checks.positive_number(value, name)
+        checks.optional_positive_int(max_connections, "max_connections")
+        checks.optional_positive_int(receive_buffers, "receive_buffers")
+        checks.positive_int(center_buffers, "center_buffers", minimum=2)
+        if port and port + shards - 1 > 65535:
+            raise ValueError(f"ports {port}..{port + shards - 1} exceed 65535")
+        self.algorithm = registry.resolve(algorithm, **hyperparameters)
+        registry.check_workers(self.algorithm, num_workers)
+        self._algorithm_spec = algorithm_spec(self.algorithm)
+        self.layout = Layout.of(weights)
+        if self.layout.size == 0:
+            raise ValueError("the model has no weights to train")
+        self.shards = split(self.layout, shards)
+        self._initial = self.layout.flatten(weights)
+        self._initial_version = 0
+        if resume_from is not None:
+            resumed = load_checkpoint(resume_from, self.layout)
+            check_resumable(resumed, resume_from, self.algorithm.name, self.algorithm.settings)
+            self._initial, self._initial_version = resumed.center, resumed.version
+            logger.info("resuming from %s at version %d", resume_from, resumed.version)
+        self.checkpointer: Checkpointer | None = None
+        if checkpoint_path is not None:
+            if checkpoint_every is None and checkpoint_interval is None:
+                raise ValueError("give checkpoint_every and/or checkpoint_interval")
+            self.checkpointer = Checkpointer(
+                checkpoint_path,
+                self.layout,
+                self.algorithm.name,
+                self.algorithm.settings,
+                every=checkpoint_every,
+                interval=checkpoint_interval,
+            )
+        if tls_files is not None:
+            for path in tls_files:
+                if not os.path.isfile(path):
+                    raise ValueError(f"TLS file {path!r} does not exist")
+        self.num_workers = num_workers
+        self.host = host
+        self._secret = auth.check_secret(secret)
+        self._config = {
+            "algorithm": self._algorithm_spec,
+            "num_workers": num_workers,
+            "secret": self._secret,
+            "host": host,
+            "tls": None if tls_files is None else list(tls_files),
+            "limits": {
+                "round_timeout": round_timeout,
+                "idle_timeout": idle_timeout,
+                "handshake_timeout": handshake_timeout,
+                "frame_timeout": frame_timeout,
+                "send_timeout": send_timeout,
+                "max_connections": max_connections,
+                "receive_buffers": receive_buffers,
+                "center_buffers": center_buffers,
+                "use_uvloop": use_uvloop,
+            },
+        }
+        self._port = port
+        self._processes: list[_ShardProcess] = []
+        self._watcher: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._failure: Failure | None = None
+        self._epoch_pieces: dict[int, dict[int, np.ndarray]] = {}
+        self._final: tuple[np.ndarray, int] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> tuple[int, ...]:
+        """Start every shard (in parallel) and return their ports, in shard order.
+
+        Raises:
+            OSError: if a shard cannot bind its address.
+            ShardError: if a shard process cannot start.
+            RuntimeError: if the server was already started.
+        """
+        if self._processes:
+            raise RuntimeError("the parameter server was already started")
+        try:
+            for shard in self.shards:
+                process = _ShardProcess(shard)
+                self._processes.append(process)
+                config = {
+                    **self._config,
+                    "port": self._port + shard.index if self._port else 0,
+                    "shard": [shard.index, shard.count],
+                    "layout": shard.layout.to_wire(),
+                    "version": self._initial_version,
+                }
+                process.send_config(config, self._initial[shard.start : shard.stop])
+            for process in self._processes:
+                process.started()
+        except BaseException:
+            self._stop_processes(5.0)
+            raise
+        self._watcher = threading.Thread(
+            target=self._watch, name="distkeras-shard-watcher", daemon=True
+        )
+        self._watcher.start()
+        logger.info(
+            "sharded parameter server (%s, %d workers, %d shards) listening on %s:%s",
+            self.algorithm.name,
+            self.num_workers,
+            len(self.shards),
+            self.host,
+            self.ports,
+        )
+        return self.ports
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop watching, keep the final center, stop every shard, and return. Idempotent."""
+        if not self._processes:
+            return
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout)
+        with contextlib.suppress(ShardError):
+            self._final = self._consistent_center()
+        self._stop_processes(timeout)
+
+    def _stop_processes(self, timeout: float) -> None:
+        processes, self._processes = self._processes, []
+        for process in processes:
+            process.stop(timeout)
+
+    def __enter__(self) -> ShardedParameterServer:
+        if not self._processes:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        """Whether every shard process is serving."""
+        return bool(self._processes) and all(p.process.poll() is None for p in self._processes)
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """Each shard's port, in shard order (what the workers connect to)."""
+        if not self._processes or any(p.port is None for p in self._processes):
+            raise RuntimeError("the parameter server has not been started")
+        return tuple(int(p.port or 0) for p in self._processes)
+
+    @property
+    def port(self) -> int | None:
+        """The first shard's port (None before :meth:`start`)."""
+        return self._processes[0].port if self._processes else None
+
+    # -- the watcher -------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Fail every shard when one fails; write the checkpoints that are due."""
+        while not self._stopping.wait(WATCH_INTERVAL):
+            try:
+                if self._failure is None:
+                    self._look_for_failure()
+                self._maybe_checkpoint()
+            except ShardError as exc:
+                self._failed(Failure(ErrorCode.INTERNAL, str(exc)))
+
+    def _look_for_failure(self) -> None:
+        found: list[tuple[int, Failure]] = []
+        for process in self._processes:
+            if process.process.poll() is not None:
+                found.append(
+                    (
+                        process.shard.index,
+                        Failure(
+                            ErrorCode.INTERNAL,
+                            f"shard {process.shard.index} {process.exit_note()}",
+                        ),
+                    )
+                )
+                continue
+            header, _ = process.ask("failure")
+            if header["failed"]:
+                failure = Failure(ErrorCode(header["code"]), header["reason"], header["at"])
+                found.append((process.shard.index, failure))
+        if found:
+            index, first = min(found, key=lambda item: item[1].at)
+            self._failed(Failure(first.code, f"shard {index}: {first.reason}", first.at))
+
+    def _failed(self, failure: Failure) -> None:
+        if self._failure is not None:
+            return
+        self._failure = failure
+        for process in self._processes:
+            if process.process.poll() is None:
+                with contextlib.suppress(ShardError):
+                    process.ask("fail", code=failure.code.value, reason=failure.reason)
+
+    def _maybe_checkpoint(self) -> None:
+        checkpointer = self.checkpointer
+        if checkpointer is None or self._failure is not None:
+            return
+        version = self.version
+        if not checkpointer.due(version, time.monotonic()):
+            return
+        center, version = self._consistent_center()
+        checkpointer.start(version, time.monotonic())
+        checkpointer.write(center, version)
+
+    # -- reading the shards ------------------------------------------------------------
+
+    def _each(self, op: str, **args: Any) -> list[tuple[dict[str, Any], np.ndarray | None]]:
+        if not self._processes:
+            raise RuntimeError("the parameter server has not been started")
+        return [process.ask(op, **args) for process in self._processes]
+
+    def _versions(self) -> list[int]:
+        return [int(header["version"]) for header, _ in self._each("version")]
+
+    def _consistent_center(self) -> tuple[np.ndarray, int]:
+        """The center with every shard at one version, and that version.
+
+        A synchronous run reads every shard at the last round all of them applied (a shard
+        keeps the round before its current one). An asynchronous run has no common
+        version: it reads each shard's current slice, and reports the smallest version.
+        """
+        flat = np.empty(self.layout.size, np.float32)
+        for _attempt in range(50):
+            versions = self._versions()
+            target = min(versions)
+            complete = True
+            for process in self._processes:
+                args = {"version": target} if self.algorithm.synchronous else {}
+                _, piece = process.ask("center", **args)
+                if piece is None:  # moved on twice since: read again
+                    complete = False
+                    break
+                flat[process.shard.start : process.shard.stop] = piece
+            if complete:
+                return flat, target
+        raise ShardError("the shards' versions kept moving; no consistent center could be read")
+
+    @property
+    def center_flat(self) -> np.ndarray:
+        """A copy of the center as one flat float32 vector (all shards, one round)."""
+        if self._final is not None and not self._processes:
+            return self._final[0].copy()
+        if not self._processes:
+            return self._initial.copy()
+        return self._consistent_center()[0]
+
+    @property
+    def center(self) -> list[np.ndarray]:
+        """A copy of the center as a weight list (``keras_model.set_weights`` accepts it)."""
+        return self.layout.unflatten(self.center_flat)
+
+    @property
+    def version(self) -> int:
+        """Updates every shard applied (the smallest shard version)."""
+        if not self._processes:
+            return self._initial_version if self._final is None else self._final[1]
+        return min(self._versions())
+
+    def checkpoint(self, path: str | os.PathLike[str] | None = None) -> int:
+        """Write the current center (one consistent round) to ``path``; returns its version."""
+        target: str | os.PathLike[str] | None = path
+        if target is None and self.checkpointer is not None:
+            target = self.checkpointer.path
+        if target is None:
+            raise ValueError("no checkpoint path: pass one, or construct with checkpoint_path")
+        if self._processes:
+            center, version = self._consistent_center()
+        elif self._final is not None:
+            center, version = self._final
+        else:
+            center, version = self._initial, self._initial_version
+        save_checkpoint(
+            target,
+            Checkpoint(center, version, self.layout, self.algorithm.name, self.algorithm.settings),
+        )
+        return version
+
+    def stats(self) -> ServerStats:
+        """The shards' statistics merged (:meth:`ServerStats.merge`)."""
+        return ServerStats.merge(
+            [ServerStats.from_plain(header["stats"]) for header, _ in self._each("stats")]
+        )
+
+    def shard_stats(self) -> list[ServerStats]:
+        """Each shard's own statistics, in shard order."""
+        return [ServerStats.from_plain(header["stats"]) for header, _ in self._each("stats")]
+
+    def unfinished_attempts(
+        self,
+    ) -> dict[tuple[int, int], list[tuple[int, float, dict[str, float]]]]:
+        """As the single server's; step records travel to the first shard only."""
+        header, _ = self._processes[0].ask("unfinished_attempts")
+        return {
+            (int(w), int(a)): [(int(i), float(t), dict(m)) for i, t, m in records]
+            for w, a, records in header["attempts"]
+        }
+
+    def request(self, *, stop: bool | None = None, learning_rate: float | None = None) -> None:
+        """Ask every worker to stop or change its rate (every shard carries the request)."""
+        if learning_rate is not None and not (math.isfinite(learning_rate) and learning_rate > 0):
+            raise ValueError(f"learning_rate must be a positive finite number, got {learning_rate}")
+        self._each("request", stop=stop, learning_rate=learning_rate)
+
+    def keep_epoch_centers(self) -> None:
+        """Keep a copy of the center as each global epoch ends, on every shard."""
+        self._each("keep_epoch_centers")
+
+    def take_epoch_center(self, epoch: int) -> list[np.ndarray] | None:
+        """The center as global ``epoch`` ended, once every shard has it; else None."""
+        pieces = self._epoch_pieces.setdefault(epoch, {})
+        for process in self._processes:
+            if process.shard.index not in pieces:
+                _, piece = process.ask("take_epoch_center", epoch=epoch)
+                if piece is not None:
+                    pieces[process.shard.index] = piece
+        if len(pieces) < len(self.shards):
+            return None
+        del self._epoch_pieces[epoch]
+        return self.layout.unflatten(np.concatenate([pieces[s.index] for s in self.shards]))
+
+    @property
+    def control(self) -> Control:
+        """What the workers are asked now (see :meth:`request`)."""
+        if not self._processes:
+            return NO_CONTROL
+        header, _ = self._processes[0].ask("control")
+        return NO_CONTROL.changed(header["stop"], header["learning_rate"])
+
+    def progress(self, worker: int) -> int:
+        """Local steps of ``worker`` that every shard applied."""
+        return min(int(header["steps"]) for header, _ in self._each("progress", worker=worker))
+
+    # -- failure -----------------------------------------------------------------------
+
+    def _current_failure(self) -> Failure | None:
+        if self._failure is None and self._processes and not self._stopping.is_set():
+            with contextlib.suppress(ShardError):
+                self._look_for_failure()
+        return self._failure
+
+    @property
+    def failure(self) -> str | None:
+        """Why the run failed (on the shard that failed first), or None."""
+        failure = self._current_failure()
+        return None if failure is None else failure.reason
+
+    @property
+    def failure_code(self) -> ErrorCode | None:
+        """The machine-readable kind of :attr:`failure`, or None."""
+        failure = self._current_failure()
+        return None if failure is None else failure.code
+
+    def raise_for_failure(self, detail: str | None = None) -> None:
+        """Raise the run's failure, if any (see ``ParameterServer.raise_for_failure``)."""
+        error = self.failure_error(detail)
+        if error is not None:
+            raise error
+
+    def failure_error(self, detail: str | None = None) -> DistKerasError | None:
+        """The exception :meth:`raise_for_failure` would raise, or None."""
+        failure = self._current_failure()
+        if failure is None:
+            return None
+        message = failure.reason if detail is None else f"{failure.reason}\n{detail}"
+        return from_code(failure.code, message)
+
+
+__all__ = ["ShardError", "ShardedParameterServer", "StepRecord"]
