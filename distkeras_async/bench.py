@@ -51,6 +51,10 @@ class WireResult:
     ratio: float
     megabytes_per_s: float
     samples: dict[str, list[float]]
+    shards: int = 1
+    # With shards > 1: the same clients against one shard, in the same run, and the gain.
+    one_shard_round_trips_per_s: float | None = None
+    speedup_vs_one_shard: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The result as a JSON-ready dict."""
@@ -154,7 +158,7 @@ def _raw_client(
 
 
 def _ps_client(
-    port: int,
+    ports: tuple[int, ...],
     secret: bytes,
     worker: int,
     params: int,
@@ -163,10 +167,17 @@ def _ps_client(
     duration: float,
     results: Any,
 ) -> None:
+    from distkeras_async.layout import Layout
     from distkeras_async.worker.client import ParameterServerClient
+    from distkeras_async.worker.sharded_client import AnyClient, ShardedClient
 
     tls = None if ca_file is None else ssl.create_default_context(cafile=ca_file)
-    client = ParameterServerClient("127.0.0.1", port, secret, worker, ssl_context=tls)
+    client: AnyClient
+    if len(ports) == 1:
+        client = ParameterServerClient("127.0.0.1", ports[0], secret, worker, ssl_context=tls)
+    else:
+        layout = Layout.of([np.zeros(params, np.float32)])
+        client = ShardedClient("127.0.0.1", ports, secret, worker, layout=layout, ssl_context=tls)
     # An update with a spread of values, as a gradient step has (a constant one would make
     # every compressed dtype look exact).
     update = (np.random.default_rng(worker).normal(size=params) * 1e-6).astype(np.float32)
@@ -253,8 +264,9 @@ def measure_server(
     duration: float,
     tls: tuple[str, str] | None = None,
     commit_dtype: str = "float32",
+    shards: int = 1,
 ) -> float:
-    """Round trips per second through ParameterServer + ParameterServerClient (DOWNPOUR).
+    """Round trips per second through our server and client (DOWNPOUR).
 
     Args:
         params: parameters in the model.
@@ -263,27 +275,26 @@ def measure_server(
         tls: ``(certificate, key)`` PEM files for 127.0.0.1 to run over TLS (the
             certificate is also the clients' CA), or None for plain TCP.
         commit_dtype: the dtype commits travel in (the center always returns as float32).
+        shards: server processes the center is split across (1: the in-process server).
     """
-    from distkeras_async.server.parameter_server import ParameterServer
+    from distkeras_async.server.factory import make_server
 
     secret = new_secret()
-    context = None
-    if tls is not None:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(*tls)
-    server = ParameterServer(
+    server = make_server(
         [np.zeros(params, np.float32)],
         "downpour",
+        shards=shards,
         num_workers=workers,
         secret=secret,
-        ssl_context=context,
+        ssl_context=tls,
         commit_dtype=commit_dtype,
     )
-    port = server.start()
+    server.start()
+    ports = server.ports
     ca_file = None if tls is None else tls[0]
     try:
         return _run_clients(
-            _ps_client, lambda i: (port, secret, i, params, ca_file), workers, duration
+            _ps_client, lambda i: (ports, secret, i, params, ca_file), workers, duration
         )
     finally:
         server.stop()
@@ -296,20 +307,31 @@ def run_wire_benchmark(
     duration: float = 3.0,
     repeats: int = 3,
     commit_dtype: str = "float32",
+    shards: int = 1,
 ) -> WireResult:
     """Measure both servers ``repeats`` times, alternating, and return the medians.
 
     With a compressed ``commit_dtype`` our commits travel smaller than the raw socket's
-    float32 ones (the center returns as float32 either way).
+    float32 ones (the center returns as float32 either way). With ``shards`` > 1 the same
+    clients also run against one shard in each repeat, for the speedup.
     """
-    if params < 1 or workers < 1 or repeats < 1 or duration <= 0:
-        raise ValueError("params, workers and repeats must be >= 1 and duration > 0")
+    if params < 1 or workers < 1 or repeats < 1 or duration <= 0 or shards < 1:
+        raise ValueError("params, workers, shards, repeats must be >= 1 and duration > 0")
     ours: list[float] = []
     base: list[float] = []
+    single: list[float] = []
     for _ in range(repeats):
         base.append(measure_baseline(params, workers, duration))
-        ours.append(measure_server(params, workers, duration, commit_dtype=commit_dtype))
+        ours.append(
+            measure_server(params, workers, duration, commit_dtype=commit_dtype, shards=shards)
+        )
+        if shards > 1:
+            single.append(measure_server(params, workers, duration, commit_dtype=commit_dtype))
     ours_med, base_med = statistics.median(ours), statistics.median(base)
+    single_med = statistics.median(single) if single else None
+    samples = {"round_trips_per_s": ours, "baseline_round_trips_per_s": base}
+    if single:
+        samples["one_shard_round_trips_per_s"] = single
     return WireResult(
         params=params,
         workers=workers,
@@ -320,5 +342,8 @@ def run_wire_benchmark(
         ratio=ours_med / base_med,
         # Each round trip moves the update in (in its commit dtype) and the center out.
         megabytes_per_s=ours_med * (commit_bytes(commit_dtype, [params]) + params * 4) / 1e6,
-        samples={"round_trips_per_s": ours, "baseline_round_trips_per_s": base},
+        samples=samples,
+        shards=shards,
+        one_shard_round_trips_per_s=single_med,
+        speedup_vs_one_shard=None if single_med is None else ours_med / single_med,
     )

@@ -60,13 +60,15 @@ def _cmd_bench_wire(args: argparse.Namespace) -> int:
         duration=args.duration,
         repeats=args.repeats,
         commit_dtype=args.commit_dtype,
+        shards=args.shards,
     )
     if args.json:
         print(json.dumps(result.to_dict()))
         return 0
     print(
         f"model: {result.params:,} float32 parameters ({result.params * 4 / 1e6:.1f} MB), "
-        f"{result.workers} worker(s), median of {result.repeats} x {result.duration_s:g} s"
+        f"{result.workers} worker(s), {result.shards} shard(s), "
+        f"median of {result.repeats} x {result.duration_s:g} s"
     )
     print(f"  raw-socket baseline : {result.baseline_round_trips_per_s:10.1f} round trips/s")
     print(
@@ -74,6 +76,11 @@ def _cmd_bench_wire(args: argparse.Namespace) -> int:
         f"({result.megabytes_per_s:,.0f} MB/s moved)"
     )
     print(f"  ratio               : {result.ratio:10.3f}")
+    if result.speedup_vs_one_shard is not None:
+        print(
+            f"  {result.shards} shards vs 1       : {result.speedup_vs_one_shard:10.3f} "
+            f"(one shard: {result.one_shard_round_trips_per_s:.1f} round trips/s)"
+        )
     return 0
 
 
@@ -188,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=COMMIT_DTYPES,
         default="float32",
         help="the dtype commits travel in (the raw-socket baseline sends float32)",
+    )
+    wire.add_argument(
+        "--shards",
+        type=_positive_int,
+        default=1,
+        help="server processes the center is split across (>1 also measures one shard)",
     )
     wire.add_argument("--json", action="store_true", help="print one JSON object")
     wire.set_defaults(func=_cmd_bench_wire)

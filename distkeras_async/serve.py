@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import signal
-import ssl
 import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from distkeras_async.server.parameter_server import ParameterServer
+from distkeras_async.server.factory import make_server
 from distkeras_async.server.stats import ServerStats
 
 
@@ -28,6 +27,13 @@ def add_arguments(serve: argparse.ArgumentParser, positive_int: Callable[[str], 
     serve.add_argument("--workers", type=positive_int, required=True, help="number of workers")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=0, help="port (0: any free)")
+    serve.add_argument(
+        "--shards",
+        type=positive_int,
+        default=1,
+        help="server processes the center is split across (default 1); shard i listens on "
+        "--port + i (or any free port with --port 0), and workers connect to all of them",
+    )
     serve.add_argument("--round-timeout", type=float, default=300.0)
     serve.add_argument("--output", help="save the trained model here (.keras) on exit")
     serve.add_argument("--tls-cert", help="PEM certificate (chain): serve TLS only")
@@ -58,19 +64,15 @@ def add_arguments(serve: argparse.ArgumentParser, positive_int: Callable[[str], 
     )
 
 
-def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
-    """A server TLS context from ``--tls-cert``/``--tls-key``, or None for plain TCP.
+def tls_files(cert: str | None, key: str | None) -> tuple[str, str] | None:
+    """``(certificate, key)`` from ``--tls-cert``/``--tls-key``, or None for plain TCP.
 
     Raises:
         ValueError: if only one of the two is given.
     """
     if (cert is None) != (key is None):
         raise ValueError("give both --tls-cert and --tls-key, or neither")
-    if cert is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    return context
+    return None if cert is None or key is None else (cert, key)
 
 
 def stats_line(stats: ServerStats, previous: tuple[float, int], workers: int) -> str:
@@ -104,30 +106,33 @@ def run(args: argparse.Namespace, secret: bytes, algorithm: Any) -> int:
     """Serve until every worker finished (``--exit-when-done``), a signal, or a failure."""
     import keras  # after the cheap checks: importing TensorFlow takes seconds
 
-    context = tls_context(args.tls_cert, args.tls_key)
+    tls = tls_files(args.tls_cert, args.tls_key)
     model = keras.saving.load_model(args.model, compile=False)
     checkpoint_interval = args.checkpoint_interval
     if args.checkpoint_path and args.checkpoint_every is None and checkpoint_interval is None:
         checkpoint_interval = 60.0
-    server = ParameterServer(
+    server = make_server(
         model.get_weights(),
         algorithm,
+        shards=args.shards,
         num_workers=args.workers,
         secret=secret,
         host=args.host,
         port=args.port,
-        ssl_context=context,
+        ssl_context=tls,
         round_timeout=args.round_timeout,
         checkpoint_path=args.checkpoint_path,
         checkpoint_every=args.checkpoint_every,
         checkpoint_interval=checkpoint_interval,
         resume_from=args.resume_from,
     )
-    port = server.start()
-    scheme = "TLS" if context is not None else "TCP"
+    server.start()
+    scheme = "TLS" if tls is not None else "TCP"
+    ports = ",".join(str(p) for p in server.ports)
+    shards = f", {len(server.ports)} shards" if len(server.ports) > 1 else ""
     print(
-        f"listening on {args.host}:{port} ({scheme}, {server.algorithm!r}, "
-        f"{args.workers} workers, version {server.version})",
+        f"listening on {args.host}:{ports} ({scheme}, {server.algorithm!r}, "
+        f"{args.workers} workers{shards}, version {server.version})",
         flush=True,
     )
     stop = threading.Event()

@@ -91,6 +91,8 @@ class KerasEstimator(
         useGpu: train and predict on the GPUs Spark gives each task (True), on the CPU
             only (False), or, not set, on the task's GPUs when tasks get any
             (``docs/cluster.md``).
+        shards: parameter server processes the center is split across (default: chosen
+            from the model's size and the driver's cores; ``docs/scaling.md``).
 
     After ``fit``, the :class:`KerasModel` has ``keras_history``: the Keras ``History`` with
     the workers' epoch metrics and the center's ``val_*`` metrics.
@@ -125,6 +127,7 @@ class KerasEstimator(
         shuffleWindow: int | None = None,  # noqa: N803
         backend: str | None = None,
         useGpu: bool | None = None,  # noqa: N803
+        shards: int | None = None,
     ) -> None:
         super().__init__()
         set_keywords(self, self._input_kwargs)
@@ -156,6 +159,7 @@ class KerasEstimator(
         shuffleWindow: int | None = None,  # noqa: N803
         backend: str | None = None,
         useGpu: bool | None = None,  # noqa: N803
+        shards: int | None = None,
     ) -> KerasEstimator:
         """Set the given Params (keyword arguments only; all or none of them)."""
         set_keywords(self, self._input_kwargs)
@@ -233,6 +237,10 @@ class KerasEstimator(
         """Set the ``useGpu`` Param."""
         return self._set(useGpu=value)
 
+    def setShards(self, value: int) -> KerasEstimator:  # noqa: N802
+        """Set the ``shards`` Param."""
+        return self._set(shards=value)
+
     def setInMemoryLimit(self, value: int) -> KerasEstimator:  # noqa: N802
         """Set the ``inMemoryLimit`` Param."""
         return self._set(inMemoryLimit=value)
@@ -298,6 +306,7 @@ class KerasEstimator(
             shuffle_window=self.getShuffleWindow(),
             backend=self.getBackend(),
             use_gpu=self.getUseGpu(),
+            shards=self.getShards(),
             **self.getHyperparameters(),
         )
         training, validation = self._validation(dataset)

@@ -318,6 +318,12 @@ class KerasEstimatorParams(
         "(False), or (not set) on the task's GPUs when spark.task.resource.gpu.amount is set",
         _boolean,
     )
+    shards = _param(
+        "shards",
+        "parameter server processes the center is split across (not set: chosen from the "
+        "model's size and the driver's cores; docs/scaling.md)",
+        _positive_int,
+    )
     callbacks = _param(
         "callbacks",
         "Keras callbacks run on the driver at every global epoch (not saved with the stage)",
@@ -389,6 +395,11 @@ class KerasEstimatorParams(
         """The ``useGpu`` Param's value, or None when it is not set (GPUs if tasks get any)."""
         value = self._optional(self.useGpu)
         return None if value is None else bool(value)
+
+    def getShards(self) -> int | None:  # noqa: N802
+        """The ``shards`` Param's value, or None when it is not set (the default count)."""
+        value = self._optional(self.shards)
+        return None if value is None else int(value)
 
     def getInMemoryLimit(self) -> int:  # noqa: N802
         """The ``inMemoryLimit`` Param's value."""

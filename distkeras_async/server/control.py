@@ -26,14 +26,14 @@ _PREFIX = struct.Struct("<IQ")
 MAX_HEADER = 64 << 20
 
 
-class ChannelClosed(EOFError):
+class ChannelClosedError(EOFError):
     """The other side closed the pipe (the process exited)."""
 
 
 def write(fd: int, header: Mapping[str, Any], payload: np.ndarray | None = None) -> None:
     """Write one frame to ``fd``: ``header`` and, if given, ``payload``'s raw bytes."""
     head = msgpack.packb(dict(header), use_bin_type=True)
-    body = b"" if payload is None else memoryview(np.ascontiguousarray(payload)).cast("B")
+    body = b"" if payload is None else np.ascontiguousarray(payload).data.cast("B")
     _write_all(fd, _PREFIX.pack(len(head), len(body) if payload is not None else 2**64 - 1))
     _write_all(fd, head)
     if payload is not None:
@@ -44,7 +44,7 @@ def read(fd: int, timeout: float | None = None) -> tuple[dict[str, Any], np.ndar
     """Read one frame from ``fd``; the payload as a writable float32 array, or None.
 
     Raises:
-        ChannelClosed: if the pipe closed.
+        ChannelClosedError: if the pipe closed.
         TimeoutError: if no whole frame arrived within ``timeout`` seconds.
         ValueError: if the frame is malformed.
     """
@@ -63,7 +63,7 @@ def read(fd: int, timeout: float | None = None) -> tuple[dict[str, Any], np.ndar
     if body_size % 4:
         raise ValueError("a control payload must be float32")
     payload = np.empty(body_size // 4, np.float32)
-    _read_into(fd, memoryview(payload).cast("B"), deadline)
+    _read_into(fd, payload.data.cast("B"), deadline)
     return header, payload
 
 
@@ -92,5 +92,5 @@ def _read_into(fd: int, view: memoryview, deadline: float | None) -> None:
         _wait(fd, deadline)
         chunk = os.readv(fd, [view])
         if chunk == 0:
-            raise ChannelClosed("the control channel closed")
+            raise ChannelClosedError("the control channel closed")
         view = view[chunk:]

@@ -77,7 +77,24 @@ def _failure(server: ParameterServer, args: dict[str, Any]) -> tuple[dict[str, A
     code = server.failure_code
     if code is None:
         return {"failed": False}, None
-    return {"failed": True, "code": code.value, "reason": server.failure, "at": server.failure_time}, None
+    failure = {"code": code.value, "reason": server.failure, "at": server.failure_time}
+    return {"failed": True, **failure}, None
+
+
+def _request(server: ParameterServer, args: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    server.request(stop=args["stop"], learning_rate=args["learning_rate"])
+    return {}, None
+
+
+def _keep_epoch_centers(
+    server: ParameterServer, args: dict[str, Any]
+) -> tuple[dict[str, Any], Any]:
+    server.keep_epoch_centers()
+    return {}, None
+
+
+def _control(server: ParameterServer, args: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    return {"stop": server.control.stop, "learning_rate": server.control.learning_rate}, None
 
 
 def _fail(server: ParameterServer, args: dict[str, Any]) -> tuple[dict[str, Any], Any]:
@@ -96,12 +113,12 @@ HANDLERS: dict[str, Handler] = {
     "stats": lambda s, a: ({"stats": s.stats().to_plain()}, None),
     "failure": _failure,
     "fail": _fail,
-    "request": lambda s, a: (s.request(stop=a["stop"], learning_rate=a["learning_rate"]) or {}, None),
-    "keep_epoch_centers": lambda s, a: (s.keep_epoch_centers() or {}, None),
+    "request": _request,
+    "keep_epoch_centers": _keep_epoch_centers,
     "take_epoch_center": lambda s, a: ({}, _flat(s, s.take_epoch_center(a["epoch"]))),
     "progress": lambda s, a: ({"steps": s.progress(a["worker"])}, None),
     "unfinished_attempts": _unfinished,
-    "control": lambda s, a: ({"stop": s.control.stop, "learning_rate": s.control.learning_rate}, None),
+    "control": _control,
 }
 
 
@@ -114,7 +131,7 @@ def serve(server: ParameterServer, requests: int, replies: int) -> None:
     while True:
         try:
             header, _ = control.read(requests)
-        except control.ChannelClosed:
+        except control.ChannelClosedError:
             return
         op = header.get("op")
         if op == "stop":

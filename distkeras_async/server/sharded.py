@@ -10,7 +10,7 @@ Usage is :class:`~distkeras_async.server.parameter_server.ParameterServer`'s, pl
     server.stop()
 
 Each shard is a child process (:mod:`distkeras_async.server.shard_process`) running an
-ordinary parameter server on its slice (:func:`~distkeras_async.server.shards.split`), with
+ordinary parameter server on its slice (:func:`~distkeras_async.shards.split`), with
 its own event loop, buffers and rule instance, on its own port; a worker commits its slices
 to every shard at once and reassembles the reply
 (:class:`~distkeras_async.worker.sharded_client.ShardedClient`). This object, on the driver,
@@ -56,9 +56,8 @@ from distkeras_async.server.checkpoint import (
     save_checkpoint,
 )
 from distkeras_async.server.core import Failure
-from distkeras_async.server.shards import Shard, split
 from distkeras_async.server.stats import ServerStats
-from distkeras_async.server.update import StepRecord
+from distkeras_async.shards import Shard, split
 from distkeras_async.wire import auth
 from distkeras_async.wire.messages import NO_CONTROL, Control
 
@@ -128,10 +127,10 @@ class _ShardProcess:
         self.port = int(header["port"])
         return self.port
 
-    def ask(self, op: str, payload: np.ndarray | None = None, **args: Any) -> tuple[dict[str, Any], np.ndarray | None]:
+    def ask(self, op: str, **args: Any) -> tuple[dict[str, Any], np.ndarray | None]:
         with self._lock:
             try:
-                control.write(self._out, {"op": op, **args}, payload)
+                control.write(self._out, {"op": op, **args})
                 header, data = self._answer(ANSWER_TIMEOUT)
             except (OSError, EOFError, TimeoutError, ValueError) as exc:
                 raise ShardError(
@@ -155,7 +154,9 @@ class _ShardProcess:
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:  # pragma: no cover - never hang the caller
-                logger.error("shard %d did not stop within %gs; killing it", self.shard.index, timeout)
+                logger.error(
+                    "shard %d did not stop within %gs; killing it", self.shard.index, timeout
+                )
                 self.process.kill()
                 self.process.wait()
         for stream in (self.process.stdin, self.process.stdout):
@@ -581,6 +582,3 @@ class ShardedParameterServer:
             return None
         message = failure.reason if detail is None else f"{failure.reason}\n{detail}"
         return from_code(failure.code, message)
-
-
-__all__ = ["ShardError", "ShardedParameterServer", "StepRecord"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import ssl
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -22,7 +21,7 @@ from distkeras_async.errors import (
     ErrorCode,
     WorkerFailedError,
 )
-from distkeras_async.server.parameter_server import ParameterServer
+from distkeras_async.server.factory import TlsSetting, check_tls, make_server
 from distkeras_async.server.stats import ServerStats
 from distkeras_async.tls import read_ca
 from distkeras_async.trainers.failures import unfinished_workers
@@ -191,14 +190,20 @@ class DistributedTrainer(Trainer):
         master_host: the address workers connect to (default: ``spark.driver.host``).
         bind_host: the address the parameter server listens on (default: ``master_host``);
             e.g. ``"0.0.0.0"`` for a driver behind NAT whose ``master_host`` is forwarded.
-        ssl_context: a server-side :class:`ssl.SSLContext` (certificate and key loaded): the
-            parameter server speaks TLS only. Requires ``tls_ca``.
+        ssl_context: a server-side :class:`ssl.SSLContext` (certificate and key loaded), or
+            ``(certificate_file, key_file)`` PEM paths (required with ``shards`` > 1: each
+            shard process loads them): the parameter server speaks TLS only. Requires
+            ``tls_ca``.
         tls_ca: the CA certificate(s), PEM, that workers verify the server's certificate
             with: a path to a file on the driver, or the PEM text. Certificates are public;
             the text travels to the executors inside the Spark job.
         tls_server_hostname: the name workers expect in the server's certificate (default:
             the address they connect to).
         secret: the run's shared secret (default: a fresh random one per run).
+        shards: parameter server processes the center is split across (see
+            docs/scaling.md); None picks one from the model's size and the driver's cores
+            (1, the in-process server, below 4M parameters or 4 cores). With K shards the
+            server listens on ``master_port .. master_port + K - 1``.
         round_timeout: seconds a synchronous round waits for its slowest worker.
         idle_timeout: seconds a worker may stay silent between exchanges before the server
             drops it (a worker computing a long communication window is silent).
@@ -268,10 +273,11 @@ class DistributedTrainer(Trainer):
         loss_weights: Any = None,
         master_host: str | None = None,
         bind_host: str | None = None,
-        ssl_context: ssl.SSLContext | None = None,
+        ssl_context: TlsSetting = None,
         tls_ca: str | bytes | None = None,
         tls_server_hostname: str | None = None,
         secret: bytes | None = None,
+        shards: int | None = None,
         progress: bool | None = None,
         worker_threads: int | None = None,
         round_timeout: float = 300.0,
@@ -319,8 +325,8 @@ class DistributedTrainer(Trainer):
                 "TLS needs both ssl_context (the server's certificate) and tls_ca (what the "
                 "workers verify it with)"
             )
-        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
-            raise TypeError(f"ssl_context must be an ssl.SSLContext, got {ssl_context!r}")
+        self.shards = None if shards is None else checks.positive_int(shards, "shards")
+        check_tls(ssl_context, self.shards)
         self.ssl_context = ssl_context
         self.tls_ca = None if tls_ca is None else read_ca(tls_ca)
         self.tls_server_hostname = tls_server_hostname
@@ -522,9 +528,10 @@ class DistributedTrainer(Trainer):
             return self._no_epochs_left(epochs, began)
         host = self.master_host or sparkglue.driver_host(session)
         secret = self.secret or new_secret()
-        server = ParameterServer(
+        server = make_server(
             driver_model.get_weights(),
             self.algorithm,
+            shards=self.shards,
             num_workers=self.num_workers,
             secret=secret,
             host=self.bind_host or host,
@@ -540,7 +547,8 @@ class DistributedTrainer(Trainer):
         )
         initial = server.center  # before any commit (the checkpoint's, when resuming)
         try:
-            port = server.start()
+            server.start()
+            ports = server.ports
         except OSError as exc:
             raise OSError(
                 exc.errno, f"{exc.strerror}; pass master_port=0 to pick a free port"
@@ -550,7 +558,8 @@ class DistributedTrainer(Trainer):
             algorithm=self.algorithm,
             hyperparameters=self.hyperparameters,
             host=host,
-            port=port,
+            port=ports[0],
+            ports=ports,
             secret=secret,
             num_epoch=epochs.epochs_to_run,
             batch_size=self.batch_size,

@@ -120,7 +120,7 @@ class Welcome(Message):
         progress: local steps of this worker already applied to the center, by any of its
             attempts (a retried task resumes after them).
         shard: ``(index, count)`` when this server holds one shard of a sharded center
-            (:mod:`distkeras_async.server.shards`); None for a whole center.
+            (:mod:`distkeras_async.shards`); None for a whole center.
     """
 
     op: ClassVar[Op] = Op.WELCOME

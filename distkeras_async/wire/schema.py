@@ -170,6 +170,7 @@ def _is_shard(value: object) -> bool:
         and 0 <= value[0] < value[1]
     )
 
+
 # The driver's requests to the workers, on every reply (see messages.Control).
 _CONTROL: Mapping[str, tuple[Check, bool]] = {
     "stop": (_is_bool, False),

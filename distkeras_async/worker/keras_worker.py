@@ -39,6 +39,7 @@ from distkeras_async.worker.plan import WorkerPlan
 from distkeras_async.worker.reporter import Reporter, attach_progress
 from distkeras_async.worker.requests import DriverRequests
 from distkeras_async.worker.serialization import ModelSpec, build_model
+from distkeras_async.worker.sharded_client import AnyClient, ShardedClient
 from distkeras_async.worker.sources import ArraySource, Prepared, StreamSource
 from distkeras_async.worker.stream import EpochStream, default_window
 from distkeras_async.worker.weights import row_weights
@@ -364,10 +365,25 @@ class KerasWorker:
         return sizes
 
     @contextlib.contextmanager
-    def _connect(self, model: Any) -> Iterator[ParameterServerClient]:
+    def _connect(self, model: Any) -> Iterator[AnyClient]:
         plan = self.plan
         layout = Layout.of(model.get_weights())
         tls = None if plan.tls_ca is None else ssl.create_default_context(cadata=plan.tls_ca)
+        if len(plan.ports) > 1:
+            # The shards check that they hold this layout's slices (LayoutMismatchError).
+            with ShardedClient(
+                plan.host,
+                plan.ports,
+                plan.secret,
+                self.worker_id,
+                self.attempt,
+                layout=layout,
+                timeout=plan.timeout,
+                ssl_context=tls,
+                server_hostname=plan.tls_server_hostname,
+            ) as sharded:
+                yield sharded
+            return
         with ParameterServerClient(
             plan.host,
             plan.port,
@@ -390,7 +406,7 @@ class KerasWorker:
         self,
         model: Any,
         algorithm: Algorithm,
-        client: ParameterServerClient,
+        client: AnyClient,
         source: ArraySource | StreamSource,
     ) -> list[StepRecord]:
         plan = self.plan

@@ -20,7 +20,8 @@ class WorkerPlan:
         algorithm: a registered algorithm name, or an Algorithm class.
         hyperparameters: the algorithm's hyperparameters.
         host: the parameter server's address.
-        port: the parameter server's port.
+        port: the parameter server's port (the first shard's, when sharded).
+        ports: every shard's port, in shard order (empty or one: an unsharded server).
         secret: this run's secret.
         num_epoch: passes over the partition.
         batch_size: samples per local step.
@@ -59,6 +60,7 @@ class WorkerPlan:
     host: str
     port: int
     secret: bytes
+    ports: tuple[int, ...] = ()
     num_epoch: int = 1
     batch_size: int = 32
     shuffle: bool = False

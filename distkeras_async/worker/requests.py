@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from distkeras_async.errors import TrainingDivergedError
-from distkeras_async.worker.client import ParameterServerClient
+from distkeras_async.worker.sharded_client import AnyClient
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +29,7 @@ class DriverRequests:
     applies them after its next exchange (:meth:`after_exchange`).
     """
 
-    def __init__(
-        self, client: ParameterServerClient, model: Any, terminate_on_nan: bool = False
-    ) -> None:
+    def __init__(self, client: AnyClient, model: Any, terminate_on_nan: bool = False) -> None:
         self.client = client
         self.model = model
         self.terminate_on_nan = terminate_on_nan

@@ -3,7 +3,7 @@
 It is a :class:`~distkeras_async.algorithm.ServerHandle` like
 :class:`~distkeras_async.worker.client.ParameterServerClient`: a rule commits and pulls the
 whole flat vector, and this client cuts it into the shards' slices
-(:func:`~distkeras_async.server.shards.split`), sends every slice before it waits for the
+(:func:`~distkeras_async.shards.split`), sends every slice before it waits for the
 first reply (so the shard processes work at the same time), and receives each shard's
 reply straight into its slice of one output vector: no copy, no reassembly step.
 
@@ -23,7 +23,7 @@ import numpy as np
 
 from distkeras_async.errors import LayoutMismatchError, RemoteProtocolError
 from distkeras_async.layout import FLAT_DTYPE, Layout
-from distkeras_async.server.shards import split
+from distkeras_async.shards import split
 from distkeras_async.wire.messages import Control
 from distkeras_async.worker.client import _FROM_THE_CONNECTION, ParameterServerClient
 
@@ -221,7 +221,9 @@ class ShardedClient:
         if out is None:
             out = np.empty(self.layout.size, FLAT_DTYPE)
         elif (
-            out.dtype != FLAT_DTYPE or out.shape != (self.layout.size,) or not out.flags.c_contiguous
+            out.dtype != FLAT_DTYPE
+            or out.shape != (self.layout.size,)
+            or not out.flags.c_contiguous
         ):
             raise ValueError(
                 f"out must be a contiguous float32 vector of {self.layout.size} elements"
@@ -229,3 +231,7 @@ class ShardedClient:
         for shard, client in zip(self.shards, self.clients, strict=True):
             client.receive_center(out[shard.start : shard.stop])
         return out
+
+
+AnyClient = ParameterServerClient | ShardedClient
+"""A worker's connection: to one parameter server, or to every shard of a sharded one."""
