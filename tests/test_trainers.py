@@ -465,3 +465,16 @@ def test_bind_host_is_where_the_server_listens(digits, monkeypatch):
     (server,) = spy.servers
     assert server.host == "127.0.0.1"
     assert trainer.get_parameter_server_stats().commits > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "algorithm"), [("DOWNPOUR", "downpour"), ("AveragingTrainer", "averaging")]
+)
+def test_a_sharded_server_trains_as_one_server_does(name, algorithm, digits):
+    # Two shard processes hold the center; each worker commits its slices to both at once.
+    trainer = make_trainer(name, mlp(), workers=2, progress=False, shards=2)
+    trained = trainer.train(digits.train)
+    assert digits.accuracy(trained) >= 0.90
+    stats = trainer.get_parameter_server_stats()
+    assert stats.commits > 0 and all(w.finished for w in stats.workers.values())
+    assert {h["worker"] for h in trainer.get_history()} == {0, 1}

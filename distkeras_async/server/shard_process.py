@@ -35,7 +35,7 @@ Handler = Callable[[ParameterServer, dict[str, Any]], tuple[dict[str, Any], np.n
 def load_algorithm(spec: dict[str, Any]) -> Algorithm:
     """The algorithm a shard runs: a registered name, or a ``module:qualname`` class."""
     settings = dict(spec["settings"])
-    if "name" in spec:
+    if spec.get("name") is not None:
         return registry.resolve(spec["name"], **settings)
     module, _, qualname = spec["path"].partition(":")
     target: Any = importlib.import_module(module)

@@ -380,26 +380,18 @@ class ShardedParameterServer:
                 self._failed(Failure(ErrorCode.INTERNAL, str(exc)))
 
     def _look_for_failure(self) -> None:
-        found: list[tuple[int, Failure]] = []
+        found: list[Failure] = []
         for process in self._processes:
+            index = process.shard.index
             if process.process.poll() is not None:
-                found.append(
-                    (
-                        process.shard.index,
-                        Failure(
-                            ErrorCode.INTERNAL,
-                            f"shard {process.shard.index} {process.exit_note()}",
-                        ),
-                    )
-                )
+                found.append(Failure(ErrorCode.INTERNAL, f"shard {index} {process.exit_note()}"))
                 continue
             header, _ = process.ask("failure")
             if header["failed"]:
-                failure = Failure(ErrorCode(header["code"]), header["reason"], header["at"])
-                found.append((process.shard.index, failure))
+                reason = f"shard {index}: {header['reason']}"
+                found.append(Failure(ErrorCode(header["code"]), reason, header["at"]))
         if found:
-            index, first = min(found, key=lambda item: item[1].at)
-            self._failed(Failure(first.code, f"shard {index}: {first.reason}", first.at))
+            self._failed(min(found, key=lambda failure: failure.at))
 
     def _failed(self, failure: Failure) -> None:
         if self._failure is not None:
