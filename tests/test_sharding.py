@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from conftest import wait_until
+
 from distkeras_async.errors import (
     AuthenticationError,
     LayoutMismatchError,
