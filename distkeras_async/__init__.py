@@ -25,10 +25,12 @@ from distkeras_async.errors import (
 from distkeras_async.layout import Layout
 from distkeras_async.rules import AsyncElasticAlgorithm, DeltaAlgorithm, ElasticAlgorithm
 from distkeras_async.server.parameter_server import ParameterServer
+from distkeras_async.server.sharded import ShardedParameterServer
 from distkeras_async.server.stats import ServerStats, WorkerStats
 from distkeras_async.wire.auth import new_secret
 from distkeras_async.worker.client import ParameterServerClient
 from distkeras_async.worker.exchange import LocalModel, StepRecord, WorkerSession, run_worker
+from distkeras_async.worker.sharded_client import ShardedClient
 
 _compat.install()
 
@@ -59,6 +61,8 @@ __all__ = [
     "ServerError",
     "ServerHandle",
     "ServerStats",
+    "ShardedClient",
+    "ShardedParameterServer",
     "StepRecord",
     "UnknownAlgorithmError",
     "UpdateMeta",

@@ -184,7 +184,12 @@ def _serve(tmp_path: Path, saved_model: Path, secret: bytes, *options: str):
     )
     line = process.stdout.readline()
     assert line.startswith("listening on 127.0.0.1:"), process.stderr.read()
-    return process, int(line.split()[2].rsplit(":", 1)[1]), line
+    return process, listening_ports(line)[0], line
+
+
+def listening_ports(line: str) -> tuple[int, ...]:
+    """The ports of a ``listening on HOST:PORT[,PORT...]`` line (one per shard)."""
+    return tuple(int(p) for p in line.split()[2].rsplit(":", 1)[1].split(","))
 
 
 def test_serve_over_tls_with_checkpoints_and_statistics(tmp_path, saved_model, secret):
@@ -255,6 +260,49 @@ def test_serve_over_tls_with_checkpoints_and_statistics(tmp_path, saved_model, s
         assert process.wait(60) == 0
     finally:
         process.kill()
+
+
+def test_serve_with_shards_over_tls(tmp_path, saved_model, secret):
+    import keras
+    from conftest import make_tls_contexts
+
+    from distkeras_async.layout import Layout
+    from distkeras_async.worker.sharded_client import ShardedClient
+
+    _, client_ctx, cert = make_tls_contexts(tmp_path)
+    output = tmp_path / "trained.keras"
+    process, _, line = _serve(
+        tmp_path,
+        saved_model,
+        secret,
+        "--workers",
+        "1",
+        "--shards",
+        "2",
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(cert.with_name("key.pem")),
+        "--exit-when-done",
+        "--output",
+        str(output),
+    )
+    initial = keras.saving.load_model(saved_model).get_weights()
+    try:
+        assert "2 shards" in line and "(TLS, " in line
+        ports = listening_ports(line)
+        assert len(ports) == 2
+        with ShardedClient(
+            "127.0.0.1", ports, secret, 0, layout=Layout.of(initial), ssl_context=client_ctx
+        ) as client:
+            center = client.pull()
+            client.commit(np.ones_like(center))
+        assert process.wait(60) == 0
+    finally:
+        process.kill()
+    trained = keras.saving.load_model(output).get_weights()
+    for before, after in zip(initial, trained, strict=True):
+        np.testing.assert_allclose(after, before + 1.0, rtol=1e-6)
 
 
 def test_serve_fails_clearly_when_a_worker_is_gone(tmp_path, saved_model, secret):

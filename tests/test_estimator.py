@@ -85,6 +85,7 @@ def test_defaults_and_explain_params():
         ("numEpochs", -1, "positive int"),
         ("batchSize", 1.5, "positive int"),
         ("numWorkers", None, "cannot be None"),
+        ("shards", 0, "positive int"),
     ],
 )
 def test_bad_param_values_are_refused_naming_the_param(param, value, message):
@@ -249,6 +250,15 @@ def test_use_gpu_param(spark, data, baseline):
         sc.setLocalProperty("spark.jobGroup.id", None)
     assert list(sc.statusTracker().getJobIdsForGroup("use-gpu")) == []
     assert base_estimator().setUseGpu(False).getUseGpu() is False
+
+
+def test_shards_param(data, baseline):
+    assert baseline.getShards() is None  # not set: the default count (1 on 2 cores)
+    fitted = base_estimator(shards=2).fit(data)
+    assert fitted.getShards() == 2
+    stats = fitted.parameter_server_stats
+    assert stats.commits == baseline.parameter_server_stats.commits > 0
+    assert all(w.finished for w in stats.workers.values())
 
 
 def test_model_param(data, baseline):
