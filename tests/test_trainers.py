@@ -478,3 +478,13 @@ def test_a_sharded_server_trains_as_one_server_does(name, algorithm, digits):
     stats = trainer.get_parameter_server_stats()
     assert stats.commits > 0 and all(w.finished for w in stats.workers.values())
     assert {h["worker"] for h in trainer.get_history()} == {0, 1}
+
+
+def test_overlapped_exchange_trains_and_refuses_synchronous_rounds(digits):
+    trainer = make_trainer("DOWNPOUR", mlp(), workers=2, progress=False, overlap=True)
+    assert digits.accuracy(trainer.train(digits.train)) >= 0.90
+    # Every local step is in the history and every window was committed once.
+    steps = len(trainer.get_history())
+    assert trainer.get_parameter_server_stats().commits >= steps // 5
+    with pytest.raises(AlgorithmError, match="overlap=True needs an asynchronous algorithm"):
+        make_trainer("AveragingTrainer", mlp(), workers=2, overlap=True)

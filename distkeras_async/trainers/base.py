@@ -204,6 +204,10 @@ class DistributedTrainer(Trainer):
             docs/scaling.md); None picks one from the model's size and the driver's cores
             (1, the in-process server, below 4M parameters or 4 cores). With K shards the
             server listens on ``master_port .. master_port + K - 1``.
+        overlap: run each worker's exchange in a background thread while its next local
+            steps run, so no step waits for the network; the center a worker continues
+            from is then one communication window older (asynchronous algorithms only;
+            docs/scaling.md).
         round_timeout: seconds a synchronous round waits for its slowest worker.
         idle_timeout: seconds a worker may stay silent between exchanges before the server
             drops it (a worker computing a long communication window is silent).
@@ -278,6 +282,7 @@ class DistributedTrainer(Trainer):
         tls_server_hostname: str | None = None,
         secret: bytes | None = None,
         shards: int | None = None,
+        overlap: bool = False,
         progress: bool | None = None,
         worker_threads: int | None = None,
         round_timeout: float = 300.0,
@@ -326,6 +331,9 @@ class DistributedTrainer(Trainer):
                 "workers verify it with)"
             )
         self.shards = None if shards is None else checks.positive_int(shards, "shards")
+        if not isinstance(overlap, bool):
+            raise TypeError(f"overlap must be True or False, got {overlap!r}")
+        self.overlap = overlap
         check_tls(ssl_context, self.shards)
         self.ssl_context = ssl_context
         self.tls_ca = None if tls_ca is None else read_ca(tls_ca)
@@ -394,6 +402,11 @@ class DistributedTrainer(Trainer):
             )
         self.algorithm_name = probe.name
         self._synchronous_algorithm = probe.synchronous
+        if self.overlap and probe.synchronous:
+            raise AlgorithmError(
+                f"overlap=True needs an asynchronous algorithm; {probe.name!r} meets in "
+                "synchronous rounds, which need every worker's current weights"
+            )
 
     def train(
         self,
@@ -585,6 +598,7 @@ class DistributedTrainer(Trainer):
             shuffle_window=self.shuffle_window,
             backend=self.backend,
             use_gpu=use_gpu,
+            overlap=self.overlap,
         )
         try:
             epochs.watch(server)

@@ -34,6 +34,7 @@ from distkeras_async.worker.devices import model_device
 from distkeras_async.worker.exchange import StepRecord, WorkerSession, run_session
 from distkeras_async.worker.inputs import check_finite, input_shapes, shape_inputs
 from distkeras_async.worker.local_model import KerasLocalModel
+from distkeras_async.worker.overlap import ExchangeClient, OverlappedClient
 from distkeras_async.worker.partition import Partition
 from distkeras_async.worker.plan import WorkerPlan
 from distkeras_async.worker.reporter import Reporter, attach_progress
@@ -365,7 +366,18 @@ class KerasWorker:
         return sizes
 
     @contextlib.contextmanager
-    def _connect(self, model: Any) -> Iterator[AnyClient]:
+    def _connect(self, model: Any) -> Iterator[ExchangeClient]:
+        """The connection the worker's loop uses (in the background with ``overlap``)."""
+        with self._open(model) as client:
+            if not self.plan.overlap:
+                yield client
+                return
+            # Leaving it waits for the exchange in flight, before the client says goodbye.
+            with OverlappedClient(client) as overlapped:
+                yield overlapped
+
+    @contextlib.contextmanager
+    def _open(self, model: Any) -> Iterator[AnyClient]:
         plan = self.plan
         layout = Layout.of(model.get_weights())
         tls = None if plan.tls_ca is None else ssl.create_default_context(cadata=plan.tls_ca)
@@ -406,7 +418,7 @@ class KerasWorker:
         self,
         model: Any,
         algorithm: Algorithm,
-        client: AnyClient,
+        client: ExchangeClient,
         source: ArraySource | StreamSource,
     ) -> list[StepRecord]:
         plan = self.plan

@@ -49,6 +49,8 @@ class WorkerPlan:
         shuffle_window: rows per shuffle window of a streamed partition (None: about
             32 MiB of rows); see :mod:`distkeras_async.worker.stream`.
         backend: the Keras backend the workers run on (``tensorflow``, ``jax``, ``torch``).
+        overlap: run each exchange in a background thread while the next local steps run
+            (asynchronous rules only; :mod:`distkeras_async.worker.overlap`).
         use_gpu: whether workers train on the GPUs Spark gave their task (decided on the
             driver, :func:`distkeras_async.spark.resources.resolve_use_gpu`); False: they
             hide every GPU and train on the CPU.
@@ -85,6 +87,7 @@ class WorkerPlan:
     shuffle_window: int | None = None
     backend: str = "tensorflow"
     use_gpu: bool = False
+    overlap: bool = False
 
     def make_algorithm(self) -> Algorithm:
         """A fresh instance of the plan's algorithm for this worker."""

@@ -6,10 +6,10 @@ import time
 from collections.abc import Mapping, Sequence
 
 from distkeras_async.worker.exchange import StepRecord
-from distkeras_async.worker.sharded_client import AnyClient
+from distkeras_async.worker.overlap import ExchangeClient
 
 
-def attach_progress(client: AnyClient, steps: int, records: Sequence[StepRecord]) -> None:
+def attach_progress(client: ExchangeClient, steps: int, records: Sequence[StepRecord]) -> None:
     """Before an exchange: the step count and the new step records ride on the commit."""
     client.steps = steps
     client.history.extend((r.iteration, r.timestamp, r.metrics) for r in records)
@@ -26,7 +26,7 @@ class Reporter:
 
     REPORT_INTERVAL = 0.5
 
-    def __init__(self, client: AnyClient, batch_size: int) -> None:
+    def __init__(self, client: ExchangeClient, batch_size: int) -> None:
         self.client = client
         self.batch_size = batch_size
         self.latest: dict[str, float] = {}

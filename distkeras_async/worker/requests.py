@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from distkeras_async.errors import TrainingDivergedError
-from distkeras_async.worker.sharded_client import AnyClient
+from distkeras_async.worker.overlap import ExchangeClient
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class DriverRequests:
     applies them after its next exchange (:meth:`after_exchange`).
     """
 
-    def __init__(self, client: AnyClient, model: Any, terminate_on_nan: bool = False) -> None:
+    def __init__(self, client: ExchangeClient, model: Any, terminate_on_nan: bool = False) -> None:
         self.client = client
         self.model = model
         self.terminate_on_nan = terminate_on_nan
