@@ -106,10 +106,10 @@ def test_a_failed_background_exchange_is_raised_by_the_next_call(server):
 
 
 def test_leaving_waits_for_the_exchange_in_flight_and_raises_its_error(server):
-    with connect(server) as client:
-        with pytest.raises(ServerError, match="infinity"), OverlappedClient(client) as overlapped:
-            overlapped.pull()
-            overlapped.commit(np.full(SIZE, np.inf, np.float32))
+    client = connect(server)
+    with client, pytest.raises(ServerError, match="infinity"), OverlappedClient(client) as o:
+        o.pull()
+        o.commit(np.full(SIZE, np.inf, np.float32))
 
 
 def test_progress_and_records_ride_on_the_next_commit_and_reports_keep_their_order(server):
