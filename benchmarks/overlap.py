@@ -1,15 +1,21 @@
 """Overlapped exchange: one worker's samples/s against plain ``model.fit``, with and without.
 
-On Spark ``local[2]``, for MLPs of about 1M and 10M float32 parameters on random data
-(``--rows`` rows, 10 classes), batch ``--batch-size``, one TensorFlow thread:
+For MLPs of about 1M and 10M float32 parameters on random data (``--rows`` rows, 10
+classes, batch ``--batch-size``, one TensorFlow thread), in this process:
 
-- plain ``model.fit`` inside a Spark task on the same partition (the ceiling);
-- DOWNPOUR with one worker (communication window ``--window``), exchanges waiting;
-- the same with ``overlap=True``: each exchange runs in a background thread.
+- plain ``model.fit`` (the ceiling);
+- the worker's real loop (``WorkerSession`` driven from ``fit``, DOWNPOUR, communication
+  window ``--window``) against a parameter server in its own process, each exchange
+  waiting for the server;
+- the same with the exchange overlapped (``OverlappedClient``, what ``overlap=True`` runs).
 
-All three are timed the same way, from the end of the first local step to the end of the
-last (start-up and tracing excluded), alternating, medians of ``--repeats``; each as a
-ratio to ``fit`` in the same repeat.
+Each worker way runs over loopback and over an emulated link of ``--link-mbit`` Mbit/s: a
+relay process that paces the bytes each way (this machine has no ``netem``). On loopback
+the "network" is memory copies by the same CPU cores that train, so there is little to
+overlap; on a link the exchange waits for the wire, as on a cluster.
+
+All ways are timed from the end of the first local step to the end of the last (start-up
+and tracing excluded), alternating, medians of ``--repeats``, each as a ratio to ``fit``.
 
     python benchmarks/overlap.py --repeats 3
 """
@@ -17,17 +23,17 @@ ratio to ``fit`` in the same repeat.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import multiprocessing as mp
 import os
+import socket
 import statistics
-import sys
+import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
-os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
 
@@ -35,120 +41,203 @@ import numpy as np
 SIZES = {"1M": (240, 4000), "10M": (1000, 9900)}
 
 
+# --------------------------------------------------------------------------- the link
+
+
+def _pump(src: socket.socket, dst: socket.socket, bytes_per_s: float) -> None:
+    """Copy ``src`` to ``dst`` at ``bytes_per_s`` at most (idle time earns no credit)."""
+    buffer = bytearray(1 << 16)
+    began, moved = time.perf_counter(), 0
+    try:
+        while n := src.recv_into(buffer):
+            dst.sendall(memoryview(buffer)[:n])
+            moved += n
+            delay = began + moved / bytes_per_s - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                began, moved = time.perf_counter(), 0
+    except OSError:
+        pass
+    finally:
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def _relay(ports: Any, upstream: int, bytes_per_s: float) -> None:
+    """Serve one connection: pace both directions to ``bytes_per_s``."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    ports.put(listener.getsockname()[1])
+    listener.settimeout(120)
+    client, _ = listener.accept()
+    server = socket.create_connection(("127.0.0.1", upstream), timeout=120)
+    for sock in (client, server):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(120)
+    pumps = [
+        threading.Thread(target=_pump, args=(client, server, bytes_per_s)),
+        threading.Thread(target=_pump, args=(server, client, bytes_per_s)),
+    ]
+    for pump in pumps:
+        pump.start()
+    for pump in pumps:
+        pump.join()
+
+
+def start_link(upstream: int, mbit: float) -> tuple[Any, int]:
+    """A relay process to ``upstream`` at ``mbit`` Mbit/s each way; its port."""
+    # A fresh interpreter, not a fork of this one (TensorFlow's threads are running here).
+    context = mp.get_context("spawn")
+    ports = context.Queue()
+    process = context.Process(target=_relay, args=(ports, upstream, mbit * 1e6 / 8), daemon=True)
+    process.start()
+    return process, int(ports.get(timeout=60))
+
+
+# --------------------------------------------------------------------------- the ways
+
+
 def mlp(inputs: int, hidden: int) -> Any:
     """An MLP of ``inputs * hidden + hidden * 10`` weights (plus biases)."""
     import keras
 
     keras.utils.set_random_seed(0)
-    return keras.Sequential(
+    model = keras.Sequential(
         [
             keras.Input((inputs,)),
             keras.layers.Dense(hidden, activation="relu"),
             keras.layers.Dense(10, activation="softmax"),
         ]
     )
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    return model
 
 
-def plain_fit_task(inputs: int, hidden: int, epochs: int, batch_size: int) -> Any:
-    """A Spark task running plain ``model.fit`` on its partition; yields step timestamps."""
+def stamps_callback(stamps: list[float], session: Any = None) -> Any:
+    """Records the end of every step (and drives ``session`` as the Keras worker does)."""
+    import keras
 
-    def task(batches: Iterator[Any]) -> Iterator[Any]:
-        import keras
-        import pyarrow as pa
+    class Stamp(keras.callbacks.Callback):  # type: ignore[misc]
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            if session is not None:
+                session.step_done({k: float(v) for k, v in (logs or {}).items()})
+            stamps.append(time.perf_counter())
 
-        from distkeras_async.worker.backend import limit_threads
-        from distkeras_async.worker.columns import batches_to_numpy
-
-        limit_threads(1)
-        x, y = batches_to_numpy(batches, ["features", "label"])
-        model = mlp(inputs, hidden)
-        model.compile(optimizer="adam", loss="categorical_crossentropy")
-        stamps: list[float] = []
-
-        class Stamp(keras.callbacks.Callback):
-            def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-                stamps.append(time.time())
-
-        model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, callbacks=[Stamp()])
-        yield pa.RecordBatch.from_pydict({"t": pa.array(stamps, pa.float64())})
-
-    return task
+    return Stamp()
 
 
 def samples_per_second(stamps: list[float], batch_size: int) -> float:
     """Samples per second from the end of the first step to the end of the last."""
-    stamps = sorted(stamps)
     return (len(stamps) - 1) * batch_size / (stamps[-1] - stamps[0])
 
 
-def frame(spark: Any, rows: int, inputs: int) -> Any:
-    """Random features and one-hot labels as a one-partition DataFrame."""
-    from pyspark.ml.linalg import Vectors
+def run_fit(size: str, x: np.ndarray, y: np.ndarray, args: Any) -> float:
+    """Plain ``model.fit``: samples/s."""
+    stamps: list[float] = []
+    model = mlp(*SIZES[size])
+    model.fit(
+        x, y, batch_size=args.batch_size, epochs=args.epochs, verbose=0,
+        callbacks=[stamps_callback(stamps)],
+    )  # fmt: skip
+    return samples_per_second(stamps, args.batch_size)
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(rows, inputs)).astype(np.float32)
-    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, rows)]
-    data = [(Vectors.dense(a), Vectors.dense(b)) for a, b in zip(x, y, strict=True)]
-    return spark.createDataFrame(data, ["features", "label"]).repartition(1).cache()
+
+def run_worker(
+    size: str, x: np.ndarray, y: np.ndarray, args: Any, *, overlap: bool, mbit: float | None
+) -> float:  # noqa: E501
+    """The worker's loop against a server process (through a link when ``mbit``)."""
+    from distkeras_async import registry
+    from distkeras_async.layout import Layout
+    from distkeras_async.server.sharded import ShardedParameterServer
+    from distkeras_async.wire.auth import new_secret
+    from distkeras_async.worker.client import ParameterServerClient
+    from distkeras_async.worker.exchange import WorkerSession
+    from distkeras_async.worker.local_model import KerasLocalModel
+    from distkeras_async.worker.overlap import OverlappedClient
+
+    model = mlp(*SIZES[size])
+    secret = new_secret()
+    window = args.window
+    # One shard: an ordinary server, but in its own process (as the driver is on a cluster).
+    server = ShardedParameterServer(
+        model.get_weights(), "downpour", num_workers=1, secret=secret, shards=1,
+        communication_window=window,
+    )  # fmt: skip
+    server.start()
+    link = None
+    port = server.ports[0]
+    if mbit is not None:
+        link, port = start_link(port, mbit)
+    stamps: list[float] = []
+    try:
+        with ParameterServerClient("127.0.0.1", port, secret, 0, timeout=300) as client:
+            handle: Any = OverlappedClient(client) if overlap else client
+            algorithm = registry.resolve("downpour", communication_window=window)
+            local = KerasLocalModel(model, Layout.of(model.get_weights()))
+            session = WorkerSession(local, algorithm, handle)
+            session.start()
+            model.fit(
+                x, y, batch_size=args.batch_size, epochs=args.epochs, verbose=0,
+                callbacks=[stamps_callback(stamps, session)],
+            )  # fmt: skip
+            session.finish()
+            if overlap:
+                handle.wait()
+    finally:
+        server.stop()
+        if link is not None:
+            link.join(30)
+    return samples_per_second(stamps, args.batch_size)
 
 
 def main() -> None:
-    """Measure every size; print a Markdown table."""
+    """Measure every size and way; print a Markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--rows", type=int, default=2048)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--window", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--link-mbit", type=float, default=1000.0)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from distkeras_async.demo import start_spark
-    from distkeras_async.spark import prepare, warm_up
-    from distkeras_async.trainers import DOWNPOUR
+    from distkeras_async.worker.backend import limit_threads
 
-    spark = start_spark(2)
+    limit_threads(1)
+    print(f"# {os.cpu_count()} cores; emulated link {args.link_mbit:g} Mbit/s each way")
     print(f"| parameters | way | samples/s (median of {args.repeats}) | vs `fit` | runs |")
     print("|---:|---|---:|---:|---|")
     for size in args.sizes:
-        inputs, hidden = SIZES[size]
-        params = mlp(inputs, hidden).count_params()
-        df = frame(spark, args.rows, inputs)
-        warm_up(df, 1)
-        one = prepare(df, ["features", "label"], 1)
-        runs: dict[str, list[float]] = {"fit": [], "waiting": [], "overlapped": []}
+        inputs, _ = SIZES[size]
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(args.rows, inputs)).astype(np.float32)
+        y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, args.rows)]
+        link = f"{args.link_mbit:g} Mbit/s link"
+        ways: dict[str, dict[str, Any]] = {
+            "`fit`": {},
+            "waiting, loopback": {"overlap": False, "mbit": None},
+            "overlapped, loopback": {"overlap": True, "mbit": None},
+            f"waiting, {link}": {"overlap": False, "mbit": args.link_mbit},
+            f"overlapped, {link}": {"overlap": True, "mbit": args.link_mbit},
+        }
+        runs: dict[str, list[float]] = {name: [] for name in ways}
         for _ in range(args.repeats):
-            task = plain_fit_task(inputs, hidden, args.epochs, args.batch_size)
-            stamps = [r.t for r in one.mapInArrow(task, "t double").collect()]
-            runs["fit"].append(samples_per_second(stamps, args.batch_size))
-            for way, overlap in (("waiting", False), ("overlapped", True)):
-                trainer = DOWNPOUR(
-                    mlp(inputs, hidden),
-                    "adam",
-                    "categorical_crossentropy",
-                    num_workers=1,
-                    batch_size=args.batch_size,
-                    communication_window=args.window,
-                    num_epoch=args.epochs,
-                    master_port=0,
-                    progress=False,
-                    worker_threads=1,
-                    check_learning=False,
-                    overlap=overlap,
-                )
-                trainer.train(df)
-                stamps = [h["timestamp"] for h in trainer.get_history()]
-                runs[way].append(samples_per_second(stamps, args.batch_size))
-        base = statistics.median(runs["fit"])
-        for way, values in runs.items():
+            for name, options in ways.items():
+                if options:
+                    runs[name].append(run_worker(size, x, y, args, **options))
+                else:
+                    runs[name].append(run_fit(size, x, y, args))
+        base = statistics.median(runs["`fit`"])
+        params = mlp(*SIZES[size]).count_params()
+        for name, values in runs.items():
             median = statistics.median(values)
             spread = ", ".join(f"{v:.0f}" for v in values)
             print(
-                f"| {params:,} | {way} | {median:.0f} | {median / base:.2f} | {spread} |",
+                f"| {params:,} | {name} | {median:.0f} | {median / base:.2f} | {spread} |",
                 flush=True,
             )
-        df.unpersist()
-    spark.stop()
 
 
 if __name__ == "__main__":

@@ -236,8 +236,10 @@ class Algorithm:
     def worker_exchange(self, weights: np.ndarray, server: ServerHandle) -> np.ndarray:
         """Called every ``communication_window`` local steps; returns the new local weights.
 
-        ``weights`` is a fresh flat float32 copy of the local weights: the rule may modify
-        it in place and return it. The returned array is the rule's to keep no longer.
+        ``weights`` is a flat float32 copy of the local weights that the rule may modify in
+        place and return; the worker reuses that buffer for its next exchange, so a rule
+        keeps a copy, never the array itself. The returned array is the rule's to keep no
+        longer.
         """
         raise NotImplementedError(f"{type(self).__name__} does not define worker_exchange")
 

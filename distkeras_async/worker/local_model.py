@@ -46,9 +46,13 @@ class KerasLocalModel:
 
     def get_flat(self) -> np.ndarray:
         """The model's weights as one new flat float32 vector."""
+        return self.read_flat(None)
+
+    def read_flat(self, out: np.ndarray | None) -> np.ndarray:
+        """The model's weights written into ``out`` (a new vector when None)."""
         if self._variables is None:
-            return self.layout.flatten(read_variables(self.model, self.model.weights))
-        return self.layout.flatten([v.numpy() for v in self._variables])
+            return self.layout.flatten(read_variables(self.model, self.model.weights), out)
+        return self.layout.flatten([v.numpy() for v in self._variables], out)
 
     def set_flat(self, flat: np.ndarray) -> None:
         """Assign a flat float32 vector to the model's weights."""
