@@ -145,7 +145,7 @@ def run_fit(size: str, x: np.ndarray, y: np.ndarray, args: Any) -> float:
 
 def run_worker(
     size: str, x: np.ndarray, y: np.ndarray, args: Any, *, overlap: bool, mbit: float | None
-) -> float:  # noqa: E501
+) -> float:
     """The worker's loop against a server process (through a link when ``mbit``)."""
     from distkeras_async import registry
     from distkeras_async.layout import Layout
