@@ -86,6 +86,7 @@ def _defined_tests() -> dict[str, set[str]]:
         "cluster.md",
         "algorithms.md",
         "custom-optimizer.md",
+        "scaling.md",
     ],
 )
 def test_every_test_named_next_to_a_guarantee_exists(page):

@@ -128,3 +128,27 @@ def test_progress_and_records_ride_on_the_next_commit_and_reports_keep_their_ord
     np.testing.assert_array_equal(epoch[0], np.ones(SIZE))
     assert server.unfinished_attempts() == {}  # the attempt said goodbye
     assert server.stats().workers[0].commits == 1
+
+
+def test_staleness_counts_from_the_center_the_update_was_computed_from(server):
+    # An overlapped worker's update comes from the center one exchange older than the last
+    # one the server sent it: the commit says so, and the server counts staleness from it
+    # (DynSGD divides by it), also on every shard of a sharded server.
+    with connect(server) as client, OverlappedClient(client) as overlapped:
+        overlapped.pull()
+        for _ in range(5):
+            overlapped.commit_pull(np.ones(SIZE, np.float32))
+    stats = server.stats().workers[0]
+    assert stats.commits == 5
+    # The first commit came from version 0 with nothing applied since; each later one from
+    # the center before the worker's own previous commit.
+    assert (stats.staleness_total, stats.staleness_max) == (4, 1)
+
+
+def test_a_commit_cannot_claim_a_newer_center_than_it_was_sent(server):
+    with connect(server) as client:
+        client.pull()
+        client.commit(np.ones(SIZE, np.float32))
+        client.base = 10**6  # from the future: the server keeps what it sent
+        client.commit(np.ones(SIZE, np.float32))
+    assert server.stats().workers[0].staleness_total == 1

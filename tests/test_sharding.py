@@ -300,3 +300,16 @@ def test_checkpoints_hold_the_whole_center_and_resume_with_any_shard_count(shard
         WEIGHTS, "downpour", num_workers=1, secret=SECRET, resume_from=path
     ) as one:
         np.testing.assert_allclose(one.center_flat, expected)
+
+
+def test_an_overlapped_worker_commits_to_every_shard_with_its_base(sharded):
+    from distkeras_async.worker.overlap import OverlappedClient
+
+    server = sharded(shards=2)
+    with client(server) as c, OverlappedClient(c) as overlapped:
+        overlapped.pull()
+        for _ in range(3):
+            overlapped.commit_pull(np.ones(LAYOUT.size, np.float32))
+    np.testing.assert_allclose(server.center_flat, LAYOUT.flatten(WEIGHTS) + 3)
+    # Each shard counts staleness from the center the update came from (see test_overlap).
+    assert [s.workers[0].staleness_total for s in server.shard_stats()] == [2, 2]

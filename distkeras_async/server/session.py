@@ -339,7 +339,12 @@ class Session:
             self.core.pull(self, worker)
         elif isinstance(message, Commit):
             assert request.lease is not None
-            self.core.commit(self, message, request.lease.take(), self.pulled_version)
+            # An overlapped worker's update may come from an older center than the last one
+            # sent here; a newer one cannot be claimed.
+            pulled = self.pulled_version
+            if message.base is not None:
+                pulled = min(pulled, message.base)
+            self.core.commit(self, message, request.lease.take(), pulled)
         elif isinstance(message, Report):
             self.core.report(self, message)
         elif isinstance(message, Bye):

@@ -208,6 +208,9 @@ class Commit(Message):
     update adds, so the server keeps the history of every step it applied, even of an attempt
     that is killed later. A compressed update (``wire/compression.py``) travels in its
     run's commit dtype; an int8 one carries ``scales``, one per tensor of the model.
+    ``base``, when given, is the version of the center the update was computed from, if
+    older than the last center the server sent this connection (an overlapped worker's,
+    ``worker/overlap.py``): the server measures staleness from it.
     """
 
     op: ClassVar[Op] = Op.COMMIT
@@ -215,6 +218,7 @@ class Commit(Message):
     steps: int | None = None
     history: StepRecords = ()
     scales: np.ndarray | None = None
+    base: int | None = None
 
     def __post_init__(self) -> None:
         _check_vector(self.update)
@@ -223,10 +227,12 @@ class Commit(Message):
         Message.__post_init__(self)
 
     def wire_fields(self) -> dict[str, Any]:
-        """``steps`` and ``history``, when given."""
+        """``steps``, ``history`` and ``base``, when given."""
         fields: dict[str, Any] = {}
         if self.steps is not None:
             fields["steps"] = self.steps
+        if self.base is not None:
+            fields["base"] = self.base
         if self.history:
             fields["history"] = _history_to_wire(self.history)
         return fields
@@ -242,6 +248,7 @@ class Commit(Message):
             frame.fields.get("steps"),
             _history_from_wire(frame.fields.get("history", ())),
             frame.tensors[1] if len(frame.tensors) > 1 else None,
+            frame.fields.get("base"),
             **_ids(frame),
         )
 

@@ -195,8 +195,16 @@ FIELDS: Mapping[Op, Mapping[str, tuple[Check, bool]]] = {
         "shard": (_is_shard, False),
     },
     Op.PULL: {},
-    Op.COMMIT: {"steps": (is_int, False), "history": (_is_history, False)},
-    Op.COMMIT_PULL: {"steps": (is_int, False), "history": (_is_history, False)},
+    Op.COMMIT: {
+        "steps": (is_int, False),
+        "history": (_is_history, False),
+        "base": (is_int, False),
+    },
+    Op.COMMIT_PULL: {
+        "steps": (is_int, False),
+        "history": (_is_history, False),
+        "base": (is_int, False),
+    },
     Op.REPORT: {
         "metrics": (_is_metrics, True),
         "history": (_is_history, False),

@@ -174,6 +174,9 @@ class ParameterServerClient:
         # adds; both travel with the next commit (see Commit.steps and Commit.history).
         self.steps: int | None = None
         self.history: list[tuple[int, float, Mapping[str, float]]] = []
+        # The version of the center the next commit was computed from, when older than the
+        # latest reply (an overlapped worker's); sent with it once.
+        self.base: int | None = None
         # The driver's latest requests (stop, a learning rate), from the latest reply.
         self.control: Control = NO_CONTROL
         # The run's commit dtype (the algorithm's); a compressed one keeps the rounding
@@ -184,6 +187,20 @@ class ParameterServerClient:
             if self.commit_dtype == "float32"
             else ErrorFeedback(self.commit_dtype, [spec.size for spec in self.layout.specs])
         )
+
+    @property
+    def versions(self) -> tuple[int, ...]:
+        """The center's version in the latest reply (one per shard for a sharded client)."""
+        return (self.version,)
+
+    @property
+    def bases(self) -> tuple[int, ...] | None:
+        """The next commit's ``base`` (see :attr:`base`), as ``versions`` is given."""
+        return None if self.base is None else (self.base,)
+
+    @bases.setter
+    def bases(self, value: tuple[int, ...] | None) -> None:
+        self.base = None if value is None else value[0]
 
     @property
     def num_params(self) -> int:
@@ -231,7 +248,8 @@ class ParameterServerClient:
         if self._encoder is not None:
             tensors = self._encoder.encode(tensors[0])
         scales = tensors[1] if len(tensors) > 1 else None
-        return kind(tensors[0], self.steps, self._take_history(), scales, **self._ids())
+        base, self.base = self.base, None
+        return kind(tensors[0], self.steps, self._take_history(), scales, base, **self._ids())
 
     def _take_history(self) -> tuple[tuple[int, float, Mapping[str, float]], ...]:
         """The step records for the next commit; a long backlog goes ahead in reports."""

@@ -49,6 +49,11 @@ class OverlappedClient:
         # The latest center the background thread received, and the one it receives next.
         self._latest: np.ndarray | None = None
         self._next = np.empty(size, FLAT_DTYPE)
+        # The versions (per shard) of those centers, and of the one the rule was given
+        # last: the next commit was computed from it (the server measures staleness so).
+        self._latest_versions: tuple[int, ...] = ()
+        self._next_versions: tuple[int, ...] = ()
+        self._given: tuple[int, ...] | None = None
         # The update in flight: the rule may reuse its own array at once.
         self._sending = np.empty(size, FLAT_DTYPE)
         # Progress for the next commit, kept here while an exchange is in flight.
@@ -68,12 +73,18 @@ class OverlappedClient:
     def pull(self, out: np.ndarray | None = None) -> np.ndarray:
         """The latest center received (fetched now only if none was yet)."""
         self.wait()
+        latest = self._fetch_if_none()
+        self._given = self._latest_versions
+        if out is None:
+            return latest.copy()
+        np.copyto(out, latest)
+        return out
+
+    def _fetch_if_none(self) -> np.ndarray:
         if self._latest is None:
             self._latest = self.client.pull()
-        if out is None:
-            return self._latest.copy()
-        np.copyto(out, self._latest)
-        return out
+            self._latest_versions = self.client.versions
+        return self._latest
 
     def commit(self, update: np.ndarray) -> None:
         """Send ``update`` in the background, then fetch the center there for :meth:`pull`."""
@@ -82,23 +93,25 @@ class OverlappedClient:
         def exchange() -> None:
             self.client.commit(self._sending)
             self.client.pull(out=self._next)
+            self._next_versions = self.client.versions
 
         self._launch(exchange)
 
     def commit_pull(self, update: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Send ``update`` in the background; return the center of the previous exchange."""
         self._prepare(update)
-        if self._latest is None:  # no pull before: the rule gets the center as it is now
-            self._latest = self.client.pull()
+        latest = self._fetch_if_none()  # no pull before: the center as it is now
         if out is None:
-            out = self._latest.copy()
+            out = latest.copy()
         else:
-            np.copyto(out, self._latest)
+            np.copyto(out, latest)
 
         def exchange() -> None:
             self.client.commit_pull(self._sending, out=self._next)
+            self._next_versions = self.client.versions
 
         self._launch(exchange)
+        self._given = self._latest_versions
         return out
 
     # -- everything else waits for the exchange in flight --------------------------------
@@ -120,10 +133,9 @@ class OverlappedClient:
         if job is not None:
             job.join()
             if self._error is None:
-                self._latest, self._next = (
-                    self._next,
-                    (self._latest if self._latest is not None else np.empty_like(self._next)),
-                )
+                spare = self._latest if self._latest is not None else np.empty_like(self._next)
+                self._latest, self._next = self._next, spare
+                self._latest_versions = self._next_versions
         error, self._error = self._error, None
         if error is not None:
             raise error
@@ -150,6 +162,8 @@ class OverlappedClient:
         self.client.steps = self.steps
         self.client.history.extend(self.history)
         self.history = []
+        # The update was computed from the center the rule was given last.
+        self.client.bases = self._given
 
     def _launch(self, exchange: Callable[[], None]) -> None:
         def run() -> None:

@@ -118,6 +118,22 @@ class ShardedClient:
         return min(c.version for c in self.clients)
 
     @property
+    def versions(self) -> tuple[int, ...]:
+        """Each shard's version in its latest reply, in shard order."""
+        return tuple(c.version for c in self.clients)
+
+    @property
+    def bases(self) -> tuple[int, ...] | None:
+        """Each shard's ``base`` for the next commit (see ``ParameterServerClient.base``)."""
+        first = self.clients[0].base
+        return None if first is None else tuple(c.base or 0 for c in self.clients)
+
+    @bases.setter
+    def bases(self, value: tuple[int, ...] | None) -> None:
+        for index, client in enumerate(self.clients):
+            client.base = None if value is None else value[index]
+
+    @property
     def control(self) -> Control:
         """The driver's requests, from the first shard's latest reply (all carry them)."""
         return self.clients[0].control
