@@ -26,7 +26,8 @@ from distkeras_async.layout import Layout
 from distkeras_async.server.checkpoint import load_checkpoint
 from distkeras_async.server.factory import check_tls, make_server
 from distkeras_async.server.parameter_server import ParameterServer
-from distkeras_async.server.sharded import ShardedParameterServer, algorithm_spec
+from distkeras_async.server.shard_handle import algorithm_spec
+from distkeras_async.server.sharded import ShardedParameterServer
 from distkeras_async.shards import default_shards, split
 from distkeras_async.wire.auth import new_secret
 from distkeras_async.worker.client import ParameterServerClient

@@ -34,8 +34,6 @@ import contextlib
 import logging
 import math
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -47,7 +45,6 @@ from distkeras_async import checks, registry
 from distkeras_async.algorithm import Algorithm
 from distkeras_async.errors import DistKerasError, ErrorCode, from_code
 from distkeras_async.layout import Layout
-from distkeras_async.server import control
 from distkeras_async.server.checkpoint import (
     Checkpoint,
     Checkpointer,
@@ -56,112 +53,16 @@ from distkeras_async.server.checkpoint import (
     save_checkpoint,
 )
 from distkeras_async.server.core import Failure
+from distkeras_async.server.shard_handle import ShardError, ShardProcess, algorithm_spec
 from distkeras_async.server.stats import ServerStats
-from distkeras_async.shards import Shard, split
+from distkeras_async.shards import split
 from distkeras_async.wire import auth
 from distkeras_async.wire.messages import NO_CONTROL, Control
 
 logger = logging.getLogger("distkeras_async.server")
 
-# Seconds a shard has to start (a fresh Python importing numpy and this package: ~0.5 s)
-# and to answer one control request.
-START_TIMEOUT = 60.0
-ANSWER_TIMEOUT = 60.0
 # How often the driver looks for a failed shard (to fail the others) and a due checkpoint.
 WATCH_INTERVAL = 0.2
-
-
-class ShardError(DistKerasError):
-    """A shard process could not start, or stopped answering."""
-
-
-def algorithm_spec(algorithm: Algorithm) -> dict[str, Any]:
-    """How a shard process finds ``algorithm``: its registered name or its import path.
-
-    Raises:
-        ValueError: for a class that another process cannot import (one defined in
-            ``__main__`` or inside a function): register it as a plugin, or define it in
-            a module.
-    """
-    cls = type(algorithm)
-    settings = dict(algorithm.settings)
-    with contextlib.suppress(Exception):
-        if registry.get(algorithm.name) is cls:
-            return {"name": algorithm.name, "settings": settings}
-    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
-        raise ValueError(
-            f"a sharded parameter server runs {cls.__qualname__!r} in other processes, which "
-            "cannot import a class defined in __main__ or in a function: define it in a "
-            "module, or register it (registry.register or an entry point), or use shards=1"
-        )
-    return {"name": None, "path": f"{cls.__module__}:{cls.__qualname__}", "settings": settings}
-
-
-class _ShardProcess:
-    """The driver's handle on one shard process: its pipe, one request at a time."""
-
-    def __init__(self, shard: Shard) -> None:
-        self.shard = shard
-        self.port: int | None = None
-        self._lock = threading.Lock()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "distkeras_async.server.shard_process"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            bufsize=0,
-        )
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self._out = self.process.stdin.fileno()
-        self._in = self.process.stdout.fileno()
-
-    def send_config(self, config: dict[str, Any], center: np.ndarray) -> None:
-        control.write(self._out, config, center)
-
-    def started(self) -> int:
-        header, _ = self._answer(START_TIMEOUT)
-        if not header.get("ok"):
-            error = str(header.get("error"))
-            if header.get("kind") == "OSError":
-                raise OSError(error)
-            raise ShardError(f"shard {self.shard.index} did not start: {error}")
-        self.port = int(header["port"])
-        return self.port
-
-    def ask(self, op: str, **args: Any) -> tuple[dict[str, Any], np.ndarray | None]:
-        with self._lock:
-            try:
-                control.write(self._out, {"op": op, **args})
-                header, data = self._answer(ANSWER_TIMEOUT)
-            except (OSError, EOFError, TimeoutError, ValueError) as exc:
-                raise ShardError(
-                    f"shard {self.shard.index} ({self.exit_note()}) did not answer {op!r}: {exc}"
-                ) from exc
-        if not header.get("ok"):
-            raise ShardError(f"shard {self.shard.index}: {op!r} failed: {header.get('error')}")
-        return header, data
-
-    def _answer(self, timeout: float) -> tuple[dict[str, Any], np.ndarray | None]:
-        return control.read(self._in, timeout)
-
-    def exit_note(self) -> str:
-        code = self.process.poll()
-        return "running" if code is None else f"exited with code {code}"
-
-    def stop(self, timeout: float) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ShardError):
-                self.ask("stop")
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:  # pragma: no cover - never hang the caller
-                logger.error(
-                    "shard %d did not stop within %gs; killing it", self.shard.index, timeout
-                )
-                self.process.kill()
-                self.process.wait()
-        for stream in (self.process.stdin, self.process.stdout):
-            if stream is not None:
-                stream.close()
 
 
 class ShardedParameterServer:
@@ -276,7 +177,7 @@ class ShardedParameterServer:
             },
         }
         self._port = port
-        self._processes: list[_ShardProcess] = []
+        self._processes: list[ShardProcess] = []
         self._watcher: threading.Thread | None = None
         self._stopping = threading.Event()
         self._failure: Failure | None = None
@@ -297,7 +198,7 @@ class ShardedParameterServer:
             raise RuntimeError("the parameter server was already started")
         try:
             for shard in self.shards:
-                process = _ShardProcess(shard)
+                process = ShardProcess(shard)
                 self._processes.append(process)
                 config = {
                     **self._config,
