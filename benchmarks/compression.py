@@ -4,13 +4,15 @@ Wire: one client process does ``commit_pull`` against a real ParameterServer (DO
 ``--duration`` seconds per dtype, the dtypes alternating ``--repeats`` times in the same run;
 medians, and each dtype's ratio to float32. The update is random (a constant one would make
 every dtype look exact); the worker's encoding with error feedback is included, the center
-returns as float32 every time.
+returns as float32 every time. With ``--link-mbit`` the client's connection runs through an
+emulated link (``distkeras_async.bench.Link``), where the bytes, not the CPU, are the limit.
 
 Accuracy (``--accuracy``): DOWNPOUR with 2 workers on scikit-learn's digits on Spark
 ``local[2]`` (the demo's settings, ``--epochs`` epochs), once per dtype, repeated; the test
 accuracy of the returned model.
 
     python benchmarks/compression.py --params 1000000 10000000
+    python benchmarks/compression.py --params 10000000 --link-mbit 1000 --duration 6
     python benchmarks/compression.py --accuracy --repeats 3
 """
 
@@ -24,7 +26,7 @@ from distkeras_async.bench import measure_server
 from distkeras_async.wire.compression import commit_bytes
 
 
-def wire(params: list[int], duration: float, repeats: int) -> None:
+def wire(params: list[int], duration: float, repeats: int, link_mbit: float | None) -> None:
     """Print round trips/s per dtype against float32, for each model size."""
     print("| parameters | dtype | commit bytes | round trips/s | vs float32 | runs |")
     print("|---:|---|---:|---:|---:|---|")
@@ -32,7 +34,9 @@ def wire(params: list[int], duration: float, repeats: int) -> None:
         runs: dict[str, list[float]] = {dtype: [] for dtype in COMMIT_DTYPES}
         for _ in range(repeats):
             for dtype in COMMIT_DTYPES:
-                runs[dtype].append(measure_server(n, 1, duration, commit_dtype=dtype))
+                runs[dtype].append(
+                    measure_server(n, 1, duration, commit_dtype=dtype, link_mbit=link_mbit)
+                )
         base = statistics.median(runs["float32"])
         for dtype in COMMIT_DTYPES:
             median = statistics.median(runs[dtype])
@@ -81,11 +85,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--accuracy", action="store_true")
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument(
+        "--link-mbit",
+        type=float,
+        help="run the client through an emulated link of this many Mbit/s each way",
+    )
     args = parser.parse_args()
     if args.accuracy:
         accuracy(args.epochs, args.repeats)
     else:
-        wire(args.params, args.duration, args.repeats)
+        if args.link_mbit:
+            print(f"emulated link: {args.link_mbit:g} Mbit/s each way")
+        wire(args.params, args.duration, args.repeats, args.link_mbit)
 
 
 if __name__ == "__main__":

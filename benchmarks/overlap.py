@@ -23,12 +23,8 @@ and tracing excluded), alternating, medians of ``--repeats``, each as a ratio to
 from __future__ import annotations
 
 import argparse
-import contextlib
-import multiprocessing as mp
 import os
-import socket
 import statistics
-import threading
 import time
 from typing import Any
 
@@ -39,60 +35,6 @@ import numpy as np
 
 # (inputs, hidden units): Dense(inputs -> hidden) + Dense(hidden -> 10).
 SIZES = {"1M": (240, 4000), "10M": (1000, 9900)}
-
-
-# --------------------------------------------------------------------------- the link
-
-
-def _pump(src: socket.socket, dst: socket.socket, bytes_per_s: float) -> None:
-    """Copy ``src`` to ``dst`` at ``bytes_per_s`` at most (idle time earns no credit)."""
-    buffer = bytearray(1 << 16)
-    began, moved = time.perf_counter(), 0
-    try:
-        while n := src.recv_into(buffer):
-            dst.sendall(memoryview(buffer)[:n])
-            moved += n
-            delay = began + moved / bytes_per_s - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            else:
-                began, moved = time.perf_counter(), 0
-    except OSError:
-        pass
-    finally:
-        for sock in (src, dst):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-
-def _relay(ports: Any, upstream: int, bytes_per_s: float) -> None:
-    """Serve one connection: pace both directions to ``bytes_per_s``."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    ports.put(listener.getsockname()[1])
-    listener.settimeout(120)
-    client, _ = listener.accept()
-    server = socket.create_connection(("127.0.0.1", upstream), timeout=120)
-    for sock in (client, server):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(120)
-    pumps = [
-        threading.Thread(target=_pump, args=(client, server, bytes_per_s)),
-        threading.Thread(target=_pump, args=(server, client, bytes_per_s)),
-    ]
-    for pump in pumps:
-        pump.start()
-    for pump in pumps:
-        pump.join()
-
-
-def start_link(upstream: int, mbit: float) -> tuple[Any, int]:
-    """A relay process to ``upstream`` at ``mbit`` Mbit/s each way; its port."""
-    # A fresh interpreter, not a fork of this one (TensorFlow's threads are running here).
-    context = mp.get_context("spawn")
-    ports = context.Queue()
-    process = context.Process(target=_relay, args=(ports, upstream, mbit * 1e6 / 8), daemon=True)
-    process.start()
-    return process, int(ports.get(timeout=60))
 
 
 # --------------------------------------------------------------------------- the ways
@@ -148,6 +90,7 @@ def run_worker(
 ) -> float:
     """The worker's loop against a server process (through a link when ``mbit``)."""
     from distkeras_async import registry
+    from distkeras_async.bench import Link
     from distkeras_async.layout import Layout
     from distkeras_async.server.sharded import ShardedParameterServer
     from distkeras_async.wire.auth import new_secret
@@ -165,10 +108,8 @@ def run_worker(
         communication_window=window,
     )  # fmt: skip
     server.start()
-    link = None
-    port = server.ports[0]
-    if mbit is not None:
-        link, port = start_link(port, mbit)
+    link = None if mbit is None else Link(server.ports[0], mbit)
+    port = server.ports[0] if link is None else link.port
     stamps: list[float] = []
     try:
         with ParameterServerClient("127.0.0.1", port, secret, 0, timeout=300) as client:
@@ -187,7 +128,7 @@ def run_worker(
     finally:
         server.stop()
         if link is not None:
-            link.join(30)
+            link.close()
     return samples_per_second(stamps, args.batch_size)
 
 

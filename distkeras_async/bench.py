@@ -17,6 +17,7 @@ medians are reported, so a burst of load on the machine hits both alike.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import platform
@@ -154,6 +155,68 @@ def _raw_client(
     sock.close()
 
 
+# --------------------------------------------------------------------------- an emulated link
+
+
+def _pump(src: socket.socket, dst: socket.socket, bytes_per_s: float) -> None:
+    """Copy ``src`` to ``dst`` at ``bytes_per_s`` at most (idle time earns no credit)."""
+    buffer = bytearray(1 << 16)
+    began, moved = time.perf_counter(), 0
+    try:
+        while n := src.recv_into(buffer):
+            dst.sendall(memoryview(buffer)[:n])
+            moved += n
+            delay = began + moved / bytes_per_s - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                began, moved = time.perf_counter(), 0
+    except OSError:
+        pass
+    finally:
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def _relay(ports: Any, upstream: int, bytes_per_s: float) -> None:
+    """Accept connections; pace each one's bytes to ``bytes_per_s`` each way."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    ports.put(listener.getsockname()[1])
+    while True:
+        client, _ = listener.accept()
+        server = socket.create_connection(("127.0.0.1", upstream), timeout=300)
+        for sock in (client, server):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(300)
+        for src, dst in ((client, server), (server, client)):
+            threading.Thread(target=_pump, args=(src, dst, bytes_per_s), daemon=True).start()
+
+
+class Link:
+    """A relay process in front of ``upstream`` that paces every connection to ``mbit``.
+
+    Each connection gets ``mbit`` Mbit/s each way, as a worker with its own network link
+    would. This machine has no ``netem``; the relay's copies cost a little CPU, its pacing
+    none. Close it with :meth:`close`.
+    """
+
+    def __init__(self, upstream: int, mbit: float) -> None:
+        # A fresh interpreter, never a fork (TensorFlow's threads may be running here).
+        context = mp.get_context("spawn")
+        ports = context.Queue()
+        self.process = context.Process(
+            target=_relay, args=(ports, upstream, mbit * 1e6 / 8), daemon=True
+        )
+        self.process.start()
+        self.port: int = int(ports.get(timeout=60))
+
+    def close(self) -> None:
+        """Stop the relay (its connections close)."""
+        self.process.terminate()
+        self.process.join(10)
+
+
 # --------------------------------------------------------------------------- our server
 
 
@@ -265,6 +328,7 @@ def measure_server(
     tls: tuple[str, str] | None = None,
     commit_dtype: str = "float32",
     shards: int = 1,
+    link_mbit: float | None = None,
 ) -> float:
     """Round trips per second through our server and client (DOWNPOUR).
 
@@ -276,6 +340,8 @@ def measure_server(
             certificate is also the clients' CA), or None for plain TCP.
         commit_dtype: the dtype commits travel in (the center always returns as float32).
         shards: server processes the center is split across (1: the in-process server).
+        link_mbit: each client's connection runs through an emulated link of this many
+            Mbit/s each way (:class:`Link`); None: loopback.
     """
     from distkeras_async.server.factory import make_server
 
@@ -290,13 +356,16 @@ def measure_server(
         commit_dtype=commit_dtype,
     )
     server.start()
-    ports = server.ports
+    links = [] if link_mbit is None else [Link(port, link_mbit) for port in server.ports]
+    ports = tuple(link.port for link in links) if links else server.ports
     ca_file = None if tls is None else tls[0]
     try:
         return _run_clients(
             _ps_client, lambda i: (ports, secret, i, params, ca_file), workers, duration
         )
     finally:
+        for link in links:
+            link.close()
         server.stop()
 
 
