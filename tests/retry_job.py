@@ -82,7 +82,7 @@ def killer(servers: list[Any], pids: Path, killed: dict[str, Any]) -> None:
 def run(data: Any, kill: str, on_retry: str) -> dict[str, Any]:
     """One DOWNPOUR run (worker 1 killed midway when ``kill == "kill"``); what it applied."""
     servers: list[Any] = []
-    original = training.ParameterServer
+    original = training.make_server
 
     def record(*args: Any, **kwargs: Any) -> Any:
         server = original(*args, **kwargs)
@@ -92,7 +92,7 @@ def run(data: Any, kill: str, on_retry: str) -> dict[str, Any]:
     pids = Path(tempfile.mkdtemp(prefix="distkeras-pids-"))
     PidWorker.pid_dir = str(pids)
     killed: dict[str, Any] = {}
-    training.ParameterServer = record  # type: ignore[misc]
+    training.make_server = record  # type: ignore[assignment]
     try:
         if kill == "kill":
             threading.Thread(target=killer, args=(servers, pids, killed), daemon=True).start()
@@ -111,7 +111,7 @@ def run(data: Any, kill: str, on_retry: str) -> dict[str, Any]:
         )
         trained = trainer.train(data.train)
     finally:
-        training.ParameterServer = original  # type: ignore[misc]
+        training.make_server = original  # type: ignore[assignment]
     stats = trainer.get_parameter_server_stats()
     history = trainer.get_history()
     return {

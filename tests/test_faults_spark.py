@@ -104,14 +104,14 @@ def test_a_run_killed_midway_resumes_from_its_checkpoint(digits, tmp_path, monke
     from distkeras_async.trainers import base as training
 
     first_centers = []
-    original = training.ParameterServer
+    original = training.make_server
 
     def record(*args, **kwargs):
         server = original(*args, **kwargs)
         first_centers.append(server.center_flat)  # what it serves before any commit
         return server
 
-    monkeypatch.setattr(training, "ParameterServer", record)
+    monkeypatch.setattr(training, "make_server", record)
     trainer = DOWNPOUR(
         digits_mlp(seed=1),
         "adam",

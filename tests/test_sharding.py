@@ -26,7 +26,7 @@ from distkeras_async.layout import Layout
 from distkeras_async.server.checkpoint import load_checkpoint
 from distkeras_async.server.factory import check_tls, make_server
 from distkeras_async.server.parameter_server import ParameterServer
-from distkeras_async.server.shard_handle import algorithm_spec
+from distkeras_async.server.shard_handle import ShardError, algorithm_spec
 from distkeras_async.server.sharded import ShardedParameterServer
 from distkeras_async.shards import default_shards, split
 from distkeras_async.wire.auth import new_secret
@@ -269,6 +269,8 @@ def test_a_killed_shard_process_fails_the_run_and_nothing_hangs(sharded):
     with pytest.raises(ServerError, match="shard 1 exited"):
         ParameterServerClient("127.0.0.1", server.ports[0], SECRET, 0)
     server.stop()  # returns although one shard is gone
+    with pytest.raises(ShardError, match="the center was lost"):
+        server.center_flat  # noqa: B018 - never the initial weights in its place
 
 
 def test_a_shard_process_exits_when_its_driver_goes_away():

@@ -340,13 +340,13 @@ def test_progress_bar_and_center_snapshots(digits, capsys):
 
 
 class ServerSpy:
-    """Records the ParameterServers a trainer starts (they stay real)."""
+    """Records the parameter servers a trainer starts (they stay real)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         from distkeras_async.trainers import base as training
 
         self.servers: list[Any] = []
-        original = training.ParameterServer
+        original = training.make_server
 
         def record(*args: Any, **kwargs: Any) -> Any:
             server = original(*args, **kwargs)
@@ -354,7 +354,7 @@ class ServerSpy:
             self.servers.append(server)
             return server
 
-        monkeypatch.setattr(training, "ParameterServer", record)
+        monkeypatch.setattr(training, "make_server", record)
 
 
 def test_a_synchronous_run_checkpoints_at_the_end_and_resumes_from_it(

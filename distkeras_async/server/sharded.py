@@ -350,11 +350,13 @@ class ShardedParameterServer:
     @property
     def center_flat(self) -> np.ndarray:
         """A copy of the center as one flat float32 vector (all shards, one round)."""
-        if self._final is not None and not self._processes:
+        if self._processes:
+            return self._consistent_center()[0]
+        if self._final is not None:
             return self._final[0].copy()
-        if not self._processes:
-            return self._initial.copy()
-        return self._consistent_center()[0]
+        if self._stopping.is_set():  # stopped, but a shard could not be read at the end
+            raise ShardError("the center was lost: a shard could not be read when it stopped")
+        return self._initial.copy()
 
     @property
     def center(self) -> list[np.ndarray]:
