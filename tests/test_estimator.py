@@ -86,6 +86,7 @@ def test_defaults_and_explain_params():
         ("batchSize", 1.5, "positive int"),
         ("numWorkers", None, "cannot be None"),
         ("shards", 0, "positive int"),
+        ("overlap", "yes", "overlap"),
     ],
 )
 def test_bad_param_values_are_refused_naming_the_param(param, value, message):
@@ -252,10 +253,11 @@ def test_use_gpu_param(spark, data, baseline):
     assert base_estimator().setUseGpu(False).getUseGpu() is False
 
 
-def test_shards_param(data, baseline):
+def test_shards_and_overlap_params(data, baseline):
     assert baseline.getShards() is None  # not set: the default count (1 on 2 cores)
-    fitted = base_estimator(shards=2).fit(data)
-    assert fitted.getShards() == 2
+    assert baseline.getOverlap() is False
+    fitted = base_estimator(shards=2, overlap=True).fit(data)
+    assert fitted.getShards() == 2 and fitted.getOverlap() is True
     stats = fitted.parameter_server_stats
     assert stats.commits == baseline.parameter_server_stats.commits > 0
     assert all(w.finished for w in stats.workers.values())

@@ -93,6 +93,8 @@ class KerasEstimator(
             (``docs/cluster.md``).
         shards: parameter server processes the center is split across (default: chosen
             from the model's size and the driver's cores; ``docs/scaling.md``).
+        overlap: run each worker's exchange in the background while its next local steps
+            run (default False; asynchronous algorithms only, ``docs/scaling.md``).
 
     After ``fit``, the :class:`KerasModel` has ``keras_history``: the Keras ``History`` with
     the workers' epoch metrics and the center's ``val_*`` metrics.
@@ -128,6 +130,7 @@ class KerasEstimator(
         backend: str | None = None,
         useGpu: bool | None = None,  # noqa: N803
         shards: int | None = None,
+        overlap: bool = False,
     ) -> None:
         super().__init__()
         set_keywords(self, self._input_kwargs)
@@ -160,6 +163,7 @@ class KerasEstimator(
         backend: str | None = None,
         useGpu: bool | None = None,  # noqa: N803
         shards: int | None = None,
+        overlap: bool = False,
     ) -> KerasEstimator:
         """Set the given Params (keyword arguments only; all or none of them)."""
         set_keywords(self, self._input_kwargs)
@@ -241,6 +245,10 @@ class KerasEstimator(
         """Set the ``shards`` Param."""
         return self._set(shards=value)
 
+    def setOverlap(self, value: bool) -> KerasEstimator:  # noqa: N802
+        """Set the ``overlap`` Param."""
+        return self._set(overlap=value)
+
     def setInMemoryLimit(self, value: int) -> KerasEstimator:  # noqa: N802
         """Set the ``inMemoryLimit`` Param."""
         return self._set(inMemoryLimit=value)
@@ -307,6 +315,7 @@ class KerasEstimator(
             backend=self.getBackend(),
             use_gpu=self.getUseGpu(),
             shards=self.getShards(),
+            overlap=self.getOverlap(),
             **self.getHyperparameters(),
         )
         training, validation = self._validation(dataset)

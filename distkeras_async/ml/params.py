@@ -324,6 +324,12 @@ class KerasEstimatorParams(
         "model's size and the driver's cores; docs/scaling.md)",
         _positive_int,
     )
+    overlap = _param(
+        "overlap",
+        "run each worker's exchange in the background while its next local steps run "
+        "(asynchronous algorithms only; docs/scaling.md)",
+        _boolean,
+    )
     callbacks = _param(
         "callbacks",
         "Keras callbacks run on the driver at every global epoch (not saved with the stage)",
@@ -344,6 +350,7 @@ class KerasEstimatorParams(
             seed=0,
             validationFraction=0.0,
             inMemoryLimit=IN_MEMORY_LIMIT,
+            overlap=False,
         )
 
     def getOptimizer(self) -> Any:  # noqa: N802
@@ -400,6 +407,10 @@ class KerasEstimatorParams(
         """The ``shards`` Param's value, or None when it is not set (the default count)."""
         value = self._optional(self.shards)
         return None if value is None else int(value)
+
+    def getOverlap(self) -> bool:  # noqa: N802
+        """The ``overlap`` Param's value (default False)."""
+        return bool(self.getOrDefault(self.overlap))
 
     def getInMemoryLimit(self) -> int:  # noqa: N802
         """The ``inMemoryLimit`` Param's value."""
