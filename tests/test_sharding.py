@@ -316,3 +316,25 @@ def test_an_overlapped_worker_commits_to_every_shard_with_its_base(sharded):
     np.testing.assert_allclose(server.center_flat, LAYOUT.flatten(WEIGHTS) + 3)
     # Each shard counts staleness from the center the update came from (see test_overlap).
     assert [s.workers[0].staleness_total for s in server.shard_stats()] == [2, 2]
+
+
+def test_the_default_count_never_turns_a_working_setting_into_an_error(monkeypatch):
+    # A model the default would shard: a TLS context or an algorithm class only this
+    # process can import keeps it at one in-process server; asked for explicitly, refused.
+    import ssl
+
+    import distkeras_async.server.factory as factory
+    from distkeras_async.algorithms.downpour import Downpour
+
+    class Local(Downpour):
+        name = "test-local-downpour-default"
+
+    monkeypatch.setattr(factory, "shard_count", lambda shards, weights: shards or 2)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    for algorithm, tls in ((Local, None), ("downpour", context)):
+        server = make_server(
+            WEIGHTS, algorithm, shards=None, ssl_context=tls, num_workers=1, secret=SECRET
+        )
+        assert isinstance(server, ParameterServer)
+    with pytest.raises(ValueError, match="cannot import a class defined in __main__"):
+        make_server(WEIGHTS, Local, shards=2, num_workers=1, secret=SECRET)

@@ -18,6 +18,7 @@ import numpy as np
 from distkeras_async import checks
 from distkeras_async.layout import Layout
 from distkeras_async.server.parameter_server import ParameterServer
+from distkeras_async.server.shard_handle import UnshippableAlgorithmError
 from distkeras_async.server.sharded import ShardedParameterServer
 from distkeras_async.shards import default_shards
 
@@ -68,11 +69,16 @@ def make_server(
     Args:
         weights: the initial weights.
         algorithm: a registered name, an Algorithm class or instance.
-        shards: shard processes; None: :func:`shard_count`'s default.
+        shards: shard processes; None: :func:`shard_count`'s default, or one shard when
+            ``ssl_context`` is an ``SSLContext`` or the algorithm's class cannot be
+            imported by another process (both work with one shard, and an explicit count
+            above one refuses them with the fix).
         ssl_context: see :data:`TlsSetting`.
         **options: every other :class:`ParameterServer` argument.
     """
     count = shard_count(shards, weights)
+    if shards is None and isinstance(ssl_context, ssl.SSLContext):
+        count = 1  # the default never turns a working setting into an error
     check_tls(ssl_context, count)
     if count == 1:
         if isinstance(ssl_context, tuple):
@@ -81,4 +87,12 @@ def make_server(
             ssl_context = context
         return ParameterServer(weights, algorithm, ssl_context=ssl_context, **options)
     tls_files = ssl_context if isinstance(ssl_context, tuple) else None
-    return ShardedParameterServer(weights, algorithm, shards=count, tls_files=tls_files, **options)
+    try:
+        return ShardedParameterServer(
+            weights, algorithm, shards=count, tls_files=tls_files, **options
+        )
+    except UnshippableAlgorithmError:
+        if shards is not None:
+            raise
+    # The default count, for an algorithm class only this process can import: one shard.
+    return make_server(weights, algorithm, shards=1, ssl_context=ssl_context, **options)

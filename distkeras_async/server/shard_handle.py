@@ -35,13 +35,17 @@ class ShardError(DistKerasError):
     """A shard process could not start, or stopped answering."""
 
 
+class UnshippableAlgorithmError(ValueError):
+    """An algorithm class another process cannot import (from ``__main__`` or a function)."""
+
+
 def algorithm_spec(algorithm: Algorithm) -> dict[str, Any]:
     """How a shard process finds ``algorithm``: its registered name or its import path.
 
     Raises:
-        ValueError: for a class that another process cannot import (one defined in
-            ``__main__`` or inside a function): register it as a plugin, or define it in
-            a module.
+        UnshippableAlgorithmError: for a class that another process cannot import (one
+            defined in ``__main__`` or inside a function): register it as a plugin, or
+            define it in a module.
     """
     cls = type(algorithm)
     settings = dict(algorithm.settings)
@@ -49,7 +53,7 @@ def algorithm_spec(algorithm: Algorithm) -> dict[str, Any]:
         if registry.get(algorithm.name) is cls:
             return {"name": algorithm.name, "settings": settings}
     if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
-        raise ValueError(
+        raise UnshippableAlgorithmError(
             f"a sharded parameter server runs {cls.__qualname__!r} in other processes, which "
             "cannot import a class defined in __main__ or in a function: define it in a "
             "module, or register it (registry.register or an entry point), or use shards=1"
