@@ -28,23 +28,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from distkeras_async import checks, registry
 from distkeras_async.algorithm import Algorithm
-from distkeras_async.errors import (
-    DistKerasError,
-    ErrorCode,
-    from_code,
-)
-from distkeras_async.layout import Layout
-from distkeras_async.server.checkpoint import (
-    Checkpoint,
-    Checkpointer,
-    check_resumable,
-    load_checkpoint,
-    save_checkpoint,
-)
+from distkeras_async.errors import ErrorCode
 from distkeras_async.server.core import Failure, ServerCore
 from distkeras_async.server.limits import Limits
+from distkeras_async.server.run_setup import FailureReporting, check_limits, prepare_run
 from distkeras_async.server.session import Session
 from distkeras_async.server.stats import ServerStats
 from distkeras_async.server.transport import Transport
@@ -66,7 +54,7 @@ T = TypeVar("T")
 SWEEP_INTERVAL = 1.0
 
 
-class ParameterServer:
+class ParameterServer(FailureReporting):
     """Holds the center variable and applies an algorithm's server rule to workers' commits.
 
     Args:
@@ -132,46 +120,35 @@ class ParameterServer:
         version: int = 0,
         **hyperparameters: Any,
     ) -> None:
-        if isinstance(weights, np.ndarray):
-            weights = [weights]
-        checks.positive_int(num_workers, "num_workers")
-        checks.port(port, "port")
-        checks.optional_positive_int(max_connections, "max_connections")
-        checks.optional_positive_int(receive_buffers, "receive_buffers")
-        checks.positive_int(center_buffers, "center_buffers", minimum=2)
-        for name, value in [
-            ("round_timeout", round_timeout),
-            ("idle_timeout", idle_timeout),
-            ("handshake_timeout", handshake_timeout),
-            ("frame_timeout", frame_timeout),
-            ("send_timeout", send_timeout),
-        ]:
-            checks.positive_number(value, name)
-        self.algorithm = registry.resolve(algorithm, **hyperparameters)
-        registry.check_workers(self.algorithm, num_workers)
-        self.layout = Layout.of(weights)
-        if self.layout.size == 0:
-            raise ValueError("the model has no weights to train")
-        self._initial = self.layout.flatten(weights)
-        self._initial_version = version
+        check_limits(
+            num_workers=num_workers,
+            port=port,
+            timeouts={
+                "round_timeout": round_timeout,
+                "idle_timeout": idle_timeout,
+                "handshake_timeout": handshake_timeout,
+                "frame_timeout": frame_timeout,
+                "send_timeout": send_timeout,
+            },
+            max_connections=max_connections,
+            receive_buffers=receive_buffers,
+            center_buffers=center_buffers,
+        )
+        setup = prepare_run(
+            weights,
+            algorithm,
+            hyperparameters,
+            num_workers=num_workers,
+            version=version,
+            checkpoint_path=checkpoint_path,
+            checkpoint_every=checkpoint_every,
+            checkpoint_interval=checkpoint_interval,
+            resume_from=resume_from,
+        )
+        self.algorithm, self.layout = setup.algorithm, setup.layout
+        self._initial, self._initial_version = setup.initial, setup.initial_version
+        self.checkpointer = setup.checkpointer
         self.shard = shard
-        if resume_from is not None:
-            resumed = load_checkpoint(resume_from, self.layout)
-            check_resumable(resumed, resume_from, self.algorithm.name, self.algorithm.settings)
-            self._initial, self._initial_version = resumed.center, resumed.version
-            logger.info("resuming from %s at version %d", resume_from, resumed.version)
-        self.checkpointer: Checkpointer | None = None
-        if checkpoint_path is not None:
-            if checkpoint_every is None and checkpoint_interval is None:
-                raise ValueError("give checkpoint_every and/or checkpoint_interval")
-            self.checkpointer = Checkpointer(
-                checkpoint_path,
-                self.layout,
-                self.algorithm.name,
-                self.algorithm.settings,
-                every=checkpoint_every,
-                interval=checkpoint_interval,
-            )
         self.num_workers = num_workers
         self.host = host
         self._requested_port = port
@@ -377,17 +354,7 @@ class ParameterServer:
         """A copy of the center as a weight list (``keras_model.set_weights`` accepts it)."""
         return self.layout.unflatten(self.center_flat)
 
-    def checkpoint(self, path: str | os.PathLike[str] | None = None) -> int:
-        """Write the current center to ``path`` (default: ``checkpoint_path``) now.
-
-        Returns:
-            The version written.
-        """
-        target: str | os.PathLike[str] | None = path
-        if target is None and self.checkpointer is not None:
-            target = self.checkpointer.path
-        if target is None:
-            raise ValueError("no checkpoint path: pass one, or construct with checkpoint_path")
+    def _snapshot(self) -> tuple[np.ndarray, int]:
         state = self._state
 
         def snapshot() -> tuple[np.ndarray, int]:
@@ -395,12 +362,7 @@ class ParameterServer:
                 return self._initial.copy(), self._initial_version
             return state.center.array.copy(), state.version
 
-        center, version = self._call(snapshot)
-        save_checkpoint(
-            target,
-            Checkpoint(center, version, self.layout, self.algorithm.name, self.algorithm.settings),
-        )
-        return version
+        return self._call(snapshot)
 
     def center_at(self, version: int) -> np.ndarray | None:
         """A copy of the flat center at ``version``, or None if it is not kept.
@@ -500,39 +462,5 @@ class ParameterServer:
         state = self._require_state()
         return self._call(lambda: state.progress.get(worker, 0))
 
-    @property
-    def failure(self) -> str | None:
-        """Why the run failed (a rule raised, a round timed out, a worker died), or None."""
-        failure = self._failure()
-        return None if failure is None else failure.reason
-
-    @property
-    def failure_code(self) -> ErrorCode | None:
-        """The machine-readable kind of :attr:`failure`, or None."""
-        failure = self._failure()
-        return None if failure is None else failure.code
-
     def _failure(self) -> Failure | None:
         return self._state.failure if self._state is not None else None
-
-    def raise_for_failure(self, detail: str | None = None) -> None:
-        """Raise the run's failure, if any, as the exception its code names.
-
-        :class:`~distkeras_async.errors.RuleFailedError` when the algorithm's rule raised,
-        :class:`~distkeras_async.errors.RoundFailedError` for a failed synchronous round,
-        :class:`~distkeras_async.errors.WorkerReportedError` when a worker reported failing.
-
-        Args:
-            detail: appended to the message (e.g. the failing worker's traceback).
-        """
-        error = self.failure_error(detail)
-        if error is not None:
-            raise error
-
-    def failure_error(self, detail: str | None = None) -> DistKerasError | None:
-        """The exception :meth:`raise_for_failure` would raise, or None."""
-        failure = self._failure()
-        if failure is None:
-            return None
-        message = failure.reason if detail is None else f"{failure.reason}\n{detail}"
-        return from_code(failure.code, message)

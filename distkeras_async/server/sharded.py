@@ -41,18 +41,11 @@ from typing import Any
 
 import numpy as np
 
-from distkeras_async import checks, registry
+from distkeras_async import checks
 from distkeras_async.algorithm import Algorithm
-from distkeras_async.errors import DistKerasError, ErrorCode, from_code
-from distkeras_async.layout import Layout
-from distkeras_async.server.checkpoint import (
-    Checkpoint,
-    Checkpointer,
-    check_resumable,
-    load_checkpoint,
-    save_checkpoint,
-)
+from distkeras_async.errors import ErrorCode
 from distkeras_async.server.core import Failure
+from distkeras_async.server.run_setup import FailureReporting, check_limits, prepare_run
 from distkeras_async.server.shard_handle import ShardError, ShardProcess, algorithm_spec
 from distkeras_async.server.stats import ServerStats
 from distkeras_async.shards import split
@@ -65,7 +58,7 @@ logger = logging.getLogger("distkeras_async.server")
 WATCH_INTERVAL = 0.2
 
 
-class ShardedParameterServer:
+class ShardedParameterServer(FailureReporting):
     """A parameter server whose center is split across ``shards`` processes.
 
     Takes :class:`~distkeras_async.server.parameter_server.ParameterServer`'s arguments
@@ -107,50 +100,38 @@ class ShardedParameterServer:
         resume_from: str | os.PathLike[str] | None = None,
         **hyperparameters: Any,
     ) -> None:
-        if isinstance(weights, np.ndarray):
-            weights = [weights]
-        checks.positive_int(num_workers, "num_workers")
         checks.positive_int(shards, "shards")
-        checks.port(port, "port")
-        for name, value in [
-            ("round_timeout", round_timeout),
-            ("idle_timeout", idle_timeout),
-            ("handshake_timeout", handshake_timeout),
-            ("frame_timeout", frame_timeout),
-            ("send_timeout", send_timeout),
-        ]:
-            checks.positive_number(value, name)
-        checks.optional_positive_int(max_connections, "max_connections")
-        checks.optional_positive_int(receive_buffers, "receive_buffers")
-        checks.positive_int(center_buffers, "center_buffers", minimum=2)
+        check_limits(
+            num_workers=num_workers,
+            port=port,
+            timeouts={
+                "round_timeout": round_timeout,
+                "idle_timeout": idle_timeout,
+                "handshake_timeout": handshake_timeout,
+                "frame_timeout": frame_timeout,
+                "send_timeout": send_timeout,
+            },
+            max_connections=max_connections,
+            receive_buffers=receive_buffers,
+            center_buffers=center_buffers,
+        )
         if port and port + shards - 1 > 65535:
             raise ValueError(f"ports {port}..{port + shards - 1} exceed 65535")
-        self.algorithm = registry.resolve(algorithm, **hyperparameters)
-        registry.check_workers(self.algorithm, num_workers)
+        setup = prepare_run(
+            weights,
+            algorithm,
+            hyperparameters,
+            num_workers=num_workers,
+            checkpoint_path=checkpoint_path,
+            checkpoint_every=checkpoint_every,
+            checkpoint_interval=checkpoint_interval,
+            resume_from=resume_from,
+        )
+        self.algorithm, self.layout = setup.algorithm, setup.layout
+        self._initial, self._initial_version = setup.initial, setup.initial_version
+        self.checkpointer = setup.checkpointer
         self._algorithm_spec = algorithm_spec(self.algorithm)
-        self.layout = Layout.of(weights)
-        if self.layout.size == 0:
-            raise ValueError("the model has no weights to train")
         self.shards = split(self.layout, shards)
-        self._initial = self.layout.flatten(weights)
-        self._initial_version = 0
-        if resume_from is not None:
-            resumed = load_checkpoint(resume_from, self.layout)
-            check_resumable(resumed, resume_from, self.algorithm.name, self.algorithm.settings)
-            self._initial, self._initial_version = resumed.center, resumed.version
-            logger.info("resuming from %s at version %d", resume_from, resumed.version)
-        self.checkpointer: Checkpointer | None = None
-        if checkpoint_path is not None:
-            if checkpoint_every is None and checkpoint_interval is None:
-                raise ValueError("give checkpoint_every and/or checkpoint_interval")
-            self.checkpointer = Checkpointer(
-                checkpoint_path,
-                self.layout,
-                self.algorithm.name,
-                self.algorithm.settings,
-                every=checkpoint_every,
-                interval=checkpoint_interval,
-            )
         if tls_files is not None:
             for path in tls_files:
                 if not os.path.isfile(path):
@@ -180,7 +161,7 @@ class ShardedParameterServer:
         self._processes: list[ShardProcess] = []
         self._watcher: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._failure: Failure | None = None
+        self._failed_with: Failure | None = None
         self._epoch_pieces: dict[int, dict[int, np.ndarray]] = {}
         self._final: tuple[np.ndarray, int] | None = None
 
@@ -274,7 +255,7 @@ class ShardedParameterServer:
         """Fail every shard when one fails; write the checkpoints that are due."""
         while not self._stopping.wait(WATCH_INTERVAL):
             try:
-                if self._failure is None:
+                if self._failed_with is None:
                     self._look_for_failure()
                 self._maybe_checkpoint()
             except ShardError as exc:
@@ -295,9 +276,9 @@ class ShardedParameterServer:
             self._failed(min(found, key=lambda failure: failure.at))
 
     def _failed(self, failure: Failure) -> None:
-        if self._failure is not None:
+        if self._failed_with is not None:
             return
-        self._failure = failure
+        self._failed_with = failure
         for process in self._processes:
             if process.process.poll() is None:
                 with contextlib.suppress(ShardError):
@@ -305,7 +286,7 @@ class ShardedParameterServer:
 
     def _maybe_checkpoint(self) -> None:
         checkpointer = self.checkpointer
-        if checkpointer is None or self._failure is not None:
+        if checkpointer is None or self._failed_with is not None:
             return
         version = self.version
         if not checkpointer.due(version, time.monotonic()):
@@ -370,24 +351,13 @@ class ShardedParameterServer:
             return self._initial_version if self._final is None else self._final[1]
         return min(self._versions())
 
-    def checkpoint(self, path: str | os.PathLike[str] | None = None) -> int:
-        """Write the current center (one consistent round) to ``path``; returns its version."""
-        target: str | os.PathLike[str] | None = path
-        if target is None and self.checkpointer is not None:
-            target = self.checkpointer.path
-        if target is None:
-            raise ValueError("no checkpoint path: pass one, or construct with checkpoint_path")
+    def _snapshot(self) -> tuple[np.ndarray, int]:
+        """The center at one round (the final one once stopped), and its version."""
         if self._processes:
-            center, version = self._consistent_center()
-        elif self._final is not None:
-            center, version = self._final
-        else:
-            center, version = self._initial, self._initial_version
-        save_checkpoint(
-            target,
-            Checkpoint(center, version, self.layout, self.algorithm.name, self.algorithm.settings),
-        )
-        return version
+            return self._consistent_center()
+        if self._final is not None:
+            return self._final[0].copy(), self._final[1]
+        return self._initial.copy(), self._initial_version
 
     def stats(self) -> ServerStats:
         """The shards' statistics merged (:meth:`ServerStats.merge`)."""
@@ -446,34 +416,8 @@ class ShardedParameterServer:
 
     # -- failure -----------------------------------------------------------------------
 
-    def _current_failure(self) -> Failure | None:
-        if self._failure is None and self._processes and not self._stopping.is_set():
+    def _failure(self) -> Failure | None:
+        if self._failed_with is None and self._processes and not self._stopping.is_set():
             with contextlib.suppress(ShardError):
                 self._look_for_failure()
-        return self._failure
-
-    @property
-    def failure(self) -> str | None:
-        """Why the run failed (on the shard that failed first), or None."""
-        failure = self._current_failure()
-        return None if failure is None else failure.reason
-
-    @property
-    def failure_code(self) -> ErrorCode | None:
-        """The machine-readable kind of :attr:`failure`, or None."""
-        failure = self._current_failure()
-        return None if failure is None else failure.code
-
-    def raise_for_failure(self, detail: str | None = None) -> None:
-        """Raise the run's failure, if any (see ``ParameterServer.raise_for_failure``)."""
-        error = self.failure_error(detail)
-        if error is not None:
-            raise error
-
-    def failure_error(self, detail: str | None = None) -> DistKerasError | None:
-        """The exception :meth:`raise_for_failure` would raise, or None."""
-        failure = self._current_failure()
-        if failure is None:
-            return None
-        message = failure.reason if detail is None else f"{failure.reason}\n{detail}"
-        return from_code(failure.code, message)
+        return self._failed_with
