@@ -26,7 +26,8 @@ import pyarrow as pa
 from distkeras_async.algorithm import Algorithm
 from distkeras_async.errors import InputDataError, LayoutMismatchError
 from distkeras_async.layout import Layout
-from distkeras_async.worker.backend import limit_threads
+from distkeras_async.worker import reuse
+from distkeras_async.worker.backend import current_backend, limit_threads
 from distkeras_async.worker.batches import batch_weight, epoch_batches
 from distkeras_async.worker.client import ParameterServerClient
 from distkeras_async.worker.columns import column_to_numpy
@@ -234,11 +235,20 @@ class KerasWorker:
         A partition held in memory (at most the plan's ``in_memory_limit``) becomes numpy
         arrays and goes through :meth:`run`; a spooled one is checked in one pass first, so
         bad data fails the worker before any step, then streams through :meth:`run_stream`.
+        A task that finishes keeps its model for the Python worker's next task with the same
+        spec (:mod:`distkeras_async.worker.reuse`), which skips tracing the train function.
 
         Raises:
             InputDataError: for bad data (see :meth:`checked_blocks`), or a partition too
                 large for a worker class that overrides ``batches`` or ``run``.
         """
+        history = self._train_partition(partition)
+        key = self._reuse_key()
+        if key is not None and getattr(self, "_built", None) is not None:
+            reuse.keep(key, self._built)  # for this Python worker's next task (see reuse.py)
+        return history
+
+    def _train_partition(self, partition: Partition) -> list[StepRecord]:
         own = type(self)
         wants_arrays = own.batches is not KerasWorker.batches or own.run is not KerasWorker.run
         if partition.in_memory:
@@ -348,8 +358,20 @@ class KerasWorker:
         """The worker's model, built once (the checks of :meth:`train` use it too)."""
         if getattr(self, "_built", None) is None:
             limit_threads(self.plan.worker_threads or self.task_cores)
-            self._built = self.build_model()
+            fresh = self.build_model()
+            key = self._reuse_key()
+            self._built = fresh if key is None else reuse.adopt(key, fresh)
         return self._built
+
+    def _reuse_key(self) -> str | None:
+        """The key the model is kept under between tasks; None where it must not be.
+
+        Only the default :meth:`build_model` builds what the spec says, and classes from
+        ``custom_objects`` arrive anew with every task (their code may have changed).
+        """
+        if type(self).build_model is not KerasWorker.build_model or self.plan.custom_objects:
+            return None
+        return reuse.key_of(current_backend(), self.plan.model_spec)
 
     def _input_sizes(self) -> list[int | None]:
         """Values per row each feature column must have (None: unknown or customised)."""
