@@ -7,7 +7,11 @@ scikit-learn's digits with the demo's MLP, 10 epochs, batch 32, Adam: wall-clock
 - ``SingleTrainer.train`` (one worker, the parameter server, the learning check);
 - ``DOWNPOUR.train`` with 2 workers;
 
-alternating, medians of ``--repeats``, and each trainer's ratio to ``fit``.
+alternating, medians of ``--repeats``, and each trainer's ratio to ``fit``. The trainers run
+twice: with the demo's model every time, so each Spark Python worker takes back the model
+its last task kept (``distkeras_async.worker.reuse``), and with a new architecture every run
+(another hidden width), so every task builds and traces its model anew, as the first job of
+a session does.
 
     python benchmarks/fixed_cost.py --repeats 5
 """
@@ -15,6 +19,7 @@ alternating, medians of ``--repeats``, and each trainer's ratio to ``fit``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -56,26 +61,47 @@ def main() -> None:
             data.train
         )
 
-    ways: dict[str, Callable[[], None]] = {
-        "plain `model.fit` (driver)": plain_fit,
-        "SingleTrainer": single,
-        "DOWNPOUR, 2 workers": downpour,
-    }
-    for way in ways.values():  # warm-up: every path traced once
-        way()
-    seconds: dict[str, list[float]] = {name: [] for name in ways}
-    for _ in range(args.repeats):
-        for name, way in ways.items():
-            began = time.perf_counter()
-            way()
-            seconds[name].append(time.perf_counter() - began)
-    base = statistics.median(seconds["plain `model.fit` (driver)"])
+    widths = itertools.count(65)  # a new architecture for every run: nothing to take back
+
+    def single_new() -> None:
+        model = digits_mlp(hidden=next(widths))
+        SingleTrainer(model, "adam", "categorical_crossentropy", **common).train(data.train)
+
+    def downpour_new() -> None:
+        model = digits_mlp(hidden=next(widths))
+        DOWNPOUR(model, "adam", "categorical_crossentropy", num_workers=2, **common).train(
+            data.train
+        )
+
+    fit_name = "plain `model.fit` (driver)"
+    phases: list[dict[str, Callable[[], None]]] = [
+        {
+            fit_name: plain_fit,
+            "SingleTrainer, model kept by the worker": single,
+            "DOWNPOUR, 2 workers, models kept": downpour,
+        },
+        {
+            fit_name: plain_fit,
+            "SingleTrainer, new architecture": single_new,
+            "DOWNPOUR, 2 workers, new architecture": downpour_new,
+        },
+    ]
     print(f"| way | seconds (median of {args.repeats}) | vs `fit` | runs |")
     print("|---|---:|---:|---|")
-    for name, values in seconds.items():
-        median = statistics.median(values)
-        spread = ", ".join(f"{v:.2f}" for v in values)
-        print(f"| {name} | {median:.2f} | {median / base:.2f} | {spread} |")
+    for ways in phases:  # one phase after the other: a worker keeps one model
+        for way in ways.values():  # warm-up: every path traced once
+            way()
+        seconds: dict[str, list[float]] = {name: [] for name in ways}
+        for _ in range(args.repeats):
+            for name, way in ways.items():
+                began = time.perf_counter()
+                way()
+                seconds[name].append(time.perf_counter() - began)
+        base = statistics.median(seconds[fit_name])
+        for name, values in seconds.items():
+            median = statistics.median(values)
+            spread = ", ".join(f"{v:.2f}" for v in values)
+            print(f"| {name} | {median:.2f} | {median / base:.2f} | {spread} |")
     spark.stop()
 
 
