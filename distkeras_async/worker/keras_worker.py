@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import ssl
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -24,24 +23,23 @@ import numpy as np
 import pyarrow as pa
 
 from distkeras_async.algorithm import Algorithm
-from distkeras_async.errors import InputDataError, LayoutMismatchError
+from distkeras_async.errors import InputDataError
 from distkeras_async.layout import Layout
 from distkeras_async.worker import reuse
 from distkeras_async.worker.backend import current_backend, limit_threads
 from distkeras_async.worker.batches import batch_weight, epoch_batches
-from distkeras_async.worker.client import ParameterServerClient
 from distkeras_async.worker.columns import column_to_numpy
+from distkeras_async.worker.connection import connect
 from distkeras_async.worker.devices import model_device
 from distkeras_async.worker.exchange import StepRecord, WorkerSession, run_session
 from distkeras_async.worker.inputs import check_finite, input_shapes, shape_inputs
-from distkeras_async.worker.local_model import KerasLocalModel
-from distkeras_async.worker.overlap import ExchangeClient, OverlappedClient
+from distkeras_async.worker.local_model import KerasLocalModel, fit_callback
+from distkeras_async.worker.overlap import ExchangeClient
 from distkeras_async.worker.partition import Partition
 from distkeras_async.worker.plan import WorkerPlan
 from distkeras_async.worker.reporter import Reporter, attach_progress
 from distkeras_async.worker.requests import DriverRequests
 from distkeras_async.worker.serialization import ModelSpec, build_model
-from distkeras_async.worker.sharded_client import AnyClient, ShardedClient
 from distkeras_async.worker.sources import ArraySource, Prepared, StreamSource
 from distkeras_async.worker.stream import EpochStream, default_window
 from distkeras_async.worker.weights import row_weights
@@ -50,20 +48,6 @@ from distkeras_async.worker.weights import row_weights
 __all__ = ["KerasWorker", "WorkerPlan", "new_worker", "train_worker"]
 
 logger = logging.getLogger(__name__)
-
-
-def _fit_callback(session: WorkerSession, requests: DriverRequests) -> Any:
-    import keras
-
-    class ExchangeCallback(keras.callbacks.Callback):  # type: ignore[misc]
-        """Drives the worker session from inside ``model.fit``."""
-
-        def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
-            session.step_done(requests.with_rate({k: float(v) for k, v in (logs or {}).items()}))
-            if session.stopped:
-                self.model.stop_training = True
-
-    return ExchangeCallback()
 
 
 class KerasWorker:
@@ -243,8 +227,8 @@ class KerasWorker:
                 large for a worker class that overrides ``batches`` or ``run``.
         """
         history = self._train_partition(partition)
-        key = self._reuse_key()
-        if key is not None and getattr(self, "_built", None) is not None:
+        key = getattr(self, "_kept_as", None)  # set where _model() built or took the model
+        if key is not None:
             reuse.keep(key, self._built)  # for this Python worker's next task (see reuse.py)
         return history
 
@@ -359,8 +343,8 @@ class KerasWorker:
         if getattr(self, "_built", None) is None:
             limit_threads(self.plan.worker_threads or self.task_cores)
             fresh = self.build_model()
-            key = self._reuse_key()
-            self._built = fresh if key is None else reuse.adopt(key, fresh)
+            self._kept_as = self._reuse_key()
+            self._built = fresh if self._kept_as is None else reuse.adopt(self._kept_as, fresh)
         return self._built
 
     def _reuse_key(self) -> str | None:
@@ -387,54 +371,9 @@ class KerasWorker:
             sizes.append(None if shape is None or None in dims else int(np.prod(dims)))
         return sizes
 
-    @contextlib.contextmanager
-    def _connect(self, model: Any) -> Iterator[ExchangeClient]:
-        """The connection the worker's loop uses (in the background with ``overlap``)."""
-        with self._open(model) as client:
-            if not self.plan.overlap:
-                yield client
-                return
-            # Leaving it waits for the exchange in flight, before the client says goodbye.
-            with OverlappedClient(client) as overlapped:
-                yield overlapped
-
-    @contextlib.contextmanager
-    def _open(self, model: Any) -> Iterator[AnyClient]:
-        plan = self.plan
+    def _connect(self, model: Any) -> contextlib.AbstractContextManager[ExchangeClient]:
         layout = Layout.of(model.get_weights())
-        tls = None if plan.tls_ca is None else ssl.create_default_context(cadata=plan.tls_ca)
-        if len(plan.ports) > 1:
-            # The shards check that they hold this layout's slices (LayoutMismatchError).
-            with ShardedClient(
-                plan.host,
-                plan.ports,
-                plan.secret,
-                self.worker_id,
-                self.attempt,
-                layout=layout,
-                timeout=plan.timeout,
-                ssl_context=tls,
-                server_hostname=plan.tls_server_hostname,
-            ) as sharded:
-                yield sharded
-            return
-        with ParameterServerClient(
-            plan.host,
-            plan.port,
-            plan.secret,
-            self.worker_id,
-            self.attempt,
-            timeout=plan.timeout,
-            ssl_context=tls,
-            server_hostname=plan.tls_server_hostname,
-        ) as client:
-            if client.layout != layout:
-                raise LayoutMismatchError(
-                    f"worker {self.worker_id} rebuilt a model with {layout.size} parameters in "
-                    f"{len(layout.specs)} tensors, but the server holds {client.layout.size} in "
-                    f"{len(client.layout.specs)}: pass the same custom_objects everywhere"
-                )
-            yield client
+        return connect(self.plan, self.worker_id, self.attempt, layout)
 
     def _train(
         self,
@@ -480,7 +419,7 @@ class KerasWorker:
             run_session(session, source.batches(skip))
         else:
             session.start()
-            callback = _fit_callback(session, requests)
+            callback = fit_callback(session, requests)
             for call in source.fit_calls(skip):
                 if session.stopped:
                     break

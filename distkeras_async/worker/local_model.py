@@ -1,4 +1,4 @@
-"""A Keras model as the exchange loop's ``LocalModel``: flat float32 weights in and out."""
+"""A Keras model as the exchange loop's ``LocalModel``, and the callback driving it in ``fit``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import numpy as np
 
 from distkeras_async.layout import Layout
 from distkeras_async.worker.backend import assign_variables, read_variables
+from distkeras_async.worker.exchange import WorkerSession
+from distkeras_async.worker.requests import DriverRequests
 
 
 def _backend_variables(model: Any) -> list[Any] | None:
@@ -74,3 +76,18 @@ class KerasLocalModel:
         x, y = batch
         logs = self.model.train_on_batch(x, y, return_dict=True)
         return {k: float(v) for k, v in logs.items()}
+
+
+def fit_callback(session: WorkerSession, requests: DriverRequests) -> Any:
+    """A Keras callback that drives ``session`` from inside ``model.fit``, step by step."""
+    import keras
+
+    class ExchangeCallback(keras.callbacks.Callback):  # type: ignore[misc]
+        """Drives the worker session from inside ``model.fit``."""
+
+        def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
+            session.step_done(requests.with_rate({k: float(v) for k, v in (logs or {}).items()}))
+            if session.stopped:
+                self.model.stop_training = True
+
+    return ExchangeCallback()

@@ -1,0 +1,70 @@
+"""A worker's connection to the parameter server: one server or K shards, TLS, overlap."""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections.abc import Iterator
+
+from distkeras_async.errors import LayoutMismatchError
+from distkeras_async.layout import Layout
+from distkeras_async.worker.client import ParameterServerClient
+from distkeras_async.worker.overlap import ExchangeClient, OverlappedClient
+from distkeras_async.worker.plan import WorkerPlan
+from distkeras_async.worker.sharded_client import AnyClient, ShardedClient
+
+
+@contextlib.contextmanager
+def connect(
+    plan: WorkerPlan, worker_id: int, attempt: int, layout: Layout
+) -> Iterator[ExchangeClient]:
+    """The connection a worker's loop uses (in the background with the plan's ``overlap``).
+
+    Raises:
+        LayoutMismatchError: if the server (or a shard) holds another layout than ``layout``,
+            the worker's rebuilt model's.
+    """
+    with _open(plan, worker_id, attempt, layout) as client:
+        if not plan.overlap:
+            yield client
+            return
+        # Leaving it waits for the exchange in flight, before the client says goodbye.
+        with OverlappedClient(client) as overlapped:
+            yield overlapped
+
+
+@contextlib.contextmanager
+def _open(plan: WorkerPlan, worker_id: int, attempt: int, layout: Layout) -> Iterator[AnyClient]:
+    tls = None if plan.tls_ca is None else ssl.create_default_context(cadata=plan.tls_ca)
+    if len(plan.ports) > 1:
+        # The shards check that they hold this layout's slices (LayoutMismatchError).
+        with ShardedClient(
+            plan.host,
+            plan.ports,
+            plan.secret,
+            worker_id,
+            attempt,
+            layout=layout,
+            timeout=plan.timeout,
+            ssl_context=tls,
+            server_hostname=plan.tls_server_hostname,
+        ) as sharded:
+            yield sharded
+        return
+    with ParameterServerClient(
+        plan.host,
+        plan.port,
+        plan.secret,
+        worker_id,
+        attempt,
+        timeout=plan.timeout,
+        ssl_context=tls,
+        server_hostname=plan.tls_server_hostname,
+    ) as client:
+        if client.layout != layout:
+            raise LayoutMismatchError(
+                f"worker {worker_id} rebuilt a model with {layout.size} parameters in "
+                f"{len(layout.specs)} tensors, but the server holds {client.layout.size} in "
+                f"{len(client.layout.specs)}: pass the same custom_objects everywhere"
+            )
+        yield client
