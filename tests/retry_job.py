@@ -79,6 +79,14 @@ def killer(servers: list[Any], pids: Path, killed: dict[str, Any]) -> None:
             return
 
 
+def guarded(servers: list[Any], pids: Path, killed: dict[str, Any]) -> None:
+    """Run :func:`killer`; record why it failed instead of dying silently with its thread."""
+    try:
+        killer(servers, pids, killed)
+    except Exception as exc:  # reported in the result JSON, asserted absent by the test
+        killed["killer_error"] = repr(exc)
+
+
 def run(data: Any, kill: str, on_retry: str) -> dict[str, Any]:
     """One DOWNPOUR run (worker 1 killed midway when ``kill == "kill"``); what it applied."""
     servers: list[Any] = []
@@ -95,7 +103,7 @@ def run(data: Any, kill: str, on_retry: str) -> dict[str, Any]:
     training.make_server = record  # type: ignore[assignment]
     try:
         if kill == "kill":
-            threading.Thread(target=killer, args=(servers, pids, killed), daemon=True).start()
+            threading.Thread(target=guarded, args=(servers, pids, killed), daemon=True).start()
         trainer = DOWNPOUR(
             digits_mlp(),
             "adam",

@@ -55,6 +55,7 @@ def runs(tmp_path_factory):
 def test_a_resumed_retry_applies_every_step_exactly_once(runs):
     undisturbed, resumed = runs["undisturbed"], runs["resumed"]
     assert undisturbed["attempts"] == {"0": 0, "1": 0}
+    assert "killer_error" not in resumed
     assert resumed["attempts"]["1"] == 1  # worker 1 was killed and retried
     assert resumed["commits_at_kill"] >= 20
     # The same commits per worker as the run without the kill: nothing applied twice, nothing
@@ -75,6 +76,7 @@ def test_a_resumed_retry_applies_every_step_exactly_once(runs):
 
 def test_a_restarted_retry_counts_the_killed_attempts_work_again(runs):
     undisturbed, restarted = runs["undisturbed"], runs["restarted"]
+    assert "killer_error" not in restarted
     assert restarted["attempts"]["1"] == 1
     # Worker 0 is untouched; worker 1's partition was trained twice in part.
     assert restarted["commits"]["0"] == undisturbed["commits"]["0"]

@@ -113,6 +113,35 @@ def test_stop_is_bounded_frees_the_port_and_leaves_no_thread(secret):
     server.stop()  # idempotent
 
 
+def test_running_only_once_the_server_can_be_read(secret, monkeypatch):
+    # The server thread is alive a moment before it has built its state; a reader that polls
+    # `running` and then calls `stats()` must never be told the server has not started.
+    from distkeras_async.server import parameter_server
+
+    building, go_on = threading.Event(), threading.Event()
+    real = parameter_server.ServerCore
+
+    def slow_core(*args, **kwargs):
+        building.set()
+        go_on.wait(10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(parameter_server, "ServerCore", slow_core)
+    server = ParameterServer([np.zeros(3, np.float32)], "downpour", num_workers=1, secret=secret)
+    starter = threading.Thread(target=server.start)
+    starter.start()
+    try:
+        assert building.wait(10)
+        assert [t for t in threading.enumerate() if t.name == "distkeras-parameter-server"]
+        assert not server.running
+    finally:
+        go_on.set()
+        starter.join(10)
+    assert server.running
+    assert server.stats().version == 0
+    server.stop()
+
+
 # --------------------------------------------------------------------------- authentication
 
 

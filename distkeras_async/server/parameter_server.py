@@ -303,8 +303,12 @@ class ParameterServer(FailureReporting):
 
     @property
     def running(self) -> bool:
-        """Whether the server thread is serving."""
-        return self._thread is not None and self._thread.is_alive()
+        """Whether the server thread is serving.
+
+        False until the thread has built its state: the thread is alive a moment before
+        that, and a reader calling :meth:`stats` then would be told the server never started.
+        """
+        return self._thread is not None and self._thread.is_alive() and self._state is not None
 
     # -- reading the state from other threads ------------------------------------------
 
