@@ -104,9 +104,9 @@ def gone_workers(stats: ServerStats, timeout: float, now: float) -> list[str]:
 
 def run(args: argparse.Namespace, secret: bytes, algorithm: Any) -> int:
     """Serve until every worker finished (``--exit-when-done``), a signal, or a failure."""
+    tls = tls_files(args.tls_cert, args.tls_key)
     import keras  # after the cheap checks: importing TensorFlow takes seconds
 
-    tls = tls_files(args.tls_cert, args.tls_key)
     model = keras.saving.load_model(args.model, compile=False)
     checkpoint_interval = args.checkpoint_interval
     if args.checkpoint_path and args.checkpoint_every is None and checkpoint_interval is None:

@@ -111,7 +111,7 @@ def run(data: Any, kill: str, on_retry: str) -> dict[str, Any]:
             num_workers=2,
             batch_size=16,
             communication_window=3,
-            num_epoch=12,
+            num_epoch=6,
             master_port=0,
             progress=False,
             worker_class=PidWorker,
