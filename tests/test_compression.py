@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -43,6 +45,49 @@ def test_error_feedback_delivers_the_whole_sum_but_the_last_rounding(dtype):
     np.testing.assert_allclose(received + encoder.residual, sent, rtol=0, atol=1e-8)
     # And that is small: below one unit of the dtype's resolution at the updates' size.
     assert np.abs(encoder.residual).max() < 1e-4
+
+
+def reference_encode(dtype: str, corrected: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    """The wire tensors of ``corrected`` computed over whole arrays with numpy's own casts."""
+    if dtype == "float16":
+        return [np.clip(corrected, -65504, 65504).astype(np.float16).view(np.uint16)]
+    if dtype == "bfloat16":
+        return [corrected.astype(ml_dtypes.bfloat16).view(np.uint16)]
+    values, scales = np.zeros(corrected.size, np.int8), np.zeros(len(sizes), np.float32)
+    bounds = np.cumsum([0, *sizes])
+    for index, (start, end) in enumerate(itertools.pairwise(bounds)):
+        peak = float(np.abs(corrected[start:end]).max())
+        if peak and 1.0 / (peak / 127) <= float(np.finfo(np.float32).max):
+            scales[index] = peak / 127
+            inverse = np.float32(1.0 / (peak / 127))
+            values[start:end] = np.rint(corrected[start:end] * inverse)
+    return [values, scales]
+
+
+@pytest.mark.parametrize("dtype", COMPRESSED)
+def test_the_blockwise_encoders_match_whole_array_numpy_bit_for_bit(dtype):
+    # Tensors smaller than, equal to and spanning several of the encoder's blocks, one all
+    # zero and one so small that 1 / scale overflows float32 (sent as zeros, kept whole).
+    block = compression._BLOCK
+    sizes = [3, block, 2 * block + 5, 1000, 77, 10]
+    rng = np.random.default_rng(3)
+    encoder = ErrorFeedback(dtype, sizes)
+    for _ in range(3):
+        update = (rng.normal(size=sum(sizes)) * 1e-3).astype(np.float32)
+        update[3 + block : 3 + block + 100] *= 1e-4  # half subnormals for float16
+        update[-1087:-1010] = 0.0
+        update[-10:] = np.float32(1e-40)
+        corrected = update + encoder.residual
+        expected = reference_encode(dtype, corrected, sizes)
+        wire = encoder.encode(update)
+        for got, want in zip(wire, expected, strict=True):
+            np.testing.assert_array_equal(got.view(want.dtype), want)
+        decoded = np.empty_like(corrected)
+        decode(dtype, wire, sizes, decoded)
+        np.testing.assert_array_equal(encoder.residual, corrected - decoded)
+    if dtype == "int8":
+        assert wire[1][-1] == 0 and not wire[0][-10:].any()
+        assert np.all(encoder.residual[-10:] > 0)  # the tiny tensor waits in the residual
 
 
 def test_float32_commits_travel_as_they_are():

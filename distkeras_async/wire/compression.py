@@ -20,8 +20,9 @@ decodes every commit back into float32 before a rule sees it (:func:`decode`).
 from __future__ import annotations
 
 import itertools
+import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -30,6 +31,7 @@ from distkeras_async.wire.schema import DTYPES, TensorSpec
 COMMIT_DTYPES = ("float32", "float16", "bfloat16", "int8")
 _HALF_MAX = np.float32(65504.0)
 _INT8_MAX = 127.0
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def check_commit_dtype(dtype: str) -> str:
@@ -159,11 +161,11 @@ _SCRATCH = threading.local()
 
 
 def _scratch(size: int) -> np.ndarray:
-    """A uint32 scratch array of ``size`` for this thread, kept for the next decode."""
+    """A uint32 scratch array of ``size`` for this thread (a view of one kept for later calls)."""
     array: np.ndarray | None = getattr(_SCRATCH, "array", None)
-    if array is None or array.size != size:
+    if array is None or array.size < size:
         array = _SCRATCH.array = np.empty(size, np.uint32)
-    return array
+    return array[:size]
 
 
 def _segments(sizes: Sequence[int]) -> list[tuple[int, int]]:
@@ -178,7 +180,9 @@ def decode(
     if dtype == "float32":
         np.copyto(out, tensors[0])
     elif dtype == "float16":
-        _half_bits_to_float(tensors[0].view(np.uint16), out)
+        bits = tensors[0].view(np.uint16)
+        for start, end in _blocks(0, out.size):  # in the cache, as the encoders
+            _half_bits_to_float(bits[start:end], out[start:end])
     elif dtype == "bfloat16":
         bits = out.view(np.uint32)
         np.copyto(bits, tensors[0], casting="safe")
@@ -224,47 +228,106 @@ class ErrorFeedback:
         """The wire tensors for ``update`` + the residual; the residual becomes what was lost."""
         if self.dtype == "float32":
             return (update,)
-        corrected = self._corrected
-        np.add(update, self.residual, out=corrected)
-        wire = self._wire
+        # A non-finite update leaves a NaN residual (inf - inf); the server refuses the commit.
+        with np.errstate(invalid="ignore"):
+            if self.dtype == "int8":
+                self._encode_int8(update)
+            elif self.dtype == "bfloat16":
+                self._encode_bfloat16(update)
+            else:
+                self._encode_float16(update)
+        return tuple(self._wire)
+
+    def _encode_float16(self, update: np.ndarray) -> None:
+        assert self._half is not None
+        corrected, decoded, residual = self._corrected, self._decoded, self.residual
+        wire = self._wire[0].view(np.uint16)
+        a, b, mask = self._half
         # A NaN or an infinity must reach the server as one, which refuses the commit as it
-        # refuses a float32 one; only finite values are clipped or scaled.
-        finite = all_finite(corrected)
-        if self.dtype == "float16":
-            assert self._half is not None
-            source = corrected
-            if finite:
-                source = np.clip(corrected, -_HALF_MAX, _HALF_MAX, out=self._decoded)
-            _float_to_half_bits(source, wire[0].view(np.uint16), self._half)
-        elif self.dtype == "bfloat16":
-            bits = self._bits
-            assert bits is not None
-            source = corrected.view(np.uint32)
-            # Round to nearest even: add 0x7FFF plus the lowest kept bit, then truncate.
-            np.right_shift(source, 16, out=bits)
-            np.bitwise_and(bits, 1, out=bits)
-            np.add(bits, 0x7FFF, out=bits)
-            np.add(bits, source, out=bits)
-            np.right_shift(bits, 16, out=bits)
-            np.copyto(wire[0], bits, casting="unsafe")
-        else:  # int8
-            values, scales = wire
-            scratch = self._decoded
-            for index, (start, end) in enumerate(self._segments):
-                part = corrected[start:end]
-                # max|x| without a temporary array of |x|.
-                peak = max(float(part.max()), -float(part.min())) if end > start else 0.0
-                scale = peak / _INT8_MAX
-                scales[index] = scale
-                if scale == 0.0 or not finite:
-                    # All zero; or not finite, sent as a NaN scale the server refuses.
-                    values[start:end] = 0
-                    scales[index] = 0.0 if finite else np.nan
-                    continue
-                np.multiply(part, np.float32(1.0 / scale), out=scratch[start:end])
-                np.rint(scratch[start:end], out=scratch[start:end])
-                np.clip(scratch[start:end], -_INT8_MAX, _INT8_MAX, out=scratch[start:end])
-                np.copyto(values[start:end], scratch[start:end], casting="unsafe")
-        decode(self.dtype, wire, self.sizes, self._decoded)
-        np.subtract(corrected, self._decoded, out=self.residual)
-        return tuple(wire)
+        # refuses a float32 one; only a finite update is clipped (so nothing finite overflows).
+        finite = True
+        for start, end in _blocks(0, corrected.size):
+            part = np.add(update[start:end], residual[start:end], out=corrected[start:end])
+            finite = finite and all_finite(part)
+        for start, end in _blocks(0, corrected.size):
+            part, lost = corrected[start:end], decoded[start:end]
+            source = np.clip(part, -_HALF_MAX, _HALF_MAX, out=lost) if finite else part
+            _float_to_half_bits(
+                source, wire[start:end], (a[start:end], b[start:end], mask[start:end])
+            )
+            _half_bits_to_float(wire[start:end], lost)  # what the server decodes
+            np.subtract(part, lost, out=residual[start:end])
+
+    # The encoders walk the update in blocks of _BLOCK values, every step of
+    # a block while it is in the cache: over the whole arrays, each of their 8-20 numpy passes
+    # went to memory.
+
+    def _encode_bfloat16(self, update: np.ndarray) -> None:
+        bits = self._bits
+        assert bits is not None
+        corrected, residual, wire = self._corrected, self.residual, self._wire[0]
+        for start, end in _blocks(0, corrected.size):
+            part = np.add(update[start:end], residual[start:end], out=corrected[start:end])
+            source, word = part.view(np.uint32), bits[start:end]
+            # Round to nearest even: add 0x7FFF plus the lowest kept bit, then truncate. (A
+            # NaN stays a NaN and an infinity one, which the server refuses.)
+            np.right_shift(source, 16, out=word)
+            np.bitwise_and(word, 1, out=word)
+            np.add(word, 0x7FFF, out=word)
+            np.add(word, source, out=word)
+            np.right_shift(word, 16, out=word)
+            np.copyto(wire[start:end], word, casting="unsafe")
+            np.left_shift(word, 16, out=word)  # what the server decodes
+            np.subtract(part, word.view(np.float32), out=residual[start:end])
+
+    def _encode_int8(self, update: np.ndarray) -> None:
+        corrected, scratch, residual = self._corrected, self._decoded, self.residual
+        values, scales = self._wire
+        # First pass: the corrected update and each tensor's max|x|. A NaN or an infinity
+        # anywhere makes the whole commit travel as non-finite (NaN scales, which the server
+        # refuses as it refuses a non-finite float32 commit); nothing is scaled then.
+        peaks = []
+        finite = True
+        for start, end in self._segments:
+            peak = 0.0
+            for a, b in _blocks(start, end):
+                part = np.add(update[a:b], residual[a:b], out=corrected[a:b])
+                high, low = float(part.max()), float(part.min())
+                if not (math.isfinite(high) and math.isfinite(low)):
+                    finite = False
+                peak = max(peak, high, -low)
+            peaks.append(peak)
+        if not finite:
+            values[:] = 0
+            scales[:] = np.nan
+            residual[:] = np.nan
+            return
+        # Second pass: quantize, decode as the server will, keep what was lost.
+        for index, ((start, end), peak) in enumerate(zip(self._segments, peaks, strict=True)):
+            scale = peak / _INT8_MAX
+            if scale == 0.0 or 1.0 / scale > _FLOAT32_MAX:
+                # All zero, or so small that 1/scale overflows float32: sent as zeros, all
+                # of it kept in the residual for the next commit.
+                scales[index] = 0.0
+                values[start:end] = 0
+                residual[start:end] = corrected[start:end]
+                continue
+            scales[index] = scale
+            inverse = np.float32(1.0 / scale)
+            wire_scale = scales[index]  # the float32 scale the server multiplies by
+            for a, b in _blocks(start, end):
+                block = scratch[a:b]
+                np.multiply(corrected[a:b], inverse, out=block)
+                # |x| * (1 / scale) <= 127 up to float32 rounding, so no clip is needed.
+                np.rint(block, out=values[a:b], casting="unsafe")
+                np.multiply(values[a:b], wire_scale, out=block, casting="unsafe")
+                np.subtract(corrected[a:b], block, out=residual[a:b])
+
+
+_BLOCK = 1 << 16  # values: 256 KB of float32, so a block's passes stay in the L2 cache
+
+
+def _blocks(start: int, end: int) -> Iterator[tuple[int, int]]:
+    """``[start, end)`` in consecutive pieces of at most :data:`_BLOCK` values."""
+    for a in range(start, end, _BLOCK):
+        yield a, min(a + _BLOCK, end)
