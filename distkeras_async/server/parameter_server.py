@@ -303,11 +303,7 @@ class ParameterServer(FailureReporting):
 
     @property
     def running(self) -> bool:
-        """Whether the server thread is serving.
-
-        False until the thread has built its state: the thread is alive a moment before
-        that, and a reader calling :meth:`stats` then would be told the server never started.
-        """
+        """Whether the server serves: its thread is alive and has built its state (readable)."""
         return self._thread is not None and self._thread.is_alive() and self._state is not None
 
     # -- reading the state from other threads ------------------------------------------

@@ -32,6 +32,10 @@ COMMIT_DTYPES = ("float32", "float16", "bfloat16", "int8")
 _HALF_MAX = np.float32(65504.0)
 _INT8_MAX = 127.0
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+# The codecs walk an update in blocks of this many values (256 KB of float32) and run every
+# step of a block while it is in the L2 cache: over whole arrays, each of their 8-20 numpy
+# passes went to memory (int8 at 10M parameters: 51 ms a commit that way, 31 ms by blocks).
+_BLOCK = 1 << 16
 
 
 def check_commit_dtype(dtype: str) -> str:
@@ -213,13 +217,15 @@ class ErrorFeedback:
         size = sum(self.sizes)
         self.residual = np.zeros(size, np.float32)
         self._corrected = np.empty(size, np.float32)
-        self._decoded = np.empty(size, np.float32)
         self._segments = _segments(self.sizes)
         specs = commit_specs(dtype, self.sizes)
         self._wire = [np.empty(spec.shape, DTYPES[spec.dtype]) for spec in specs]
-        self._bits = np.empty(size, np.uint32) if dtype in ("bfloat16", "float16") else None
+        # Scratch for one block at a time (the encoders work block by block).
+        block = min(size, _BLOCK)
+        self._decoded = np.empty(block, np.float32)
+        self._bits = np.empty(block, np.uint32) if dtype == "bfloat16" else None
         self._half = (
-            (np.empty(size, np.uint32), np.empty(size, np.uint32), np.empty(size, np.bool_))
+            (np.empty(block, np.uint32), np.empty(block, np.uint32), np.empty(block, np.bool_))
             if dtype == "float16"
             else None
         )
@@ -250,17 +256,12 @@ class ErrorFeedback:
             part = np.add(update[start:end], residual[start:end], out=corrected[start:end])
             finite = finite and all_finite(part)
         for start, end in _blocks(0, corrected.size):
-            part, lost = corrected[start:end], decoded[start:end]
+            n = end - start
+            part, lost = corrected[start:end], decoded[:n]
             source = np.clip(part, -_HALF_MAX, _HALF_MAX, out=lost) if finite else part
-            _float_to_half_bits(
-                source, wire[start:end], (a[start:end], b[start:end], mask[start:end])
-            )
+            _float_to_half_bits(source, wire[start:end], (a[:n], b[:n], mask[:n]))
             _half_bits_to_float(wire[start:end], lost)  # what the server decodes
             np.subtract(part, lost, out=residual[start:end])
-
-    # The encoders walk the update in blocks of _BLOCK values, every step of
-    # a block while it is in the cache: over the whole arrays, each of their 8-20 numpy passes
-    # went to memory.
 
     def _encode_bfloat16(self, update: np.ndarray) -> None:
         bits = self._bits
@@ -268,7 +269,7 @@ class ErrorFeedback:
         corrected, residual, wire = self._corrected, self.residual, self._wire[0]
         for start, end in _blocks(0, corrected.size):
             part = np.add(update[start:end], residual[start:end], out=corrected[start:end])
-            source, word = part.view(np.uint32), bits[start:end]
+            source, word = part.view(np.uint32), bits[: end - start]
             # Round to nearest even: add 0x7FFF plus the lowest kept bit, then truncate. (A
             # NaN stays a NaN and an infinity one, which the server refuses.)
             np.right_shift(source, 16, out=word)
@@ -316,15 +317,12 @@ class ErrorFeedback:
             inverse = np.float32(1.0 / scale)
             wire_scale = scales[index]  # the float32 scale the server multiplies by
             for a, b in _blocks(start, end):
-                block = scratch[a:b]
+                block = scratch[: b - a]
                 np.multiply(corrected[a:b], inverse, out=block)
                 # |x| * (1 / scale) <= 127 up to float32 rounding, so no clip is needed.
                 np.rint(block, out=values[a:b], casting="unsafe")
                 np.multiply(values[a:b], wire_scale, out=block, casting="unsafe")
                 np.subtract(corrected[a:b], block, out=residual[a:b])
-
-
-_BLOCK = 1 << 16  # values: 256 KB of float32, so a block's passes stay in the L2 cache
 
 
 def _blocks(start: int, end: int) -> Iterator[tuple[int, int]]:
