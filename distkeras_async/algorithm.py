@@ -184,10 +184,19 @@ class Algorithm:
             "one scale per tensor; the worker adds what rounding lost to its next commit",
             choices=COMMIT_DTYPES,
         ),
+        "pull_dtype": Hyperparameter(
+            "float32",
+            str,
+            "the dtype the center travels back to a worker in: float32, or after the first "
+            "reply of a connection its change since the last one in float16, bfloat16 or "
+            "int8; the server sends what rounding lost with the next reply",
+            choices=COMMIT_DTYPES,
+        ),
     }
 
     communication_window: int
     commit_dtype: str
+    pull_dtype: str
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

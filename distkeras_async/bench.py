@@ -329,6 +329,7 @@ def measure_server(
     commit_dtype: str = "float32",
     shards: int = 1,
     link_mbit: float | None = None,
+    pull_dtype: str = "float32",
 ) -> float:
     """Round trips per second through our server and client (DOWNPOUR).
 
@@ -338,10 +339,12 @@ def measure_server(
         duration: seconds measured.
         tls: ``(certificate, key)`` PEM files for 127.0.0.1 to run over TLS (the
             certificate is also the clients' CA), or None for plain TCP.
-        commit_dtype: the dtype commits travel in (the center always returns as float32).
+        commit_dtype: the dtype commits travel in.
         shards: server processes the center is split across (1: the in-process server).
         link_mbit: each client's connection runs through an emulated link of this many
             Mbit/s each way (:class:`Link`); None: loopback.
+        pull_dtype: the dtype the center's change travels back in after each connection's
+            first reply (float32: the whole center every time).
     """
     from distkeras_async.server.factory import make_server
 
@@ -354,6 +357,7 @@ def measure_server(
         secret=secret,
         ssl_context=tls,
         commit_dtype=commit_dtype,
+        pull_dtype=pull_dtype,
     )
     server.start()
     links = [] if link_mbit is None else [Link(port, link_mbit) for port in server.ports]

@@ -706,6 +706,7 @@ def test_valid_values_are_converted() -> None:
     assert algorithm.settings == {
         "communication_window": 3,
         "commit_dtype": "float32",
+        "pull_dtype": "float32",
         "rho": 0.5,
         "learning_rate": 1.0,
         "momentum": 0.7,

@@ -42,7 +42,11 @@ def test_pull_commit_commit_pull_report(make_server, connect):
     client = connect(server)
     assert client.num_params == N
     assert client.algorithm_name == "downpour"
-    assert client.hyperparameters == {"communication_window": 5, "commit_dtype": "float32"}
+    assert client.hyperparameters == {
+        "communication_window": 5,
+        "commit_dtype": "float32",
+        "pull_dtype": "float32",
+    }
     np.testing.assert_array_equal(client.pull(), [0, 1, 2, 3, 4, 5, 1, 1, 1, 1])
     client.commit(ones(0.5))
     assert client.version == 1

@@ -375,7 +375,11 @@ def test_a_synchronous_run_checkpoints_at_the_end_and_resumes_from_it(
     assert saved.center.tobytes() == flat.tobytes()
     assert saved.version == stats.version == stats.rounds > 0
     assert saved.algorithm == "averaging"
-    assert saved.hyperparameters == {"communication_window": 10, "commit_dtype": "float32"}
+    assert saved.hyperparameters == {
+        "communication_window": 10,
+        "commit_dtype": "float32",
+        "pull_dtype": "float32",
+    }
 
     spy = ServerSpy(monkeypatch)
     second = trainers.AveragingTrainer(mlp(), "adam", "categorical_crossentropy", **settings)

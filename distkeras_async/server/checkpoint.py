@@ -97,7 +97,7 @@ def load_checkpoint(path: str | os.PathLike[str], layout: Layout | None = None) 
 
 # Settings of how updates travel, not of what the rule computes: a run may resume with others
 # (and checkpoints written before they existed lack them).
-TRANSPORT = frozenset({"commit_dtype"})
+TRANSPORT = frozenset({"commit_dtype", "pull_dtype"})
 
 
 def check_resumable(

@@ -100,6 +100,8 @@ class ServerCore:
         self.tensor_sizes = [spec.size for spec in layout.specs]
         self.commit_specs = compression.commit_specs(self.commit_dtype, self.tensor_sizes)
         self.commit_bytes = compression.commit_bytes(self.commit_dtype, self.tensor_sizes)
+        # What a center reply travels in after a connection's first (``wire/deltas.py``).
+        self.pull_dtype: str = algorithm.pull_dtype
         self.stats = ServerStats(version=version)
         self.version = version
         self.checkpointer = checkpointer

@@ -35,6 +35,7 @@ from distkeras_async.server.limits import Limits
 from distkeras_async.server.stats import WorkerStats
 from distkeras_async.wire import auth, compression
 from distkeras_async.wire.decoder import FrameDecoder
+from distkeras_async.wire.deltas import CenterDelta
 from distkeras_async.wire.frames import FrameHeader
 from distkeras_async.wire.messages import (
     NO_CONTROL,
@@ -161,6 +162,7 @@ class Session:
         self._receiving: Lease | None = None
         self._sending: list[Buffer] = []
         self._replied = False
+        self._delta: CenterDelta | None = None  # a compressed pull_dtype's encoder
         self.decoder = FrameDecoder(
             max_payload_bytes=max(core.layout.nbytes, core.commit_bytes),
             allocate=self._allocate_payload,
@@ -380,10 +382,26 @@ class Session:
     def send_center(
         self, buffer: Buffer, version: int, duplicate: bool = False, control: Control = NO_CONTROL
     ) -> None:
-        """Reply with the center in ``buffer``; hold the buffer while the bytes are unsent."""
+        """Reply with the center in ``buffer``; hold the buffer while the bytes are unsent.
+
+        With a compressed ``pull_dtype``, every reply after the first carries the change
+        since the last, encoded into this session's own buffers: no later reply overwrites
+        them before they are sent, as requests wait while a reply is unsent.
+        """
         self.pulled_version = version
-        unsent = self._write([Center(buffer.array, version, duplicate, control)])
-        if unsent and not self.closed:
+        change = None
+        if self.core.pull_dtype != "float32":
+            if self._delta is None:
+                self._delta = CenterDelta(
+                    self.core.pull_dtype,
+                    self.core.tensor_sizes,
+                    check_finite=self.core.algorithm.allow_nonfinite,
+                )
+            change = self._delta.encode(buffer.array)
+        if change is not None:
+            scales = change[1] if len(change) > 1 else None
+            self._write([Center(change[0], version, duplicate, control, scales, change=True)])
+        elif self._write([Center(buffer.array, version, duplicate, control)]) and not self.closed:
             self.core.center.hold(buffer)
             self._sending.append(buffer)
         self._answered()

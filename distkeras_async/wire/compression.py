@@ -199,23 +199,49 @@ def decode(
         check_commit_dtype(dtype)
 
 
-class ErrorFeedback:
-    """A worker's encoder: each update plus what earlier roundings lost, in ``dtype``.
+def add_decoded(
+    dtype: str, tensors: Sequence[np.ndarray], sizes: Sequence[int], out: np.ndarray
+) -> None:
+    """Add the float32 values that ``tensors`` (in ``dtype``) carry to ``out``, in place.
 
-    The buffers are allocated once and reused, like the client's receive buffer; the tensors
+    Block by block, with the arithmetic of the encoders' own decoding, so a receiver that
+    adds what a :class:`BlockEncoder` kept ends with the same bits as the sender.
+    """
+    block = np.empty(min(out.size, _BLOCK), np.float32)
+    if dtype == "int8":
+        values, scales = tensors
+        for (start, end), scale in zip(_segments(sizes), scales, strict=True):
+            for a, b in _blocks(start, end):
+                part = block[: b - a]
+                np.multiply(values[a:b], scale, out=part, casting="unsafe")
+                np.add(out[a:b], part, out=out[a:b])
+        return
+    for a, b in _blocks(0, out.size):
+        part = block[: b - a]
+        if dtype == "float16":
+            _half_bits_to_float(tensors[0][a:b].view(np.uint16), part)
+        elif dtype == "bfloat16":
+            bits = part.view(np.uint32)
+            np.copyto(bits, tensors[0][a:b], casting="safe")
+            np.left_shift(bits, 16, out=bits)
+        else:
+            np.copyto(part, tensors[0][a:b])
+        np.add(out[a:b], part, out=out[a:b])
+
+
+class BlockEncoder:
+    """The block-wise encoders of :class:`ErrorFeedback` and ``wire.deltas.CenterDelta``.
+
+    Each encodes ``corrected``, the value to send, block by block; a subclass says what that
+    value is (:meth:`_prepare`) and what to keep of the rounding (:meth:`_keep`). The buffers
+    are allocated once and reused, like the client's receive buffer; the tensors
     :meth:`encode` returns are views of them, valid until the next call.
-
-    Args:
-        dtype: one of :data:`COMMIT_DTYPES`.
-        sizes: the element count of each tensor of the model, in layout order (int8 scales
-            one tensor at a time).
     """
 
     def __init__(self, dtype: str, sizes: Sequence[int]) -> None:
         self.dtype = check_commit_dtype(dtype)
         self.sizes = [int(n) for n in sizes]
         size = sum(self.sizes)
-        self.residual = np.zeros(size, np.float32)
         self._corrected = np.empty(size, np.float32)
         self._segments = _segments(self.sizes)
         specs = commit_specs(dtype, self.sizes)
@@ -230,59 +256,67 @@ class ErrorFeedback:
             else None
         )
 
-    def encode(self, update: np.ndarray) -> tuple[np.ndarray, ...]:
-        """The wire tensors for ``update`` + the residual; the residual becomes what was lost."""
-        if self.dtype == "float32":
-            return (update,)
-        # A non-finite update leaves a NaN residual (inf - inf); the server refuses the commit.
+    def _prepare(self, source: np.ndarray, start: int, end: int) -> np.ndarray:
+        """Write the values to send of ``[start, end)`` into ``_corrected``; return them."""
+        raise NotImplementedError
+
+    def _keep(self, start: int, end: int, decoded: np.ndarray) -> None:
+        """``decoded`` is what the receiver decodes of ``[start, end)``: keep the difference."""
+        raise NotImplementedError
+
+    def _lost(self) -> None:
+        """A non-finite value made the whole message travel as non-finite."""
+        raise NotImplementedError
+
+    def _encode(self, source: np.ndarray) -> tuple[np.ndarray, ...]:
+        # A non-finite value leaves a NaN behind (inf - inf); the receiver refuses it.
         with np.errstate(invalid="ignore"):
             if self.dtype == "int8":
-                self._encode_int8(update)
+                self._encode_int8(source)
             elif self.dtype == "bfloat16":
-                self._encode_bfloat16(update)
+                self._encode_bfloat16(source)
             else:
-                self._encode_float16(update)
+                self._encode_float16(source)
         return tuple(self._wire)
 
-    def _encode_float16(self, update: np.ndarray) -> None:
+    def _encode_float16(self, source: np.ndarray) -> None:
         assert self._half is not None
-        corrected, decoded, residual = self._corrected, self._decoded, self.residual
+        corrected, decoded = self._corrected, self._decoded
         wire = self._wire[0].view(np.uint16)
         a, b, mask = self._half
         # A NaN or an infinity must reach the server as one, which refuses the commit as it
         # refuses a float32 one; only a finite update is clipped (so nothing finite overflows).
         finite = True
         for start, end in _blocks(0, corrected.size):
-            part = np.add(update[start:end], residual[start:end], out=corrected[start:end])
-            finite = finite and all_finite(part)
+            finite = finite and all_finite(self._prepare(source, start, end))
         for start, end in _blocks(0, corrected.size):
             n = end - start
             part, lost = corrected[start:end], decoded[:n]
-            source = np.clip(part, -_HALF_MAX, _HALF_MAX, out=lost) if finite else part
-            _float_to_half_bits(source, wire[start:end], (a[:n], b[:n], mask[:n]))
+            clipped = np.clip(part, -_HALF_MAX, _HALF_MAX, out=lost) if finite else part
+            _float_to_half_bits(clipped, wire[start:end], (a[:n], b[:n], mask[:n]))
             _half_bits_to_float(wire[start:end], lost)  # what the server decodes
-            np.subtract(part, lost, out=residual[start:end])
+            self._keep(start, end, lost)
 
-    def _encode_bfloat16(self, update: np.ndarray) -> None:
+    def _encode_bfloat16(self, source: np.ndarray) -> None:
         bits = self._bits
         assert bits is not None
-        corrected, residual, wire = self._corrected, self.residual, self._wire[0]
-        for start, end in _blocks(0, corrected.size):
-            part = np.add(update[start:end], residual[start:end], out=corrected[start:end])
-            source, word = part.view(np.uint32), bits[: end - start]
+        wire = self._wire[0]
+        for start, end in _blocks(0, self._corrected.size):
+            part = self._prepare(source, start, end)
+            value, word = part.view(np.uint32), bits[: end - start]
             # Round to nearest even: add 0x7FFF plus the lowest kept bit, then truncate. (A
             # NaN stays a NaN and an infinity one, which the server refuses.)
-            np.right_shift(source, 16, out=word)
+            np.right_shift(value, 16, out=word)
             np.bitwise_and(word, 1, out=word)
             np.add(word, 0x7FFF, out=word)
-            np.add(word, source, out=word)
+            np.add(word, value, out=word)
             np.right_shift(word, 16, out=word)
             np.copyto(wire[start:end], word, casting="unsafe")
             np.left_shift(word, 16, out=word)  # what the server decodes
-            np.subtract(part, word.view(np.float32), out=residual[start:end])
+            self._keep(start, end, word.view(np.float32))
 
-    def _encode_int8(self, update: np.ndarray) -> None:
-        corrected, scratch, residual = self._corrected, self._decoded, self.residual
+    def _encode_int8(self, source: np.ndarray) -> None:
+        corrected, scratch = self._corrected, self._decoded
         values, scales = self._wire
         # First pass: the corrected update and each tensor's max|x|. A NaN or an infinity
         # anywhere makes the whole commit travel as non-finite (NaN scales, which the server
@@ -292,7 +326,7 @@ class ErrorFeedback:
         for start, end in self._segments:
             peak = 0.0
             for a, b in _blocks(start, end):
-                part = np.add(update[a:b], residual[a:b], out=corrected[a:b])
+                part = self._prepare(source, a, b)
                 high, low = float(part.max()), float(part.min())
                 if not (math.isfinite(high) and math.isfinite(low)):
                     finite = False
@@ -301,17 +335,18 @@ class ErrorFeedback:
         if not finite:
             values[:] = 0
             scales[:] = np.nan
-            residual[:] = np.nan
+            self._lost()
             return
         # Second pass: quantize, decode as the server will, keep what was lost.
         for index, ((start, end), peak) in enumerate(zip(self._segments, peaks, strict=True)):
             scale = peak / _INT8_MAX
             if scale == 0.0 or 1.0 / scale > _FLOAT32_MAX:
                 # All zero, or so small that 1/scale overflows float32: sent as zeros, all
-                # of it kept in the residual for the next commit.
+                # of it kept for the next message.
                 scales[index] = 0.0
                 values[start:end] = 0
-                residual[start:end] = corrected[start:end]
+                for a, b in _blocks(start, end):
+                    self._keep(a, b, np.zeros(b - a, np.float32))
                 continue
             scales[index] = scale
             inverse = np.float32(1.0 / scale)
@@ -322,7 +357,40 @@ class ErrorFeedback:
                 # |x| * (1 / scale) <= 127 up to float32 rounding, so no clip is needed.
                 np.rint(block, out=values[a:b], casting="unsafe")
                 np.multiply(values[a:b], wire_scale, out=block, casting="unsafe")
-                np.subtract(corrected[a:b], block, out=residual[a:b])
+                self._keep(a, b, block)
+
+
+class ErrorFeedback(BlockEncoder):
+    """A worker's encoder: each update plus what earlier roundings lost, in ``dtype``.
+
+    The tensors :meth:`encode` returns are views of buffers kept for the next call.
+
+    Args:
+        dtype: one of :data:`COMMIT_DTYPES`.
+        sizes: the element count of each tensor of the model, in layout order (int8 scales
+            one tensor at a time).
+    """
+
+    def __init__(self, dtype: str, sizes: Sequence[int]) -> None:
+        super().__init__(dtype, sizes)
+        self.residual = np.zeros(self._corrected.size, np.float32)
+
+    def encode(self, update: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The wire tensors for ``update`` + the residual; the residual becomes what was lost."""
+        if self.dtype == "float32":
+            return (update,)
+        return self._encode(update)
+
+    def _prepare(self, source: np.ndarray, start: int, end: int) -> np.ndarray:
+        out = self._corrected[start:end]
+        np.add(source[start:end], self.residual[start:end], out=out)
+        return out
+
+    def _keep(self, start: int, end: int, decoded: np.ndarray) -> None:
+        np.subtract(self._corrected[start:end], decoded, out=self.residual[start:end])
+
+    def _lost(self) -> None:
+        self.residual[:] = np.nan
 
 
 def _blocks(start: int, end: int) -> Iterator[tuple[int, int]]:

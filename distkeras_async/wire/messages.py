@@ -369,7 +369,10 @@ class Center(Message):
     """Server -> client: the center (one flat vector) at ``version``.
 
     ``duplicate`` says the commit this answers was a resend, recognised and not applied again;
-    ``control`` carries the driver's requests to the workers.
+    ``control`` carries the driver's requests to the workers. With ``change`` set (a run
+    whose ``pull_dtype`` is not float32, after the connection's first reply), ``center`` is
+    the change since the last reply in that dtype, with ``scales`` for int8
+    (``wire/deltas.py``).
     """
 
     op: ClassVar[Op] = Op.CENTER
@@ -377,18 +380,25 @@ class Center(Message):
     version: int
     duplicate: bool = False
     control: Control = NO_CONTROL
+    scales: np.ndarray | None = None
+    change: bool = False
 
     def __post_init__(self) -> None:
         _check_vector(self.center)
+        if self.scales is not None:
+            _check_vector(self.scales)
         Message.__post_init__(self)
 
     def wire_fields(self) -> dict[str, Any]:
-        """``version``, and ``duplicate`` and the control when set."""
-        return _reply_fields(self.version, self.duplicate, self.control)
+        """``version``, and ``duplicate``, ``change`` and the control when set."""
+        fields = _reply_fields(self.version, self.duplicate, self.control)
+        if self.change:
+            fields["change"] = True
+        return fields
 
     def wire_tensors(self) -> tuple[np.ndarray, ...]:
-        """The center."""
-        return (self.center,)
+        """The center (or its change, and the change's scales for int8)."""
+        return (self.center,) if self.scales is None else (self.center, self.scales)
 
     @classmethod
     def _from_frame(cls, frame: Frame) -> Message:
@@ -398,6 +408,8 @@ class Center(Message):
             f["version"],
             f.get("duplicate", False),
             Control.from_wire(f),
+            frame.tensors[1] if len(frame.tensors) > 1 else None,
+            f.get("change", False),
             **_ids(frame),
         )
 
@@ -450,11 +462,12 @@ def from_frame(frame: Frame) -> Message:
     """The typed message a decoded frame carries.
 
     Raises:
-        RemoteProtocolError: if a tensor op does not carry exactly one tensor (the fields
-            were checked when the frame was decoded).
+        RemoteProtocolError: if a tensor op carries more tensors than its message has (the
+            fields were checked when the frame was decoded).
     """
     cls = MESSAGE_TYPES[frame.op]
-    most = 2 if issubclass(cls, Commit) else 1  # an int8 commit carries its scales
+    # An int8 commit, or an int8 change of the center, carries its scales.
+    most = 2 if issubclass(cls, Commit | Center) else 1
     if frame.tensors and len(frame.tensors) > most:
         raise RemoteProtocolError(
             f"{frame.op.value!r} message must carry one flat vector, got {len(frame.tensors)}"

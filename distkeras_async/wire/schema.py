@@ -212,7 +212,12 @@ FIELDS: Mapping[Op, Mapping[str, tuple[Check, bool]]] = {
     },
     Op.ERROR: {"code": (_is_code, True), "message": (_is_text, True)},
     Op.BYE: {},
-    Op.CENTER: {"version": (is_int, True), "duplicate": (_is_bool, False), **_CONTROL},
+    Op.CENTER: {
+        "version": (is_int, True),
+        "duplicate": (_is_bool, False),
+        "change": (_is_bool, False),
+        **_CONTROL,
+    },
     Op.ACK: {"version": (is_int, True), "duplicate": (_is_bool, False), **_CONTROL},
 }
 

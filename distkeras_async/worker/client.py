@@ -38,6 +38,7 @@ from distkeras_async.layout import FLAT_DTYPE, Layout
 from distkeras_async.wire import auth
 from distkeras_async.wire.compression import ErrorFeedback
 from distkeras_async.wire.decoder import FrameDecoder
+from distkeras_async.wire.deltas import CenterView
 from distkeras_async.wire.frames import FrameHeader
 from distkeras_async.wire.messages import (
     NO_CONTROL,
@@ -128,6 +129,8 @@ class ParameterServerClient:
         self._seq = 0
         self._closed = False
         self._out: np.ndarray | None = None
+        self._view: CenterView | None = None
+        self._got_change = False
         self._decoder = FrameDecoder(allocate=self._allocate)
         self.duplicates = 0
         sock = socket.create_connection((host, port), timeout=connect_timeout)
@@ -186,6 +189,13 @@ class ParameterServerClient:
             None
             if self.commit_dtype == "float32"
             else ErrorFeedback(self.commit_dtype, [spec.size for spec in self.layout.specs])
+        )
+        # The run's pull dtype; a compressed one keeps the center as the replies built it.
+        self.pull_dtype = str(self.hyperparameters.get("pull_dtype", "float32"))
+        self._view = (
+            None
+            if self.pull_dtype == "float32"
+            else CenterView(self.pull_dtype, [spec.size for spec in self.layout.specs])
         )
 
     @property
@@ -379,6 +389,12 @@ class ParameterServerClient:
         if header.op is not Op.CENTER or not hasattr(self, "layout"):
             raise RemoteProtocolError(f"unexpected tensors in a {header.op.value!r} message")
         expected = self.layout.flat_spec()
+        self._got_change = self._view is not None and header.specs == self._view.specs
+        if self._got_change:
+            assert self._view is not None
+            if self._view.view is None:
+                raise RemoteProtocolError("the server sent a change of a center it never sent")
+            return self._view.payload()
         if header.specs != (expected,):
             raise RemoteProtocolError("the server sent a center that does not match the layout")
         out = self._out if self._out is not None else np.empty(expected.size, FLAT_DTYPE)
@@ -396,11 +412,22 @@ class ParameterServerClient:
                 f"out must be a contiguous float32 vector of {self.layout.size} elements"
             )
         self._out = out
+        self._got_change = False
         try:
             reply = self._receive(Center)
             result = self._out
         finally:
             self._out = None
+        if reply.change != self._got_change:
+            self._shutdown()
+            raise RemoteProtocolError("a center reply's change flag does not match its tensors")
+        if self._view is not None:
+            if reply.change:  # the view, the change added, into the caller's array
+                result = out if out is not None else np.empty(self.layout.size, FLAT_DTYPE)
+                np.copyto(result, self._view.add(reply.wire_tensors()))
+            else:
+                assert result is not None
+                self._view.whole(result)
         assert result is not None
         self.version, self.control = reply.version, reply.control
         if reply.duplicate:

@@ -102,6 +102,7 @@ class ShardedClient:
         self.round_timeout = first.round_timeout
         self.synchronous_rounds = first.synchronous_rounds
         self.commit_dtype = first.commit_dtype
+        self.pull_dtype = first.pull_dtype
         # A retried task resumes after the steps every shard applied.
         self.progress = min(c.progress for c in self.clients)
 
