@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import multiprocessing as mp
 import os
 import platform
@@ -381,12 +382,14 @@ def run_wire_benchmark(
     repeats: int = 3,
     commit_dtype: str = "float32",
     shards: int = 1,
+    pull_dtype: str = "float32",
 ) -> WireResult:
     """Measure both servers ``repeats`` times, alternating, and return the medians.
 
     With a compressed ``commit_dtype`` our commits travel smaller than the raw socket's
-    float32 ones (the center returns as float32 either way). With ``shards`` > 1 the same
-    clients also run against one shard in each repeat, for the speedup.
+    float32 ones, and with a compressed ``pull_dtype`` so do the centers after each
+    connection's first. With ``shards`` > 1 the same clients also run against one shard in
+    each repeat, for the speedup.
     """
     if params < 1 or workers < 1 or repeats < 1 or duration <= 0 or shards < 1:
         raise ValueError("params, workers, shards, repeats must be >= 1 and duration > 0")
@@ -395,11 +398,12 @@ def run_wire_benchmark(
     single: list[float] = []
     for _ in range(repeats):
         base.append(measure_baseline(params, workers, duration))
-        ours.append(
-            measure_server(params, workers, duration, commit_dtype=commit_dtype, shards=shards)
+        measure = functools.partial(
+            measure_server, params, workers, duration, commit_dtype=commit_dtype
         )
+        ours.append(measure(shards=shards, pull_dtype=pull_dtype))
         if shards > 1:
-            single.append(measure_server(params, workers, duration, commit_dtype=commit_dtype))
+            single.append(measure(pull_dtype=pull_dtype))
     ours_med, base_med = statistics.median(ours), statistics.median(base)
     single_med = statistics.median(single) if single else None
     samples = {"round_trips_per_s": ours, "baseline_round_trips_per_s": base}
@@ -413,8 +417,11 @@ def run_wire_benchmark(
         round_trips_per_s=ours_med,
         baseline_round_trips_per_s=base_med,
         ratio=ours_med / base_med,
-        # Each round trip moves the update in (in its commit dtype) and the center out.
-        megabytes_per_s=ours_med * (commit_bytes(commit_dtype, [params]) + params * 4) / 1e6,
+        # Each round trip moves the update in (in its commit dtype) and the center out (in
+        # its pull dtype, but for each connection's first).
+        megabytes_per_s=ours_med
+        * (commit_bytes(commit_dtype, [params]) + commit_bytes(pull_dtype, [params]))
+        / 1e6,
         samples=samples,
         shards=shards,
         one_shard_round_trips_per_s=single_med,

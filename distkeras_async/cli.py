@@ -61,6 +61,7 @@ def _cmd_bench_wire(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         commit_dtype=args.commit_dtype,
         shards=args.shards,
+        pull_dtype=args.pull_dtype,
     )
     if args.json:
         print(json.dumps(result.to_dict()))
@@ -195,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=COMMIT_DTYPES,
         default="float32",
         help="the dtype commits travel in (the raw-socket baseline sends float32)",
+    )
+    wire.add_argument(
+        "--pull-dtype",
+        choices=COMMIT_DTYPES,
+        default="float32",
+        help="the dtype the center's change travels back in after a connection's first reply",
     )
     wire.add_argument(
         "--shards",

@@ -168,9 +168,10 @@ def test_resuming_with_another_algorithm_or_hyperparameters_is_refused(
         )
 
 
-def test_a_run_may_resume_with_another_commit_dtype(tmp_path, secret):
-    # The checkpoint predates commit_dtype (it has only communication_window); how updates
-    # travel does not change what the rule computes.
+@pytest.mark.parametrize("setting", ["commit_dtype", "pull_dtype"])
+def test_a_run_may_resume_with_another_commit_or_pull_dtype(tmp_path, secret, setting):
+    # The checkpoint predates both (it has only communication_window); how updates and
+    # centers travel does not change what the rule computes.
     path = tmp_path / "c.npz"
     center = _random_checkpoint(path)
     weights = [np.zeros((2, 3), np.float32), np.zeros(4, np.float32)]
@@ -181,11 +182,11 @@ def test_a_run_may_resume_with_another_commit_dtype(tmp_path, secret):
             num_workers=1,
             secret=secret,
             resume_from=path,
-            commit_dtype="int8",
+            **{setting: "int8"},
         ) as server,
         ParameterServerClient("127.0.0.1", server.port, secret, 0, timeout=10) as client,
     ):
-        assert client.commit_dtype == "int8"
+        assert getattr(client, setting) == "int8"
         assert client.pull().tobytes() == center.tobytes()
 
 

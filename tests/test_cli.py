@@ -46,6 +46,15 @@ def test_bench_wire_json(capsys):
     assert result["megabytes_per_s"] == pytest.approx(ours * 2 * 20000 * 4 / 1e6)
 
 
+def test_bench_wire_with_int8_both_ways_counts_a_quarter_of_the_bytes(capsys):
+    argv = ["bench", "wire", "--params", "20000", "--duration", "0.3", "--repeats", "1"]
+    assert main([*argv, "--commit-dtype", "int8", "--pull-dtype", "int8", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    ours = result["round_trips_per_s"]
+    assert ours * 0.3 >= 2
+    assert result["megabytes_per_s"] == pytest.approx(ours * 2 * (20000 + 4) / 1e6)
+
+
 def test_bench_wire_text(capsys):
     assert main(["bench", "wire", "--params", "1e4", "--duration", "0.2", "--repeats", "1"]) == 0
     out = capsys.readouterr().out

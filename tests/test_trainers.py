@@ -179,6 +179,23 @@ def test_int8_commits_train_as_far_with_a_quarter_of_the_bytes(digits):
     assert stats is not None and stats.bytes_in < stats.commits * size * 1.3
 
 
+def test_int8_both_ways_trains_as_far_with_a_quarter_of_the_bytes_each_way(digits):
+    # The demo's DOWNPOUR settings; commits travel as int8 with the worker's error feedback,
+    # and after each connection's first reply the center's change as int8 with the server's.
+    trainer = make_trainer(
+        "DOWNPOUR", mlp(), workers=2, progress=False, commit_dtype="int8", pull_dtype="int8"
+    )
+    accuracy = digits.accuracy(trainer.train(digits.train))
+    assert accuracy >= 0.90, f"test accuracy {accuracy:.3f}"
+    stats = trainer.get_parameter_server_stats()
+    assert stats is not None
+    size = sum(w.size for w in mlp().get_weights())
+    pulls = sum(worker.pulls for worker in stats.workers.values())
+    assert pulls > 10 * stats.connections_total
+    # What left the server: a whole center per connection, then about a byte a parameter.
+    assert stats.bytes_out < (pulls * 1.3 + stats.connections_total * 4) * size
+
+
 @pytest.mark.parametrize("name", ["DOWNPOUR", "EASGD"])
 def test_asking_for_gpus_local_mode_cannot_give_fails_before_any_job(digits, name):
     train_df = digits.train
