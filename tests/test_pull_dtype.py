@@ -126,6 +126,20 @@ def test_the_workers_center_is_off_by_at_most_one_rounding_of_the_change(
         held = received.copy()
 
 
+def test_connections_sharing_the_servers_scratch_each_get_their_own_change(
+    make_server, connect
+):
+    server = make_server(weights(), pull_dtype="int8", num_workers=2)
+    clients = [connect(server, worker) for worker in range(2)]
+    held = [client.pull() for client in clients]
+    for step, update in enumerate(random_updates(6)):
+        index = step % 2  # the other worker's view falls further behind each time
+        received = clients[index].commit_pull(update)
+        center = server.center_flat
+        within_one_rounding("int8", center - held[index], center - received, center)
+        held[index] = received.copy()
+
+
 @pytest.mark.parametrize("dtype", COMPRESSED)
 def test_what_rounding_lost_arrives_with_the_next_reply(make_server, connect, dtype):
     server = make_server(weights(), pull_dtype=dtype, num_workers=1)

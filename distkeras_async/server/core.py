@@ -102,6 +102,7 @@ class ServerCore:
         self.commit_bytes = compression.commit_bytes(self.commit_dtype, self.tensor_sizes)
         # What a center reply travels in after a connection's first (``wire/deltas.py``).
         self.pull_dtype: str = algorithm.pull_dtype
+        self._change_scratch: np.ndarray | None = None
         self.stats = ServerStats(version=version)
         self.version = version
         self.checkpointer = checkpointer
@@ -269,6 +270,12 @@ class ServerCore:
             self.fail_run(ErrorCode.WORKER_FAILED, reason)
         else:
             logger.error(reason)
+
+    def change_scratch(self) -> np.ndarray:
+        """The scratch every connection's reply encoder shares (they run on this loop)."""
+        if self._change_scratch is None:
+            self._change_scratch = np.empty(self.layout.size, np.float32)
+        return self._change_scratch
 
     def payload_view(self, lease: Lease) -> memoryview:
         """Where a commit's payload lands: the float32 buffer, or its compressed twin."""

@@ -396,6 +396,7 @@ class Session:
                     self.core.pull_dtype,
                     self.core.tensor_sizes,
                     check_finite=self.core.algorithm.allow_nonfinite,
+                    scratch=self.core.change_scratch(),
                 )
             change = self._delta.encode(buffer.array)
         if change is not None:

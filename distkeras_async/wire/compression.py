@@ -238,11 +238,15 @@ class BlockEncoder:
     :meth:`encode` returns are views of them, valid until the next call.
     """
 
-    def __init__(self, dtype: str, sizes: Sequence[int]) -> None:
+    def __init__(
+        self, dtype: str, sizes: Sequence[int], corrected: np.ndarray | None = None
+    ) -> None:
         self.dtype = check_commit_dtype(dtype)
         self.sizes = [int(n) for n in sizes]
         size = sum(self.sizes)
-        self._corrected = np.empty(size, np.float32)
+        # The values to send, whole (int8 and float16 take two passes over them). Encoders
+        # that never run at the same time may share it (a server's connections do).
+        self._corrected = np.empty(size, np.float32) if corrected is None else corrected
         self._segments = _segments(self.sizes)
         specs = commit_specs(dtype, self.sizes)
         self._wire = [np.empty(spec.shape, DTYPES[spec.dtype]) for spec in specs]

@@ -32,10 +32,19 @@ class CenterDelta(BlockEncoder):
         sizes: the element count of each tensor of the center, in layout order.
         check_finite: whether the center may hold NaN or infinity (a rule that allows
             non-finite updates); such a center, and the reply after it, travel whole.
+        scratch: a float32 array of the center's size for the encoding, which the
+            connections of one event loop share (one encodes at a time); None: its own.
     """
 
-    def __init__(self, dtype: str, sizes: Sequence[int], *, check_finite: bool) -> None:
-        super().__init__(dtype, sizes)
+    def __init__(
+        self,
+        dtype: str,
+        sizes: Sequence[int],
+        *,
+        check_finite: bool,
+        scratch: np.ndarray | None = None,
+    ) -> None:
+        super().__init__(dtype, sizes, scratch)
         self.view: np.ndarray | None = None
         self._check_finite = check_finite
         self._view_finite = False
