@@ -141,6 +141,33 @@ def handshake(peer: RawPeer, secret: bytes, worker: int = 0, attempt: int = 0) -
     return welcome
 
 
+def serve_handshake(conn: socket.socket, secret: bytes, hyperparameters: dict[str, Any]) -> Any:
+    """Play a real server's side of the handshake on ``conn`` (a 3-parameter model, DOWNPOUR
+    with ``hyperparameters``); returns the frame decoder, for the requests that follow."""
+    from distkeras_async.wire import auth
+    from distkeras_async.wire.schema import Op
+
+    nonce = auth.new_nonce()
+    conn.sendall(encode_bytes(Frame(Op.CHALLENGE, fields={"nonce": nonce})))
+    decoder = FrameDecoder()
+    while (hello := decoder.next_frame()) is None:
+        decoder.receive_data(conn.recv(4096))
+    welcome = {
+        "proof": auth.server_proof(secret, hello.fields["nonce"], nonce),
+        "layout": [["float32", [3]]],
+        "algorithm": "downpour",
+        "hyperparameters": hyperparameters,
+        "version": 0,
+        "num_workers": 1,
+        "synchronous": False,
+        "next_seq": 1,
+        "round_timeout": 10.0,
+        "progress": 0,
+    }
+    conn.sendall(encode_bytes(Frame(Op.WELCOME, fields=welcome)))
+    return decoder
+
+
 # --------------------------------------------------------------------------- Spark and Keras
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")

@@ -133,12 +133,13 @@ def test_int8_scales_each_tensor_and_sends_zero_for_an_all_zero_tensor():
     np.testing.assert_array_equal(values, [0, 0, 64, -127, 32])
 
 
-def test_commit_dtype_is_a_checked_hyperparameter_of_every_rule():
+@pytest.mark.parametrize("setting", ["commit_dtype", "pull_dtype"])
+def test_commit_and_pull_dtypes_are_checked_hyperparameters_of_every_rule(setting):
     for name in registry.available():
-        assert registry.resolve(name).commit_dtype == "float32"
-    assert registry.resolve("downpour", commit_dtype="int8").settings["commit_dtype"] == "int8"
+        assert getattr(registry.resolve(name), setting) == "float32"
+    assert registry.resolve("easgd", **{setting: "int8"}).settings[setting] == "int8"
     with pytest.raises(HyperparameterError, match=r"one of \['float32', 'float16'"):
-        registry.resolve("downpour", commit_dtype="int4")
+        registry.resolve("downpour", **{setting: "int4"})
 
 
 @pytest.mark.parametrize("dtype", COMPRESSED)

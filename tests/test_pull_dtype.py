@@ -10,15 +10,13 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import serve_handshake
 
-from distkeras_async import ParameterServerClient, RemoteProtocolError, registry
+from distkeras_async import ParameterServerClient, RemoteProtocolError
 from distkeras_async.algorithms.downpour import Downpour
-from distkeras_async.errors import HyperparameterError
 from distkeras_async.layout import Layout
 from distkeras_async.server.factory import make_server as make_any_server
-from distkeras_async.wire import auth
 from distkeras_async.wire.compression import commit_bytes
-from distkeras_async.wire.decoder import FrameDecoder
 from distkeras_async.wire.deltas import CenterDelta, CenterView
 from distkeras_async.wire.frames import Frame, encode_bytes
 from distkeras_async.wire.schema import Op
@@ -98,14 +96,6 @@ def test_a_center_that_is_not_finite_travels_whole_and_so_does_the_next():
     assert sender.encode(center + 1) is not None
 
 
-def test_pull_dtype_is_a_checked_hyperparameter_of_every_rule():
-    for name in registry.available():
-        assert registry.resolve(name).pull_dtype == "float32"
-    assert registry.resolve("easgd", pull_dtype="int8").settings["pull_dtype"] == "int8"
-    with pytest.raises(HyperparameterError, match=r"one of \['float32', 'float16'"):
-        registry.resolve("downpour", pull_dtype="int4")
-
-
 # --------------------------------------------------------------------------- through a server
 
 
@@ -126,9 +116,7 @@ def test_the_workers_center_is_off_by_at_most_one_rounding_of_the_change(
         held = received.copy()
 
 
-def test_connections_sharing_the_servers_scratch_each_get_their_own_change(
-    make_server, connect
-):
+def test_connections_sharing_the_servers_scratch_each_get_their_own_change(make_server, connect):
     server = make_server(weights(), pull_dtype="int8", num_workers=2)
     clients = [connect(server, worker) for worker in range(2)]
     held = [client.pull() for client in clients]
@@ -258,24 +246,7 @@ def _scripted_server(listener: socket.socket, secret: bytes, replies: list[Frame
     then answers each request with the next of ``replies``."""
     conn, _ = listener.accept()
     with conn:
-        nonce = auth.new_nonce()
-        conn.sendall(encode_bytes(Frame(Op.CHALLENGE, fields={"nonce": nonce})))
-        decoder = FrameDecoder()
-        while (hello := decoder.next_frame()) is None:
-            decoder.receive_data(conn.recv(4096))
-        welcome = {
-            "proof": auth.server_proof(secret, hello.fields["nonce"], nonce),
-            "layout": [["float32", [3]]],
-            "algorithm": "downpour",
-            "hyperparameters": {"pull_dtype": "int8"},
-            "version": 0,
-            "num_workers": 1,
-            "synchronous": False,
-            "next_seq": 1,
-            "round_timeout": 10.0,
-            "progress": 0,
-        }
-        conn.sendall(encode_bytes(Frame(Op.WELCOME, fields=welcome)))
+        decoder = serve_handshake(conn, secret, {"pull_dtype": "int8"})
         for reply in replies:
             with contextlib.suppress(OSError):
                 while decoder.next_frame() is None:

@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import handshake, wait_until
+from conftest import handshake, serve_handshake, wait_until
 
 from distkeras_async import (
     AuthenticationError,
@@ -227,29 +227,10 @@ def test_client_rejects_an_impostor_server(secret):
 
 def _silent_after_handshake(listener: socket.socket, secret: bytes, handshake: bool) -> None:
     """A server that accepts, optionally completes a real handshake, then never answers."""
-    from distkeras_async.wire.decoder import FrameDecoder
-
     conn, _ = listener.accept()
     with conn:
         if handshake:
-            nonce = auth.new_nonce()
-            conn.sendall(encode_bytes(Frame(Op.CHALLENGE, fields={"nonce": nonce})))
-            decoder = FrameDecoder()
-            while (hello := decoder.next_frame()) is None:
-                decoder.receive_data(conn.recv(4096))
-            welcome = {
-                "proof": auth.server_proof(secret, hello.fields["nonce"], nonce),
-                "layout": [["float32", [3]]],
-                "algorithm": "downpour",
-                "hyperparameters": {},
-                "version": 0,
-                "num_workers": 1,
-                "synchronous": False,
-                "next_seq": 1,
-                "round_timeout": 10.0,
-                "progress": 0,
-            }
-            conn.sendall(encode_bytes(Frame(Op.WELCOME, fields=welcome)))
+            serve_handshake(conn, secret, {})
         with contextlib.suppress(OSError):
             while conn.recv(1 << 16):  # read whatever comes, answer nothing
                 pass
