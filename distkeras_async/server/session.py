@@ -32,15 +32,14 @@ from distkeras_async.errors import (
 from distkeras_async.server.buffers import Buffer, Lease
 from distkeras_async.server.core import ServerCore
 from distkeras_async.server.limits import Limits
+from distkeras_async.server.replies import CenterReplies
 from distkeras_async.server.stats import WorkerStats
 from distkeras_async.wire import auth, compression
 from distkeras_async.wire.decoder import FrameDecoder
-from distkeras_async.wire.deltas import CenterDelta
 from distkeras_async.wire.frames import FrameHeader
 from distkeras_async.wire.messages import (
     NO_CONTROL,
     Bye,
-    Center,
     Challenge,
     Commit,
     Control,
@@ -160,9 +159,8 @@ class Session:
         self.awaiting = False
         self._inbox: deque[_Request] = deque()
         self._receiving: Lease | None = None
-        self._sending: list[Buffer] = []
+        self._replies = CenterReplies(core)
         self._replied = False
-        self._delta: CenterDelta | None = None  # a compressed pull_dtype's encoder
         self.decoder = FrameDecoder(
             max_payload_bytes=max(core.layout.nbytes, core.commit_bytes),
             allocate=self._allocate_payload,
@@ -219,7 +217,7 @@ class Session:
 
     def writable(self) -> None:
         """The transport drained its write buffer: unsent centers are sent, go on."""
-        self._unhold()
+        self._replies.release()
         if not self.closed:
             if not self.awaiting:
                 self.link.resume_reading()
@@ -228,7 +226,7 @@ class Session:
     def lost(self) -> None:
         """The connection is gone: release everything this session owns."""
         self.state = State.CLOSED
-        self._unhold()
+        self._replies.release()
         self.core.receive.cancel(self._on_receive_buffer)
         if self._receiving is not None:
             self._receiving.release()
@@ -382,29 +380,11 @@ class Session:
     def send_center(
         self, buffer: Buffer, version: int, duplicate: bool = False, control: Control = NO_CONTROL
     ) -> None:
-        """Reply with the center in ``buffer``; hold the buffer while the bytes are unsent.
-
-        With a compressed ``pull_dtype``, every reply after the first carries the change
-        since the last, encoded into this session's own buffers: no later reply overwrites
-        them before they are sent, as requests wait while a reply is unsent.
-        """
+        """Reply with the center in ``buffer`` (or its change: ``server/replies.py``)."""
         self.pulled_version = version
-        change = None
-        if self.core.pull_dtype != "float32":
-            if self._delta is None:
-                self._delta = CenterDelta(
-                    self.core.pull_dtype,
-                    self.core.tensor_sizes,
-                    check_finite=self.core.algorithm.allow_nonfinite,
-                    scratch=self.core.change_scratch(),
-                )
-            change = self._delta.encode(buffer.array)
-        if change is not None:
-            scales = change[1] if len(change) > 1 else None
-            self._write([Center(change[0], version, duplicate, control, scales, change=True)])
-        elif self._write([Center(buffer.array, version, duplicate, control)]) and not self.closed:
-            self.core.center.hold(buffer)
-            self._sending.append(buffer)
+        message, source = self._replies.message(buffer, version, duplicate, control)
+        if self._write([message]) and source is not None and not self.closed:
+            self._replies.hold(source)
         self._answered()
 
     def _answered(self) -> None:
@@ -422,10 +402,6 @@ class Session:
         for message in messages:
             chunks.extend(encode_message(message))
         return self.link.write(chunks)
-
-    def _unhold(self) -> None:
-        while self._sending:
-            self.core.center.unhold(self._sending.pop())
 
     # -- ending ------------------------------------------------------------------------
 
