@@ -84,6 +84,17 @@ def test_the_server_and_worker_views_stay_equal_bit_for_bit(dtype):
         assert received.tobytes() == sender.view.tobytes()
 
 
+@pytest.mark.parametrize(
+    ("dtype", "message"),
+    [("float32", "sends the whole center"), ("int4", "commit dtype must be one of")],
+)
+def test_a_change_travels_only_in_a_compressed_dtype(dtype, message):
+    with pytest.raises(ValueError, match=message):
+        CenterDelta(dtype, SIZES, check_finite=False)
+    with pytest.raises(ValueError, match=message):
+        CenterView(dtype, SIZES)
+
+
 def test_a_center_that_is_not_finite_travels_whole_and_so_does_the_next():
     sender = CenterDelta("int8", SIZES, check_finite=True)
     center = np.ones(N, np.float32)

@@ -20,7 +20,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from distkeras_async.wire.compression import BlockEncoder, add_decoded, all_finite, commit_specs
+from distkeras_async.wire.compression import (
+    BlockEncoder,
+    add_decoded,
+    all_finite,
+    check_commit_dtype,
+    commit_specs,
+)
 from distkeras_async.wire.schema import TensorSpec
 
 
@@ -44,7 +50,7 @@ class CenterDelta(BlockEncoder):
         check_finite: bool,
         scratch: np.ndarray | None = None,
     ) -> None:
-        super().__init__(dtype, sizes, scratch)
+        super().__init__(_compressed(dtype), sizes, scratch)
         self.view: np.ndarray | None = None
         self._check_finite = check_finite
         self._view_finite = False
@@ -94,7 +100,7 @@ class CenterView:
     """
 
     def __init__(self, dtype: str, sizes: Sequence[int]) -> None:
-        self.dtype = dtype
+        self.dtype = _compressed(dtype)
         self.sizes = [int(n) for n in sizes]
         self.specs: tuple[TensorSpec, ...] = commit_specs(dtype, self.sizes)
         self.nbytes = sum(spec.nbytes for spec in self.specs)
@@ -121,3 +127,10 @@ class CenterView:
         assert self.view is not None
         add_decoded(self.dtype, tensors, self.sizes, self.view)
         return self.view
+
+
+def _compressed(dtype: str) -> str:
+    """``dtype`` if a change of the center can travel in it (float32 travels whole)."""
+    if check_commit_dtype(dtype) == "float32":
+        raise ValueError("a float32 pull_dtype sends the whole center: there is no change")
+    return dtype
