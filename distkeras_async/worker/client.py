@@ -38,7 +38,6 @@ from distkeras_async.layout import FLAT_DTYPE, Layout
 from distkeras_async.wire import auth
 from distkeras_async.wire.compression import ErrorFeedback
 from distkeras_async.wire.decoder import FrameDecoder
-from distkeras_async.wire.deltas import CenterView
 from distkeras_async.wire.frames import FrameHeader
 from distkeras_async.wire.messages import (
     NO_CONTROL,
@@ -59,6 +58,7 @@ from distkeras_async.wire.messages import (
     from_frame,
 )
 from distkeras_async.wire.schema import Op
+from distkeras_async.worker.centers import CenterReceiver
 
 logger = logging.getLogger(__name__)
 
@@ -128,9 +128,6 @@ class ParameterServerClient:
         self._secret = auth.check_secret(secret)
         self._seq = 0
         self._closed = False
-        self._out: np.ndarray | None = None
-        self._view: CenterView | None = None
-        self._got_change = False
         self._decoder = FrameDecoder(allocate=self._allocate)
         self.duplicates = 0
         sock = socket.create_connection((host, port), timeout=connect_timeout)
@@ -192,11 +189,7 @@ class ParameterServerClient:
         )
         # The run's pull dtype; a compressed one keeps the center as the replies built it.
         self.pull_dtype = str(self.hyperparameters.get("pull_dtype", "float32"))
-        self._view = (
-            None
-            if self.pull_dtype == "float32"
-            else CenterView(self.pull_dtype, [spec.size for spec in self.layout.specs])
-        )
+        self._centers = CenterReceiver(self.layout, self.pull_dtype)
 
     @property
     def versions(self) -> tuple[int, ...]:
@@ -386,49 +379,21 @@ class ParameterServerClient:
             raise
 
     def _allocate(self, header: FrameHeader) -> memoryview:
-        if header.op is not Op.CENTER or not hasattr(self, "layout"):
+        if header.op is not Op.CENTER or not hasattr(self, "_centers"):
             raise RemoteProtocolError(f"unexpected tensors in a {header.op.value!r} message")
-        expected = self.layout.flat_spec()
-        self._got_change = self._view is not None and header.specs == self._view.specs
-        if self._got_change:
-            assert self._view is not None
-            if self._view.view is None:
-                raise RemoteProtocolError("the server sent a change of a center it never sent")
-            return self._view.payload()
-        if header.specs != (expected,):
-            raise RemoteProtocolError("the server sent a center that does not match the layout")
-        out = self._out if self._out is not None else np.empty(expected.size, FLAT_DTYPE)
-        self._out = out
-        return out.data.cast("B")
+        return self._centers.allocate(header)
 
     def receive_center(self, out: np.ndarray | None = None) -> np.ndarray:
         """Receive the center of a pull or commit_pull (into ``out`` if given)."""
-        if out is not None and (
-            out.dtype != FLAT_DTYPE
-            or out.shape != (self.layout.size,)
-            or not out.flags.c_contiguous
-        ):
-            raise ValueError(
-                f"out must be a contiguous float32 vector of {self.layout.size} elements"
-            )
-        self._out = out
-        self._got_change = False
+        self._centers.expect(out)
         try:
             reply = self._receive(Center)
-            result = self._out
-        finally:
-            self._out = None
-        if reply.change != self._got_change:
+            result = self._centers.received(reply, out)
+        except RemoteProtocolError:
             self._shutdown()
-            raise RemoteProtocolError("a center reply's change flag does not match its tensors")
-        if self._view is not None:
-            if reply.change:  # the view, the change added, into the caller's array
-                result = out if out is not None else np.empty(self.layout.size, FLAT_DTYPE)
-                np.copyto(result, self._view.add(reply.wire_tensors()))
-            else:
-                assert result is not None
-                self._view.whole(result)
-        assert result is not None
+            raise
+        finally:
+            self._centers.forget()
         self.version, self.control = reply.version, reply.control
         if reply.duplicate:
             self.duplicates += 1
