@@ -61,14 +61,12 @@ class CenterDelta(BlockEncoder):
         The view then holds what the worker will hold. A whole reply is due on the first
         reply of the connection and whenever the center, or the view, is not finite.
         """
-        whole = self.view is None or not self._view_finite
-        if self._check_finite and not whole:
-            whole = not all_finite(center)
-        if whole:
+        finite = not self._check_finite or all_finite(center)
+        if self.view is None or not self._view_finite or not finite:
             if self.view is None:
                 self.view = np.empty_like(center)
             np.copyto(self.view, center)
-            self._view_finite = not self._check_finite or all_finite(center)
+            self._view_finite = finite
             return None
         return self._encode(center)
 
@@ -115,9 +113,7 @@ class CenterView:
         np.copyto(self.view, center)
 
     def payload(self) -> memoryview:
-        """The buffer a change's payload is received into."""
-        if self.view is None:
-            raise ValueError("a change of the center arrived before the center itself")
+        """The buffer a change's payload is received into (once a whole center arrived)."""
         if self.wire is None:
             self.wire = bytearray(self.nbytes)
         return memoryview(self.wire)
