@@ -3,6 +3,8 @@
 The core (protocol, server, client, algorithms) imports neither Spark nor TensorFlow.
 """
 
+from importlib import metadata
+
 from distkeras_async import _compat, registry
 from distkeras_async.algorithm import Algorithm, Hyperparameter, ServerHandle, UpdateMeta
 from distkeras_async.errors import (
@@ -34,7 +36,11 @@ from distkeras_async.worker.sharded_client import ShardedClient
 
 _compat.install()
 
-__version__ = "0.1.0"
+try:
+    # The version is declared once, in pyproject.toml; the installed metadata carries it.
+    __version__ = metadata.version("distkeras-async")
+except metadata.PackageNotFoundError:  # a source tree on sys.path without any install
+    __version__ = "0+unknown"
 
 __all__ = [
     "Algorithm",
