@@ -187,8 +187,11 @@ def test_nan_can_be_let_through_on_purpose(spark):
     )
     with pytest.raises(WorkerFailedError) as caught:  # the model cannot handle them
         trainer.train(df)
-    assert "NaN or infinity at row" not in str(caught.value)
-    assert "update contains NaN or infinity" in str(caught.value)
+    message = str(caught.value)
+    assert "NaN or infinity at row" not in message  # the input check let them through
+    # What stops the run then depends on where the row falls in the window: the server
+    # refuses the worker's non-finite update, or the worker sees its loss become NaN first.
+    assert "update contains NaN or infinity" in message or "the loss became nan" in message
 
 
 def test_the_check_jobs_run_under_their_own_group(spark, digits):
