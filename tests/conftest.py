@@ -225,7 +225,41 @@ def make_tls_contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext, P
 # --------------------------------------------------------------------------- no silent skips
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+# .ci/run's second run sets this: the package comes from a wheel installed into a fresh virtual
+# environment, and only the tests marked `wheel` run (elsewhere they are deselected: they test an
+# installed wheel, which an editable install is not).
+WHEEL_RUN = os.environ.get("DISTKERAS_WHEEL_RUN") == "1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In the wheel run, refuse to test anything but the installed wheel."""
+    if not WHEEL_RUN:
+        return
+    import sysconfig
+
+    import distkeras_async
+
+    package = Path(distkeras_async.__file__).resolve()
+    site = Path(sysconfig.get_paths()["purelib"]).resolve()
+    checkout = Path(__file__).resolve().parents[1]
+    if not package.is_relative_to(site) or package.is_relative_to(checkout):
+        raise pytest.UsageError(
+            f"DISTKERAS_WHEEL_RUN=1 but distkeras_async was imported from {package}, not from "
+            f"the installed wheel in {site}: run from outside the checkout, with nothing of it "
+            "on sys.path or PYTHONPATH"
+        )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep the `wheel` tests to the wheel run; order the rest (below)."""
+    wheel_only = [item for item in items if item.get_closest_marker("wheel") is not None]
+    if wheel_only and not WHEEL_RUN:
+        config.hook.pytest_deselected(items=wheel_only)
+        items[:] = [item for item in items if item.get_closest_marker("wheel") is None]
+    order_spark_tests(items)
+
+
+def order_spark_tests(items: list[pytest.Item]) -> None:
     """Run the tests without the shared Spark session first, then those with it, together.
 
     Spark stops a Python worker that had no task for a minute, and a new one imports Keras
