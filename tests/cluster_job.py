@@ -28,14 +28,25 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
+import distkeras_async
 from distkeras_async.datasets import digits, digits_mlp
 from distkeras_async.trainers import DOWNPOUR, AveragingTrainer
 from distkeras_async.worker import KerasWorker
 
 
 def where_am_i(_: Iterable[Any]) -> Iterator[dict[str, Any]]:
-    """Runs on an executor: the Python worker's working directory, interpreter and pid."""
-    yield {"cwd": os.path.realpath(os.getcwd()), "python": sys.executable, "pid": os.getpid()}
+    """Runs on an executor: the Python worker's working directory, interpreter, the
+    distkeras-async it imports (and its version), and its pid."""
+    import distkeras_async
+
+    yield {
+        "cwd": os.path.realpath(os.getcwd()),
+        "python": sys.executable,
+        "prefix": os.path.realpath(sys.prefix),
+        "package": os.path.realpath(distkeras_async.__file__),
+        "version": distkeras_async.__version__,
+        "pid": os.getpid(),
+    }
 
 
 class DeviceProbeWorker(KerasWorker):
@@ -81,6 +92,7 @@ def main(result_path: str, probe_root: str) -> None:
         "app_id": sc.applicationId,
         "master": sc.master,
         "default_parallelism": sc.defaultParallelism,
+        "driver_package": os.path.realpath(distkeras_async.__file__),
         "trainers": {},
     }
     try:

@@ -12,6 +12,17 @@ directory: executors are launched by the Workers in their own work directories, 
 package from the interpreter's environment, and reach the parameter server on the driver
 over TCP, exactly as on a real cluster (only all on 127.0.0.1).
 
+The executors' Python comes from the wheel, as a user's would: the test runs in ``.ci/run``'s
+wheel run (marked ``wheel``), where this interpreter's virtual environment holds the installed
+wheel and its dependencies and nothing else of the checkout. It runs both recipes of
+``docs/cluster.md`` and checks that the executors followed them:
+
+- ``archives``: ``venv-pack`` packs that environment, ``spark.archives`` ships it to every
+  executor (unpacked as ``environment/`` in its working directory) and ``spark.pyspark.python``
+  points the Python workers into it;
+- ``py-files``: the nodes hold the dependencies only (a copy of the environment without
+  distkeras-async), and the wheel travels with ``--py-files`` under a ``.zip`` name.
+
 Every process is started in a session of its own (``start_new_session``), so that teardown
 can stop each one with everything it spawned (executor JVMs, Python workers) and then check
 that nothing of it is left.
@@ -22,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,13 +48,18 @@ from typing import IO, Any
 import pyspark
 import pytest
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.wheel]
 
 HOST = "127.0.0.1"
 SPARK_HOME = Path(os.path.dirname(pyspark.__file__))
 JOB = Path(__file__).with_name("cluster_job.py")
 CLUSTER_START_TIMEOUT = 90.0  # seconds for 3 JVMs to start on a busy 2-core machine
 SUBMIT_TIMEOUT = 400.0  # seconds for the whole spark-submit run
+PACK_TIMEOUT = 300.0  # seconds for venv-pack to pack a ~2.6 GB environment on 2 cores
+# The name Spark unpacks the packed environment under, in every executor's working directory.
+ENVIRONMENT = "environment"
+# .ci/run names the wheel it installed; the py-files recipe ships that same file.
+WHEEL = os.environ.get("DISTKERAS_WHEEL", "")
 STOP_GRACE = 15.0  # seconds between SIGTERM and SIGKILL at teardown
 WORKERS = 2
 # The fake GPU addresses each Worker advertises (distinct, so a task's are traceable).
@@ -296,10 +313,80 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     assert not leftovers, f"processes left after stopping the cluster:\n{leftovers}"
 
 
+def run_tool(args: list[str]) -> None:
+    done = subprocess.run(args, capture_output=True, text=True, timeout=PACK_TIMEOUT, check=False)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}{done.stderr}"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the executors get distkeras-async: the Spark settings and what they must show."""
+
+    conf: dict[str, str]
+    check: Callable[[dict[str, Any]], None]
+
+
+def packed_environment(root: Path) -> Recipe:
+    """This interpreter's virtual environment (the installed wheel) packed by venv-pack."""
+    archive = root / "environment.tar.gz"
+    # A .tar.gz, not a plain .tar: Spark unpacks a .tar with its own Java code, which refuses
+    # the environment's bin/python (a link to the interpreter outside the archive), and a
+    # .tar.gz with the system's tar. Level 1: the archive only crosses loopback here.
+    pack = [sys.executable, "-m", "venv_pack", "--prefix", sys.prefix, "--output", str(archive)]
+    run_tool([*pack, "--quiet", "--compress-level", "1"])
+
+    def check(probe: dict[str, Any]) -> None:
+        # The Python worker ran the environment unpacked in its executor's directory, and
+        # imported the package from it.
+        environment = os.path.realpath(Path(probe["cwd"]) / ENVIRONMENT)
+        assert os.path.realpath(Path(probe["python"]).parents[1]) == environment, probe
+        assert probe["prefix"] == environment, probe
+        assert Path(probe["package"]).is_relative_to(environment), probe
+
+    conf = {
+        "spark.archives": f"{archive}#{ENVIRONMENT}",
+        "spark.pyspark.python": f"./{ENVIRONMENT}/bin/python",
+    }
+    return Recipe(conf, check)
+
+
+def wheel_as_py_files(root: Path) -> Recipe:
+    """The nodes' own environment holds the dependencies; the wheel travels as a .zip."""
+    wheel = Path(WHEEL)
+    assert wheel.is_file(), f"DISTKERAS_WHEEL={WHEEL!r}: .ci/run names the wheel it installed"
+    # A copy of this environment without distkeras-async plays the nodes' preinstalled
+    # dependencies: hard links (no space, no time), then pip removes the package from the
+    # copy only (it unlinks the copy's files).
+    nodes = root / "dependencies"
+    run_tool(["cp", "-al", sys.prefix, str(nodes)])
+    python = nodes / "bin" / "python"
+    run_tool([str(python), "-m", "pip", "uninstall", "--yes", "--quiet", "distkeras-async"])
+    shipped = root / "distkeras_async.zip"  # Spark puts .zip (not .whl) files on sys.path
+    shutil.copy(wheel, shipped)
+
+    def check(probe: dict[str, Any]) -> None:
+        assert os.path.realpath(probe["prefix"]) == os.path.realpath(nodes), probe
+        # Imported from inside the shipped zip, in the executor's directory.
+        assert "/distkeras_async.zip/distkeras_async/" in probe["package"], probe
+
+    return Recipe(
+        {"spark.submit.pyFiles": str(shipped), "spark.pyspark.python": str(python)}, check
+    )
+
+
+RECIPES = {"archives": packed_environment, "py-files": wheel_as_py_files}
+
+
+@pytest.fixture(params=sorted(RECIPES))
+def recipe(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Recipe:
+    assert sys.prefix != sys.base_prefix, "the wheel run installs the wheel into a virtualenv"
+    return RECIPES[request.param](tmp_path_factory.mktemp(request.param))
+
+
 # ----------------------------------------------------------------------------- the test
 
 
-def submit(cluster: Cluster, tmp_path: Path, result: Path) -> Launched:
+def submit(cluster: Cluster, tmp_path: Path, result: Path, recipe: Recipe) -> Launched:
     """Run ``cluster_job.py`` on the cluster with spark-submit from an empty directory."""
     from distkeras_async.spark import FAST_BARRIER_CONF
 
@@ -320,6 +407,9 @@ def submit(cluster: Cluster, tmp_path: Path, result: Path) -> Launched:
         "spark.executor.resource.gpu.amount": "1",
         "spark.task.resource.gpu.amount": "1",
         "spark.ui.enabled": "false",  # no driver UI port to collide with parallel runs
+        # The driver runs this interpreter; the executors' Python follows the recipe.
+        "spark.pyspark.driver.python": sys.executable,
+        **recipe.conf,
         **FAST_BARRIER_CONF,
     }
     args = [str(SPARK_HOME / "bin" / "spark-submit"), "--master", cluster.url]
@@ -332,10 +422,10 @@ def submit(cluster: Cluster, tmp_path: Path, result: Path) -> Launched:
 
 
 # Over the suite's 300 s: the two start-up waits, the job and both teardowns, each bounded.
-@pytest.mark.timeout(2 * CLUSTER_START_TIMEOUT + SUBMIT_TIMEOUT + 120)
-def test_training_on_a_standalone_cluster(cluster: Cluster, tmp_path: Path) -> None:
+@pytest.mark.timeout(2 * CLUSTER_START_TIMEOUT + PACK_TIMEOUT + SUBMIT_TIMEOUT + 120)
+def test_training_on_a_standalone_cluster(cluster: Cluster, recipe: Recipe, tmp_path: Path) -> None:
     result_path = tmp_path / "result.json"
-    job = submit(cluster, tmp_path, result_path)
+    job = submit(cluster, tmp_path, result_path, recipe)
     try:
         try:
             code = job.process.wait(timeout=SUBMIT_TIMEOUT)
@@ -360,12 +450,12 @@ def test_training_on_a_standalone_cluster(cluster: Cluster, tmp_path: Path) -> N
         assert run["workers"] == list(range(WORKERS)), f"{name}: workers {run['workers']}"
 
     # The executors were launched by the standalone Workers: each Worker's work dir holds
-    # <app-id>/<executor-id>/ with the executor's logs (this job is the cluster's only app) ...
+    # <app-id>/<executor-id>/ with the executor's logs (one app per recipe's job) ...
     app_id = result["app_id"]
     executor_dirs = set()
     for work_dir in cluster.work_dirs:
         apps = [path.name for path in work_dir.iterdir()]
-        assert apps == [app_id], f"{work_dir}: {apps}, expected [{app_id!r}]"
+        assert app_id in apps, f"{work_dir}: {apps}, expected {app_id!r} among them"
         executors = list((work_dir / app_id).iterdir())
         assert len(executors) == 1, f"{work_dir / app_id}: {executors}"
         assert (executors[0] / "stderr").is_file(), f"no executor log in {executors[0]}"
@@ -373,8 +463,16 @@ def test_training_on_a_standalone_cluster(cluster: Cluster, tmp_path: Path) -> N
     # ... and Python tasks ran there, one on each Worker's executor (a barrier stage of 2
     # tasks on 2 one-core executors has to use both).
     assert {probe["cwd"] for probe in result["probe"]} == executor_dirs
-    # The executors ran this interpreter (PYSPARK_PYTHON), where the package is installed.
-    assert {probe["python"] for probe in result["probe"]} == {sys.executable}
+    # The executors' Python workers got the wheel's package the recipe's way (never the
+    # checkout's), in their own working directories, at this version.
+    import distkeras_async
+
+    for probe in result["probe"]:
+        recipe.check(probe)
+        assert Path(probe["package"]).is_relative_to(probe["cwd"]), probe
+        assert probe["version"] == distkeras_async.__version__, probe
+    checkout = Path(__file__).resolve().parents[1]
+    assert not Path(result["driver_package"]).is_relative_to(checkout), result["driver_package"]
 
 
 def check_gpu_binding(result: dict[str, Any]) -> None:
