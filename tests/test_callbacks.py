@@ -366,6 +366,7 @@ def test_a_weight_column_that_is_not_numeric_fails_before_any_job(spark, digits)
     assert jobs(spark) == before
 
 
+@pytest.mark.slow  # a failed Spark task: its Python worker exits, the next job imports Keras anew
 def test_a_diverging_run_fails_naming_the_worker_and_the_step(spark, digits):
     from distkeras_async.errors import WorkerFailedError
 

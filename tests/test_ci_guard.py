@@ -13,6 +13,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 
 
+@pytest.mark.slow  # a fresh pytest interpreter each
 @pytest.mark.parametrize(("forbid", "expected"), [("1", 1), ("", 0)])
 def test_a_skipped_test_fails_the_run_when_skips_are_forbidden(tmp_path, forbid, expected):
     shutil.copy(HERE / "conftest.py", tmp_path / "conftest.py")

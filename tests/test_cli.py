@@ -68,6 +68,7 @@ def test_bad_arguments_exit_with_usage(capsys):
     assert "must be at least 1" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_installed_console_script():
     exe = shutil.which("distkeras-async")
     cmd = [exe] if exe else [sys.executable, "-m", "distkeras_async.cli"]

@@ -11,6 +11,7 @@ import pytest
 from distkeras_async import _compat
 
 
+@pytest.mark.slow  # a fresh interpreter each
 @pytest.mark.parametrize(("old", "new"), sorted(_compat.ALIASES.items()))
 def test_an_old_module_path_is_the_new_module(old, new):
     # A fresh interpreter: this one may have imported the alias already (no second warning).

@@ -15,6 +15,9 @@ from conftest import wait_until
 
 from distkeras_async import ParameterServerClient
 
+# Every test here runs the command in a fresh interpreter, as a user does.
+pytestmark = pytest.mark.slow
+
 CLI = [sys.executable, "-m", "distkeras_async.cli"]
 
 
@@ -30,7 +33,6 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600)
     )
 
 
-@pytest.mark.slow
 def test_demo_trains_prints_the_table_and_plots(tmp_path):
     png = tmp_path / "demo.png"
     done = run_cli("demo", "--epochs", "2", "--no-progress", "--plot", str(png))
@@ -54,7 +56,6 @@ def test_demo_trains_prints_the_table_and_plots(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
-@pytest.mark.slow
 def test_demo_trains_its_workers_on_jax():
     done = run_cli("demo", "--epochs", "2", "--no-progress", "--backend", "jax")
     assert done.returncode == 0, done.stderr[-3000:]

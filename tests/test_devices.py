@@ -73,6 +73,7 @@ def test_keras_imported_unbound_refuses_gpus_but_lets_a_cpu_task_run():
     assert env == {}
 
 
+@pytest.mark.slow
 def test_the_backend_reads_the_binding_when_keras_is_imported():
     # A fresh interpreter, as a Spark Python worker: bind, then import Keras; TensorFlow
     # runs there with exactly that environment, and a second binding is refused.

@@ -46,6 +46,7 @@ def test_no_todo_in_the_docs():
         assert "TODO" not in page.read_text(), page
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("mkdocs") is None, reason="mkdocs is not installed")
 def test_mkdocs_build_strict(tmp_path):
     done = subprocess.run(

@@ -140,6 +140,7 @@ def _data_with(spark, bad_row: int, value) -> object:
     return spark.createDataFrame(rows, schema).coalesce(1)
 
 
+@pytest.mark.slow  # a failed Spark task: its Python worker exits, the next job imports Keras anew
 def test_a_null_vector_further_in_is_named_by_the_worker(spark):
     df = _data_with(spark, 120, None)
     trainer = DOWNPOUR(
@@ -152,6 +153,7 @@ def test_a_null_vector_further_in_is_named_by_the_worker(spark):
     assert "column 'features' has 1 null value(s), the first at row 120" in message
 
 
+@pytest.mark.slow  # a failed Spark task: its Python worker exits, the next job imports Keras anew
 def test_a_shorter_vector_further_in_is_named_by_the_worker(spark):
     df = _data_with(spark, 150, Vectors.dense(np.full(63, 0.5)))
     trainer = DOWNPOUR(
@@ -164,6 +166,7 @@ def test_a_shorter_vector_further_in_is_named_by_the_worker(spark):
     assert "row 150 has 63 value(s) where 64 are expected" in message
 
 
+@pytest.mark.slow  # a failed Spark task: its Python worker exits, the next job imports Keras anew
 def test_nan_in_the_features_is_named_by_the_worker(spark):
     df = _data_with(spark, 77, Vectors.dense(np.full(64, np.nan)))
     trainer = DOWNPOUR(
@@ -176,6 +179,7 @@ def test_nan_in_the_features_is_named_by_the_worker(spark):
     assert "update contains NaN" not in message  # not the misleading server-side symptom
 
 
+@pytest.mark.slow  # a failed Spark task: its Python worker exits, the next job imports Keras anew
 def test_nan_can_be_let_through_on_purpose(spark):
     df = _data_with(spark, 77, Vectors.dense(np.full(64, np.nan)))
     trainer = DOWNPOUR(

@@ -14,6 +14,9 @@ from distkeras_async import registry
 from distkeras_async.datasets import digits_mlp
 from distkeras_async.trainers import AsynchronousDistributedTrainer
 
+# pip installs the plugin and the command runs in fresh interpreters.
+pytestmark = pytest.mark.slow
+
 PLUGIN = Path(__file__).resolve().parents[1] / "examples" / "plugin"
 DISTRIBUTION = "distkeras-clipped-downpour"
 
@@ -54,7 +57,6 @@ def test_plugin_is_discovered_with_its_hyperparameters(installed_plugin):
     assert "clipped-downpour" in done.stdout and "max_norm" in done.stdout
 
 
-@pytest.mark.slow
 def test_training_with_the_plugin_uses_its_rule(installed_plugin, digits):
     train_df = digits.train
     model = digits_mlp()

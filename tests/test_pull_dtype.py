@@ -220,6 +220,7 @@ def test_a_rule_that_allows_non_finite_centers_sends_them_whole(make_server, con
     assert received.tobytes() == server.center_flat.tobytes()
 
 
+@pytest.mark.slow  # shard processes: fresh interpreters
 @pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
 def test_each_shard_sends_the_change_of_its_slice(secret, dtype):
     server = make_any_server(

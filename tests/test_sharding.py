@@ -127,6 +127,7 @@ def test_a_class_in_main_cannot_be_sent_to_a_shard_process():
 # --------------------------------------------------------------------------- exchanges
 
 
+@pytest.mark.slow  # shard processes: fresh interpreters
 def test_commits_reach_every_shard_and_the_reply_is_reassembled(sharded):
     server = sharded(shards=3, num_workers=2)
     assert len(set(server.ports)) == 3
@@ -153,6 +154,7 @@ def test_commits_reach_every_shard_and_the_reply_is_reassembled(sharded):
     assert server.running is False
 
 
+@pytest.mark.slow  # shard processes: fresh interpreters
 def test_every_shard_checks_the_secret(sharded):
     server = sharded()
     with pytest.raises(AuthenticationError):
@@ -163,6 +165,7 @@ def test_every_shard_checks_the_secret(sharded):
             ParameterServerClient("127.0.0.1", port, new_secret(), 0)
 
 
+@pytest.mark.slow  # shard processes: fresh interpreters
 def test_ports_out_of_order_and_another_layout_are_refused(sharded):
     server = sharded()
     with pytest.raises(RemoteProtocolError, match="given as shard 0 of 2"):
@@ -172,6 +175,7 @@ def test_ports_out_of_order_and_another_layout_are_refused(sharded):
         ShardedClient("127.0.0.1", server.ports, SECRET, 0, layout=other)
 
 
+@pytest.mark.slow  # shard processes: fresh interpreters
 def test_a_resent_commit_is_applied_once_on_every_shard(sharded):
     server = sharded()
     update = np.ones(LAYOUT.size, np.float32)
@@ -185,6 +189,7 @@ def test_a_resent_commit_is_applied_once_on_every_shard(sharded):
     assert server.stats().workers[0].duplicates == 1
 
 
+@pytest.mark.slow  # shard processes: fresh interpreters
 def test_tls_holds_on_every_shard(sharded, tmp_path):
     import ssl
 
@@ -200,6 +205,7 @@ def test_tls_holds_on_every_shard(sharded, tmp_path):
             ParameterServerClient("127.0.0.1", port, SECRET, 0, connect_timeout=1, timeout=1)
 
 
+@pytest.mark.slow  # shard processes: fresh interpreters
 def test_driver_requests_and_epoch_centers_reach_every_shard(sharded):
     server = sharded(shards=2)
     server.keep_epoch_centers()
@@ -221,6 +227,7 @@ def test_driver_requests_and_epoch_centers_reach_every_shard(sharded):
 # --------------------------------------------------------------------------- failures
 
 
+@pytest.mark.slow  # shard processes: fresh interpreters
 def test_a_rule_failing_on_one_shard_fails_the_round_on_all_of_them(sharded, rules_importable):
     # Synchronous rounds are all-or-nothing across shards: round 2 fails on shard 1 only,
     # and the center read afterwards is every shard at round 1.
@@ -246,6 +253,7 @@ def test_a_rule_failing_on_one_shard_fails_the_round_on_all_of_them(sharded, rul
         client(server).pull()
 
 
+@pytest.mark.slow  # shard processes: fresh interpreters
 def test_an_asynchronous_rule_failing_on_one_shard_fails_every_shard(sharded, rules_importable):
     from shard_rules import POISON, FailingDownpour
 
@@ -261,6 +269,7 @@ def test_an_asynchronous_rule_failing_on_one_shard_fails_every_shard(sharded, ru
         ParameterServerClient("127.0.0.1", server.ports[1], SECRET, 0)
 
 
+@pytest.mark.slow  # shard processes: fresh interpreters
 def test_a_killed_shard_process_fails_the_run_and_nothing_hangs(sharded):
     server = sharded(shards=2)
     server._processes[1].process.send_signal(signal.SIGKILL)
@@ -273,6 +282,7 @@ def test_a_killed_shard_process_fails_the_run_and_nothing_hangs(sharded):
         server.center_flat  # noqa: B018 - never the initial weights in its place
 
 
+@pytest.mark.slow  # shard processes: fresh interpreters
 def test_a_shard_process_exits_when_its_driver_goes_away():
     process = subprocess.Popen(
         [sys.executable, "-m", "distkeras_async.server.shard_process"], stdin=subprocess.PIPE
@@ -285,6 +295,7 @@ def test_a_shard_process_exits_when_its_driver_goes_away():
 # --------------------------------------------------------------------------- checkpoints
 
 
+@pytest.mark.slow  # shard processes: fresh interpreters
 def test_checkpoints_hold_the_whole_center_and_resume_with_any_shard_count(sharded, tmp_path):
     path = tmp_path / "center.npz"
     server = sharded(shards=2, checkpoint_path=path, checkpoint_every=1)
@@ -305,6 +316,7 @@ def test_checkpoints_hold_the_whole_center_and_resume_with_any_shard_count(shard
         np.testing.assert_allclose(one.center_flat, expected)
 
 
+@pytest.mark.slow  # shard processes: fresh interpreters
 def test_an_overlapped_worker_commits_to_every_shard_with_its_base(sharded):
     from distkeras_async.worker.overlap import OverlappedClient
 
