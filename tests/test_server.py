@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -27,6 +29,8 @@ from distkeras_async.wire.frames import Frame, encode_bytes
 from distkeras_async.wire.schema import Op
 
 N = 10  # parameters of the default test model: (2, 3) + (4,)
+# A worker's silence in the timeout tests: past a 0.5 s frame timeout and the server's 1 s sweep.
+QUIET = 2.0
 
 
 def ones(value: float = 1.0, n: int = N) -> np.ndarray:
@@ -526,8 +530,41 @@ def test_idle_timeout(make_server, connect):
         client.pull()
 
 
-def test_slow_frame_times_out(make_server, raw_peer, secret):
-    server = make_server(frame_timeout=0.5)
+@pytest.mark.parametrize("use_uvloop", [True, False], ids=["uvloop", "asyncio"])
+def test_a_quiet_worker_is_not_cut_by_the_frame_timeout(make_server, connect, use_uvloop):
+    """Silence between two frames is idle time: a worker computing a window for longer than
+    the frame timeout goes on. uvloop asks for the next read buffer as soon as a read ends,
+    which once started the frame timer (and dropped any worker quiet for over 60 s)."""
+    server = make_server(frame_timeout=0.5, idle_timeout=30, use_uvloop=use_uvloop)
+    client = connect(server)
+    client.pull()
+    time.sleep(QUIET)  # ok: the silence under test (the server sweeps its timers every 1 s)
+    center = client.commit_pull(np.ones(N, np.float32))
+    assert server.version == 1 and center[0] == 1.0
+    assert server.stats().rejected == 0
+
+
+@pytest.mark.parametrize("use_uvloop", [True, False], ids=["uvloop", "asyncio"])
+def test_a_round_waits_for_a_worker_quiet_past_the_frame_timeout(make_server, connect, use_uvloop):
+    """A synchronous round whose slowest worker is slow but alive completes: neither the
+    worker waiting in the round nor the quiet one is cut by the frame timeout."""
+    server = make_server(
+        algorithm="averaging", frame_timeout=0.5, round_timeout=30, use_uvloop=use_uvloop
+    )
+    clients = [connect(server, worker) for worker in range(2)]
+    for client in clients:
+        client.pull()
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(clients[0].commit_pull, np.full(N, 2.0, np.float32))
+        time.sleep(QUIET)  # ok: worker 1 computes its window while worker 0 waits
+        second = clients[1].commit_pull(np.full(N, 4.0, np.float32))
+        assert first.result(timeout=30).tolist() == second.tolist()
+    assert server.stats().rounds == 1 and server.stats().rejected == 0
+
+
+@pytest.mark.parametrize("use_uvloop", [True, False], ids=["uvloop", "asyncio"])
+def test_slow_frame_times_out(make_server, raw_peer, secret, use_uvloop):
+    server = make_server(frame_timeout=0.5, use_uvloop=use_uvloop)
     peer = raw_peer(server.port)
     handshake(peer, secret)
     frame = encode_bytes(Frame(Op.COMMIT, 0, 0, 1, tensors=(ones(),)))

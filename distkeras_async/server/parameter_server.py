@@ -31,7 +31,7 @@ import numpy as np
 from distkeras_async.algorithm import Algorithm
 from distkeras_async.errors import ErrorCode
 from distkeras_async.server.core import Failure, ServerCore
-from distkeras_async.server.limits import Limits
+from distkeras_async.server.limits import FRAME_TIMEOUT, IDLE_TIMEOUT, Limits
 from distkeras_async.server.run_setup import FailureReporting, check_limits, prepare_run
 from distkeras_async.server.session import Session
 from distkeras_async.server.stats import ServerStats
@@ -66,10 +66,11 @@ class ParameterServer(FailureReporting):
         port: the port to listen on; 0 lets the OS choose (see :attr:`port`).
         ssl_context: a server-side TLS context, or None for plain TCP.
         round_timeout: seconds a synchronous round may wait for its last worker.
-        idle_timeout: seconds a connection may stay silent (a worker computing a long
-            communication window is silent: keep this above a window's duration).
+        idle_timeout: seconds a connection may stay silent between two frames (a worker
+            computing a long communication window is silent: keep this above a window's
+            duration; default 3,600).
         handshake_timeout: seconds a new connection has to authenticate.
-        frame_timeout: seconds a started frame has to arrive completely.
+        frame_timeout: seconds a frame has, from its first byte, to arrive whole (default 60).
         send_timeout: seconds a worker may leave a reply unread before it is dropped.
         max_connections: open connections allowed at once (default: 2 * num_workers + 8).
         receive_buffers: model-sized buffers for incoming commits (default: 1 for
@@ -104,9 +105,9 @@ class ParameterServer(FailureReporting):
         port: int = 0,
         ssl_context: ssl.SSLContext | None = None,
         round_timeout: float = 300.0,
-        idle_timeout: float = 600.0,
+        idle_timeout: float = IDLE_TIMEOUT,
         handshake_timeout: float = 10.0,
-        frame_timeout: float = 60.0,
+        frame_timeout: float = FRAME_TIMEOUT,
         send_timeout: float = 60.0,
         max_connections: int | None = None,
         receive_buffers: int | None = None,

@@ -197,8 +197,8 @@ class Session:
         """Where the next incoming bytes go."""
         if self.state is State.CLOSED:
             return memoryview(bytearray(4096))  # discard what still arrives
-        if self.frame_started is None:
-            self.frame_started = time.monotonic()
+        # No clock here: uvloop asks for the next buffer as soon as a read ends, long before
+        # the next frame's first byte (a worker may compute for minutes between two frames).
         return self.decoder.get_buffer()
 
     def received(self, nbytes: int) -> None:
@@ -208,6 +208,9 @@ class Session:
         self.core.stats.bytes_in += nbytes
         if self._worker_stats is not None:
             self._worker_stats.bytes_in += nbytes
+        # A frame's timer starts with its first byte; the silence before it is idle time.
+        if self.frame_started is None:
+            self.frame_started = time.monotonic()
         try:
             self.decoder.buffer_updated(nbytes)
             if self._collect():
@@ -294,6 +297,9 @@ class Session:
                     f"more than {MAX_QUEUED_REQUESTS} requests sent without reading the replies"
                 )
             self._inbox.append(request)
+        if collected and self.decoder.in_frame:
+            # The read that completed these frames also began the next one.
+            self.frame_started = time.monotonic()
         return collected
 
     def _failed(self, exc: Exception) -> None:

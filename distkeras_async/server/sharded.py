@@ -45,6 +45,7 @@ from distkeras_async import checks
 from distkeras_async.algorithm import Algorithm
 from distkeras_async.errors import ErrorCode
 from distkeras_async.server.core import Failure
+from distkeras_async.server.limits import FRAME_TIMEOUT, IDLE_TIMEOUT
 from distkeras_async.server.run_setup import FailureReporting, check_limits, prepare_run
 from distkeras_async.server.shard_handle import ShardError, ShardProcess, algorithm_spec
 from distkeras_async.server.stats import ServerStats
@@ -86,9 +87,9 @@ class ShardedParameterServer(FailureReporting):
         port: int = 0,
         tls_files: tuple[str, str] | None = None,
         round_timeout: float = 300.0,
-        idle_timeout: float = 600.0,
+        idle_timeout: float = IDLE_TIMEOUT,
         handshake_timeout: float = 10.0,
-        frame_timeout: float = 60.0,
+        frame_timeout: float = FRAME_TIMEOUT,
         send_timeout: float = 60.0,
         max_connections: int | None = None,
         receive_buffers: int | None = None,
@@ -294,6 +295,9 @@ class ShardedParameterServer(FailureReporting):
         center, version = self._consistent_center()
         checkpointer.start(version, time.monotonic())
         checkpointer.write(center, version)
+        reason = checkpointer.failed_for_good
+        if reason is not None:
+            self._failed(Failure(ErrorCode.CHECKPOINT_FAILED, reason))
 
     # -- reading the shards ------------------------------------------------------------
 
