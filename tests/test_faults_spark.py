@@ -31,6 +31,15 @@ class NeverArrives(KerasWorker):
         return super().run(x, y)
 
 
+class SlowSteps(KerasWorker):
+    """Every local step takes 0.4 s more, so a window of 5 steps keeps the worker silent
+    towards the server for over 2 s."""
+
+    def train_step(self, model, batch):
+        time.sleep(0.4)  # ok: the slow step under test
+        return super().train_step(model, batch)
+
+
 @pytest.fixture
 def ship_this_module():
     from pyspark import cloudpickle
@@ -38,6 +47,73 @@ def ship_this_module():
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     yield
     cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.mark.parametrize("trainer_class", [DOWNPOUR, EASGD])
+def test_a_window_longer_than_the_frame_timeout_trains(
+    spark, digits, ship_this_module, trainer_class
+):
+    """A worker silent for longer than the frame timeout (shortened to 1 s here; 60 s by
+    default) between two exchanges is computing, not stalled mid-frame: only idle_timeout
+    governs that silence (docs/reliability.md)."""
+    trainer = trainer_class(
+        digits_mlp(),
+        "adam",
+        "categorical_crossentropy",
+        num_workers=2,
+        num_epoch=1,
+        batch_size=32,
+        communication_window=5,
+        master_port=0,
+        progress=False,
+        frame_timeout=1.0,
+        worker_class=SlowSteps,
+    )
+    trainer.train(digits.train)
+    stats = trainer.get_parameter_server_stats()
+    # Every window was committed (one epoch of 2 x 23 steps in windows of 5) and no
+    # connection was cut for a limit.
+    assert {record["worker"] for record in trainer.get_history()} == {0, 1}
+    assert stats.commits >= 8 and stats.rejected == 0, stats
+
+
+def test_a_failed_final_checkpoint_hands_over_the_trained_model(spark, digits, tmp_path):
+    """The checkpoint folder becomes unwritable during the last epoch: the run still returns
+    its work, as the CheckpointError's model (docs/reliability.md)."""
+    import keras
+
+    from distkeras_async.errors import CheckpointError
+
+    folder = tmp_path / "run"
+    epochs = 3
+
+    class BreakTheFolder(keras.callbacks.Callback):
+        """At the last epoch's end (on the driver), the folder turns into a regular file."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == epochs - 1:
+                for leftover in folder.iterdir():
+                    leftover.unlink()
+                folder.rmdir()
+                folder.write_text("not a folder any more")
+
+    trainer = DOWNPOUR(
+        digits_mlp(),
+        "adam",
+        "categorical_crossentropy",
+        num_workers=2,
+        num_epoch=epochs,
+        batch_size=32,
+        communication_window=5,
+        master_port=0,
+        progress=False,
+        checkpoint_path=str(folder / "center.npz"),
+        checkpoint_interval=3600,  # only the final checkpoint after the first
+    )
+    with pytest.raises(CheckpointError, match="final checkpoint could not be written") as caught:
+        trainer.train(digits.train, callbacks=[BreakTheFolder()])
+    model = caught.value.model
+    assert model is not None and digits.accuracy(model) > 0.85  # the trained model, not lost
 
 
 def test_a_synchronous_worker_that_never_arrives_fails_the_run_fast(

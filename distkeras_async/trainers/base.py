@@ -18,10 +18,13 @@ from distkeras_async import checks, registry
 from distkeras_async.algorithm import Algorithm
 from distkeras_async.errors import (
     AlgorithmError,
+    CheckpointError,
     ErrorCode,
     WorkerFailedError,
 )
+from distkeras_async.server.checkpoint import check_writable
 from distkeras_async.server.factory import TlsSetting, check_tls, make_server
+from distkeras_async.server.limits import FRAME_TIMEOUT, IDLE_TIMEOUT
 from distkeras_async.server.stats import ServerStats
 from distkeras_async.tls import read_ca
 from distkeras_async.trainers.failures import unfinished_workers
@@ -210,7 +213,11 @@ class DistributedTrainer(Trainer):
             docs/scaling.md).
         round_timeout: seconds a synchronous round waits for its slowest worker.
         idle_timeout: seconds a worker may stay silent between exchanges before the server
-            drops it (a worker computing a long communication window is silent).
+            drops it (a worker computing a long communication window is silent; default
+            3,600).
+        frame_timeout: seconds a message has, from its first byte, to arrive whole
+            (default 60); the silence between two messages counts against ``idle_timeout``
+            only.
         snapshot_interval: if set, record the center every this many seconds during training
             (see :meth:`get_center_snapshots`), e.g. to plot accuracy against wall time.
         checkpoint_path: write the center there (atomically) every ``checkpoint_every``
@@ -286,7 +293,8 @@ class DistributedTrainer(Trainer):
         progress: bool | None = None,
         worker_threads: int | None = None,
         round_timeout: float = 300.0,
-        idle_timeout: float = 3600.0,
+        idle_timeout: float = IDLE_TIMEOUT,
+        frame_timeout: float = FRAME_TIMEOUT,
         snapshot_interval: float | None = None,
         worker_class: type[Any] | None = None,
         checkpoint_path: str | None = None,
@@ -341,6 +349,7 @@ class DistributedTrainer(Trainer):
         self.secret = None if secret is None else check_secret(secret)
         self.round_timeout = checks.positive_number(round_timeout, "round_timeout")
         self.idle_timeout = checks.positive_number(idle_timeout, "idle_timeout")
+        self.frame_timeout = checks.positive_number(frame_timeout, "frame_timeout")
         self.snapshot_interval = checks.optional_positive_number(
             snapshot_interval, "snapshot_interval"
         )
@@ -445,6 +454,9 @@ class DistributedTrainer(Trainer):
             InsufficientSlotsError: if a synchronous run cannot schedule every worker.
             DeviceError: if GPUs were asked for that the cluster cannot give.
             OSError: if ``master_port`` is busy.
+            CheckpointError: if ``checkpoint_path`` cannot be written (before any job), if
+                periodic checkpoints failed 3 times in a row, or if the final checkpoint
+                failed: then its ``model`` attribute holds the trained model.
         """
         import keras
 
@@ -488,6 +500,8 @@ class DistributedTrainer(Trainer):
         )
         checked.check_validation_data(validation_data, self.features_col, self.label_col)
         checked.check_weight_column(dataframe, self.sample_weight_col)
+        if self.checkpoint_path is not None:
+            check_writable(self.checkpoint_path)  # not after the whole run
         session = dataframe.sparkSession
         # GPUs, and a barrier stage's slots, before any Spark job (a GPU task in local mode
         # would never be scheduled, and first_row below is a job).
@@ -552,6 +566,7 @@ class DistributedTrainer(Trainer):
             ssl_context=self.ssl_context,
             round_timeout=self.round_timeout,
             idle_timeout=self.idle_timeout,
+            frame_timeout=self.frame_timeout,
             checkpoint_path=self.checkpoint_path,
             checkpoint_every=self.checkpoint_every,
             checkpoint_interval=self.checkpoint_interval,
@@ -628,8 +643,7 @@ class DistributedTrainer(Trainer):
                     # traceback at all): say which workers had not finished, and how far.
                     raise WorkerFailedError(f"{exc}\n{unfinished_workers(server)}") from exc
             server.raise_for_failure()
-            if self.checkpoint_path is not None:
-                server.checkpoint()
+            final_checkpoint = self._final_checkpoint(server)
             weights = server.center
             self.parameter_server_stats = server.stats()
             lost = server.unfinished_attempts()
@@ -644,9 +658,27 @@ class DistributedTrainer(Trainer):
         self.history = flatten_rows(rows, lost)
         self.training_time = time.time() - began
         model = self._trained_model(weights)
+        if final_checkpoint is not None:
+            # The run trained: hand the model over with the error, never lose it.
+            raise CheckpointError(
+                f"the run's final checkpoint could not be written to {self.checkpoint_path}: "
+                f"{final_checkpoint}; the trained model is this error's .model",
+                model=model,
+            ) from final_checkpoint
         if checking:
             self.learning_report = check_center(self, head, model, initial, weights)
         return model
+
+    def _final_checkpoint(self, server: Any) -> OSError | None:
+        """Write the run's last center to ``checkpoint_path``; the error if that failed."""
+        if self.checkpoint_path is None:
+            return None
+        try:
+            server.checkpoint()
+        except OSError as exc:
+            logger.warning("the final checkpoint to %s failed: %s", self.checkpoint_path, exc)
+            return exc
+        return None
 
     def _no_epochs_left(self, epochs: Any, began: float) -> Any:
         """The restored model of a run that had trained every epoch (``on_train_end``)."""
