@@ -8,6 +8,7 @@ one has to search a message's text to know what went wrong.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 
 class ErrorCode(StrEnum):
@@ -20,6 +21,7 @@ class ErrorCode(StrEnum):
     RULE_FAILED = "rule_failed"  # the algorithm's rule raised: the run failed
     ROUND_FAILED = "round_failed"  # a synchronous round could not complete: the run failed
     WORKER_FAILED = "worker_failed"  # a worker reports that it failed
+    CHECKPOINT_FAILED = "checkpoint_failed"  # periodic checkpoints kept failing: the run failed
     INTERNAL = "internal"  # a bug in the server; the connection is closed
 
 
@@ -119,10 +121,11 @@ def from_code(code: ErrorCode, message: str) -> DistKerasError:
     """The exception a client raises for an ``error`` frame with ``code``."""
     if code is ErrorCode.AUTHENTICATION:
         return AuthenticationError(f"the parameter server rejected us: {message}")
-    run_failure = {
+    run_failure: type[DistKerasError] | None = {
         ErrorCode.RULE_FAILED: RuleFailedError,
         ErrorCode.ROUND_FAILED: RoundFailedError,
         ErrorCode.WORKER_FAILED: WorkerReportedError,
+        ErrorCode.CHECKPOINT_FAILED: CheckpointError,
     }.get(code)
     if run_failure is not None:
         return run_failure(message)
@@ -156,7 +159,16 @@ class PluginError(AlgorithmError):
 
 
 class CheckpointError(DistKerasError):
-    """A checkpoint cannot be written, read, or does not match the model."""
+    """A checkpoint cannot be written, read, or does not match the model.
+
+    Attributes:
+        model: when the run's final checkpoint could not be written, the trained Keras
+            model (the work is not lost: save it elsewhere); None otherwise.
+    """
+
+    def __init__(self, message: str, model: Any = None) -> None:
+        super().__init__(message)
+        self.model = model
 
 
 class SerializationError(DistKerasError, ValueError):

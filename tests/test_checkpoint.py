@@ -9,6 +9,7 @@ import pytest
 from conftest import wait_until
 
 from distkeras_async import ParameterServer, ParameterServerClient
+from distkeras_async.errors import ErrorCode
 from distkeras_async.layout import Layout
 from distkeras_async.server.checkpoint import (
     Checkpoint,
@@ -48,6 +49,96 @@ def test_bad_checkpoints_are_refused(tmp_path):
     other = Layout.of([np.zeros(10, np.float32)])
     with pytest.raises(CheckpointError, match="10 parameters in 2 tensors"):
         load_checkpoint(good, other)
+
+
+def damage(path, how):
+    data = path.read_bytes()
+    if how == "empty":
+        path.write_bytes(b"")
+    elif how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    else:  # bytes flipped inside the center's data, the zip's directory left intact
+        middle = len(data) // 3
+        path.write_bytes(
+            data[:middle]
+            + bytes(b ^ 0xFF for b in data[middle : middle + 64])
+            + data[middle + 64 :]
+        )
+
+
+@pytest.mark.parametrize(
+    ("how", "what"),
+    [
+        ("empty", "No data left in file|not a zip file"),
+        ("truncated", "not a zip file|EOF|truncated|No data"),
+        ("corrupted", "CRC|Bad magic|not a zip file"),
+    ],
+)
+def test_a_damaged_checkpoint_is_a_checkpoint_error_naming_the_path(tmp_path, secret, how, what):
+    path = tmp_path / "center.npz"
+    weights = np.zeros(100_000, np.float32)  # the center's bytes are most of the file
+    save_checkpoint(path, Checkpoint(weights, 3, Layout.of([weights]), "downpour", {}))
+    damage(path, how)
+    with pytest.raises(CheckpointError, match=f"{path} is not a valid checkpoint: .*({what})"):
+        load_checkpoint(path)
+    # What resume_from meets: the same error, before the server starts.
+    with pytest.raises(CheckpointError, match=str(path)):
+        ParameterServer([weights], "downpour", num_workers=1, secret=secret, resume_from=path)
+
+
+def test_an_unwritable_checkpoint_path_is_refused_before_the_server_starts(tmp_path, secret):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    path = blocker / "center.npz"
+    weights = [np.zeros(10, np.float32)]
+    with pytest.raises(CheckpointError, match=f"cannot write checkpoints to {path}"):
+        ParameterServer(
+            weights,
+            "downpour",
+            num_workers=1,
+            secret=secret,
+            checkpoint_path=path,
+            checkpoint_every=1,
+        )
+    # A writable path is probed and the probe removed: nothing is left before a checkpoint.
+    good = tmp_path / "run" / "center.npz"
+    ParameterServer(
+        weights, "downpour", num_workers=1, secret=secret, checkpoint_path=good, checkpoint_every=1
+    )
+    assert list(good.parent.iterdir()) == []
+
+
+def test_failed_checkpoints_warn_at_once_and_fail_the_run_after_three(tmp_path, secret, caplog):
+    folder = tmp_path / "run"
+    server = ParameterServer(
+        [np.zeros(10, np.float32)],
+        "downpour",
+        num_workers=1,
+        secret=secret,
+        checkpoint_path=folder / "center.npz",
+        checkpoint_every=1,
+    )
+    server.start()
+    try:
+        # The disk goes away under the run: the folder becomes a regular file.
+        folder.rmdir()
+        folder.write_text("not a folder any more")
+        client = ParameterServerClient("127.0.0.1", server.port, secret, 0, timeout=20)
+        with client, caplog.at_level("WARNING", logger="distkeras_async.server.checkpoint"):
+            for failures in (1, 2):
+                client.commit(np.ones(10, np.float32))
+                wait_until(lambda n=failures: server.checkpointer.failures == n)
+                assert f"failed ({failures} in a row; the run fails after 3)" in caplog.text
+                assert str(folder / "center.npz") in caplog.text
+            assert server.failure_code is None  # two failures: the run goes on
+            client.commit(np.ones(10, np.float32))
+            wait_until(lambda: server.failure_code is ErrorCode.CHECKPOINT_FAILED)
+            with pytest.raises(
+                CheckpointError, match="3 checkpoints in a row could not be written"
+            ):
+                client.commit_pull(np.ones(10, np.float32))
+    finally:
+        server.stop()
 
 
 def test_server_checkpoints_every_n_updates_and_resumes(tmp_path, secret):

@@ -37,6 +37,24 @@ def refused_before_training(spark, trainer, df, *patterns: str) -> str:
     return message
 
 
+def test_an_unwritable_checkpoint_path_fails_before_any_job(spark, digits, tmp_path):
+    """A checkpoint path under a regular file fails in a second, not after the whole run."""
+    from distkeras_async.errors import CheckpointError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    path = blocker / "center.npz"
+    trainer = DOWNPOUR(
+        digits_mlp(), "adam", "categorical_crossentropy", **COMMON, checkpoint_path=str(path)
+    )
+    tracker = spark.sparkContext.statusTracker()
+    before = {*tracker.getJobIdsForGroup(CHECK_GROUP), *training_jobs(spark)}
+    with pytest.raises(CheckpointError, match=f"cannot write checkpoints to {path}: ") as caught:
+        trainer.train(digits.train)
+    assert str(blocker) in str(caught.value)  # the system's error names the file in the way
+    assert {*tracker.getJobIdsForGroup(CHECK_GROUP), *training_jobs(spark)} == before  # no job
+
+
 def test_an_empty_dataframe_is_refused(spark, digits):
     empty = digits.train.filter(F.col("label_index") > 100)
     refused_before_training(

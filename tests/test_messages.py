@@ -176,6 +176,7 @@ def test_every_code_is_mapped():
         errors.AuthenticationError,
         errors.RuleFailedError,
         errors.RoundFailedError,
+        errors.CheckpointError,
         errors.WorkerReportedError,
         errors.ServerError,
     }

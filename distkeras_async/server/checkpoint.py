@@ -10,8 +10,10 @@ new one, never a torn file. It is read back with ``allow_pickle=False``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,36 @@ import numpy as np
 from distkeras_async import checks
 from distkeras_async.errors import CheckpointError
 from distkeras_async.layout import FLAT_DTYPE, Layout
+
+logger = logging.getLogger(__name__)
+
+# Periodic checkpoints that fail in a row before the run fails: one failure may be a passing
+# hiccup (a full disk being cleaned); three mean the run's progress is not being saved.
+MAX_CHECKPOINT_FAILURES = 3
+
+
+def check_writable(path: str | os.PathLike[str]) -> None:
+    """Prove that checkpoints can be written to ``path``: a probe file beside it, removed.
+
+    Run before any job, so an unwritable path (a read-only filesystem, a folder that is a
+    file) fails in a second rather than after the whole run.
+
+    Raises:
+        CheckpointError: naming the path and the operating system's error.
+    """
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=f".{target.name}.probe.", dir=target.parent)
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(b"distkeras-async checkpoint probe")
+                stream.flush()
+                os.fsync(stream.fileno())
+        finally:
+            Path(probe).unlink(missing_ok=True)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write checkpoints to {path}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -82,8 +114,11 @@ def load_checkpoint(path: str | os.PathLike[str], layout: Layout | None = None) 
         )
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path} is not a valid checkpoint: {exc}") from exc
+    # A truncated file ends early (EOFError), a damaged one fails zip's checks (BadZipFile,
+    # a bad CRC among them): each names the path and what numpy or zipfile found wrong.
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+        what = str(exc) or type(exc).__name__
+        raise CheckpointError(f"{path} is not a valid checkpoint: {what}") from exc
     if checkpoint.center.shape != (checkpoint.layout.size,):
         raise CheckpointError(f"{path}: the center does not match its own layout")
     if layout is not None and checkpoint.layout != layout:
@@ -164,6 +199,7 @@ class Checkpointer:
         self.written = 0
         self.written_version = -1
         self.error: BaseException | None = None
+        self.failures = 0  # consecutive failed writes
         self._last_version = 0
         self._last_time = 0.0
         self._busy = False
@@ -186,12 +222,36 @@ class Checkpointer:
         self._last_version, self._last_time = version, now
 
     def write(self, center: np.ndarray, version: int) -> None:
-        """Write a center copy now (in the calling thread); remembers a failure."""
+        """Write a center copy now (in the calling thread).
+
+        A failure is logged at once as a warning and counted (:attr:`failed_for_good` after
+        several in a row).
+        """
         try:
             save_checkpoint(self.path, self.checkpoint(center, version))
             self.written += 1
             self.written_version = version
+            self.failures = 0
         except OSError as exc:
             self.error = exc
+            self.failures += 1
+            logger.warning(
+                "checkpoint of version %d to %s failed (%d in a row; the run fails after %d): %s",
+                version,
+                self.path,
+                self.failures,
+                MAX_CHECKPOINT_FAILURES,
+                exc,
+            )
         finally:
             self._busy = False
+
+    @property
+    def failed_for_good(self) -> str | None:
+        """Why the run must fail, once :data:`MAX_CHECKPOINT_FAILURES` writes failed in a row."""
+        if self.failures < MAX_CHECKPOINT_FAILURES:
+            return None
+        return (
+            f"{self.failures} checkpoints in a row could not be written to {self.path}: "
+            f"{self.error}; free space or fix the path, then resume from the last checkpoint"
+        )

@@ -409,7 +409,15 @@ class ServerCore:
         if checkpointer is None or not checkpointer.due(self.version, time.monotonic()):
             return
         checkpointer.start(self.version, time.monotonic())
-        self.loop.run_in_executor(None, checkpointer.write, self.center.array.copy(), self.version)
+        written = self.loop.run_in_executor(
+            None, checkpointer.write, self.center.array.copy(), self.version
+        )
+        written.add_done_callback(lambda _: self._checkpoint_written(checkpointer))
+
+    def _checkpoint_written(self, checkpointer: Checkpointer) -> None:
+        reason = checkpointer.failed_for_good
+        if reason is not None:
+            self.fail_run(ErrorCode.CHECKPOINT_FAILED, reason)
 
     # -- failing the run ---------------------------------------------------------------
 

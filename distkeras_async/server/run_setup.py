@@ -24,6 +24,7 @@ from distkeras_async.server.checkpoint import (
     Checkpoint,
     Checkpointer,
     check_resumable,
+    check_writable,
     load_checkpoint,
     save_checkpoint,
 )
@@ -97,6 +98,7 @@ def prepare_run(
     if checkpoint_path is not None:
         if checkpoint_every is None and checkpoint_interval is None:
             raise ValueError("give checkpoint_every and/or checkpoint_interval")
+        check_writable(checkpoint_path)
         checkpointer = Checkpointer(
             checkpoint_path,
             layout,
