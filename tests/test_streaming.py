@@ -81,6 +81,35 @@ def test_the_spool_file_is_removed_when_training_fails(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_the_spool_file_is_removed_when_the_disk_fills(tmp_path, monkeypatch):
+    """A full disk fails the spool's writes and then its close: the first error is raised,
+    and the file is deleted anyway (docs/data.md)."""
+    real_new_file = pa.ipc.new_file
+
+    class FullDisk:
+        def __init__(self, path, schema):
+            self.inner = real_new_file(path, schema)  # the file exists, as on a real disk
+            self.written = 0
+
+        def write_batch(self, batch):
+            self.written += 1
+            if self.written > 2:
+                raise OSError(28, "No space left on device")
+            self.inner.write_batch(batch)
+
+        def close(self):
+            self.inner.close()
+            raise OSError(28, "No space left on device (on close)")
+
+    monkeypatch.setattr(pa.ipc, "new_file", FullDisk)
+    with (
+        pytest.raises(OSError, match=r"No space left on device$"),
+        spool(id_batches(5000), ["id"], limit=0, directory=str(tmp_path), block_bytes=4096),
+    ):
+        pass
+    assert os.listdir(tmp_path) == []
+
+
 def test_the_spool_file_is_removed_when_the_input_fails(tmp_path):
     def failing():
         yield from id_batches(3000)

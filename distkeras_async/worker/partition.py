@@ -184,10 +184,16 @@ def spool(
         kept = []
         yield partition
     finally:
-        if writer is not None:
-            writer.close()
-        if partition is not None:
-            partition.close()
-        elif path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        try:
+            if writer is not None:
+                # Only reached while an error propagates (the way out closes it above); a
+                # full disk fails the close too, and the first error is the one to report.
+                with contextlib.suppress(OSError, pa.ArrowException):
+                    writer.close()
+        finally:
+            # The spool file goes whatever happened before (a full disk must not stay full).
+            if partition is not None:
+                partition.close()
+            elif path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
