@@ -216,6 +216,31 @@ def test_nan_can_be_let_through_on_purpose(spark):
     assert "update contains NaN or infinity" in message or "the loss became nan" in message
 
 
+@pytest.mark.slow  # a failed Spark task: its Python worker exits, the next job imports Keras anew
+@pytest.mark.parametrize("value", [12.0, -1.0])
+def test_a_class_index_out_of_range_further_in_is_named_by_the_worker(spark, value):
+    rows = [
+        (Vectors.dense(np.full(64, 0.5)), float(i % 10) if i != 120 else value) for i in range(300)
+    ]
+    schema = T.StructType(
+        [T.StructField("features", VectorUDT()), T.StructField("label_index", T.DoubleType())]
+    )
+    df = spark.createDataFrame(rows, schema).coalesce(1)  # row 120 of the one partition
+    trainer = DOWNPOUR(
+        digits_mlp(),
+        "adam",
+        "sparse_categorical_crossentropy",
+        label_col="label_index",
+        metrics=[],
+        **{**COMMON, "num_workers": 1},
+    )
+    with pytest.raises(WorkerFailedError) as caught:
+        trainer.train(df)
+    message = str(caught.value)
+    assert f"worker 0 (attempt 0): column 'label_index' holds {value:g} at row 120" in message
+    assert "a class index from 0 to 9" in message
+
+
 def test_the_check_jobs_run_under_their_own_group(spark, digits):
     tracker = spark.sparkContext.statusTracker()
     checks = set(tracker.getJobIdsForGroup(CHECK_GROUP))

@@ -123,6 +123,21 @@ def test_the_spool_file_is_removed_when_the_input_fails(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize(("value", "row"), [(12.0, 3), (-1.0, 0), (2.5, 4), (np.nan, 1)])
+def test_class_indices_outside_the_outputs_are_named_with_their_row(value, row):
+    from distkeras_async.worker.labels import check_class_indices
+
+    labels = np.array([0, 1, 9, 5, 3], np.float32)
+    check_class_indices(labels, "y", 10, "worker 1 (attempt 0)", first_row=100)  # all good
+    labels[row] = value
+    with pytest.raises(InputDataError) as caught:
+        check_class_indices(labels, "y", 10, "worker 1 (attempt 0)", first_row=100)
+    assert f"worker 1 (attempt 0): column 'y' holds {value:g} at row {100 + row}" in str(
+        caught.value
+    )
+    assert "from 0 to 9" in str(caught.value)
+
+
 def test_a_missing_column_is_named():
     with (
         pytest.raises(ColumnError, match="'label' is not in the data"),

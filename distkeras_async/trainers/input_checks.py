@@ -18,21 +18,9 @@ from typing import Any
 import numpy as np
 
 from distkeras_async.errors import InputDataError
+from distkeras_async.worker.labels import ONE_HOT_LOSSES, SPARSE_LOSSES, loss_name, per_output
 
-_SPARSE = {"sparse_categorical_crossentropy", "sparsecategoricalcrossentropy"}
-_ONE_HOT = {"categorical_crossentropy", "categoricalcrossentropy"}
-
-
-def loss_name(loss: Any) -> str:
-    """A loss's lower-case name: the string, a Keras loss object's name, or a function's."""
-    if isinstance(loss, str):
-        return loss.lower()
-    if isinstance(loss, dict):  # a Keras config: {"class_name": ..., "config": {"name": ...}}
-        config = loss.get("config") or {}
-        name = config.get("name") if isinstance(config, dict) else None
-        return str(name or loss.get("class_name", "")).lower()
-    name = getattr(loss, "name", None) or getattr(loss, "__name__", None)
-    return str(name or type(loss).__name__).lower()
+__all__ = ["check_first_row", "loss_name"]
 
 
 def _shapes(tensors: Any) -> list[tuple[int | None, ...]] | None:
@@ -44,14 +32,6 @@ def _shapes(tensors: Any) -> list[tuple[int | None, ...]] | None:
 
 def _size(shape: tuple[int | None, ...]) -> int | None:
     return None if None in shape else math.prod(shape)  # type: ignore[arg-type]
-
-
-def _per_output(loss: Any, count: int) -> list[Any]:
-    if isinstance(loss, Sequence) and not isinstance(loss, str):
-        return list(loss)
-    if isinstance(loss, dict):
-        return list(loss.values())
-    return [loss] * count
 
 
 def check_first_row(
@@ -96,7 +76,7 @@ def check_first_row(
                 f"{len(labels)} column(s) ({list(labels)}): give one column per output"
             )
         for column, shape, output_loss in zip(
-            labels, outputs, _per_output(loss, len(outputs)), strict=True
+            labels, outputs, per_output(loss, len(outputs)), strict=True
         ):
             _check_label(row, column, shape, loss_name(output_loss), what)
 
@@ -136,7 +116,7 @@ def _check_label(
     width = _size(shape)
     if width is None:
         return
-    if loss in _SPARSE:
+    if loss in SPARSE_LOSSES:
         if value.size != 1:
             raise InputDataError(
                 f"label column {column!r} has {value.size} values per row in {what}, but "
@@ -155,7 +135,7 @@ def _check_label(
         fix = (
             "one-hot encode it (OneHotEncoder with dropLast=False) or use "
             "sparse_categorical_crossentropy"
-            if value.size == 1 and loss in _ONE_HOT
+            if value.size == 1 and loss in ONE_HOT_LOSSES
             else "select the label column that matches, or change the model's output layer"
         )
         raise InputDataError(

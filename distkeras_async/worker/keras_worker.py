@@ -33,6 +33,7 @@ from distkeras_async.worker.connection import connect
 from distkeras_async.worker.devices import model_device
 from distkeras_async.worker.exchange import StepRecord, WorkerSession, run_session
 from distkeras_async.worker.inputs import check_finite, input_shapes, shape_inputs
+from distkeras_async.worker.labels import check_class_indices, sparse_label_classes
 from distkeras_async.worker.local_model import KerasLocalModel, fit_callback
 from distkeras_async.worker.overlap import ExchangeClient
 from distkeras_async.worker.partition import Partition
@@ -167,13 +168,15 @@ class KerasWorker:
 
         Raises:
             InputDataError: naming the column and the row's position in the partition, for
-                a null, a row of another width than the rows before, or (unless the plan
-                allows them) NaN or infinity.
+                a null, a row of another width than the rows before, (unless the plan
+                allows them) NaN or infinity, or a class index out of the output's range
+                for a sparse categorical loss.
         """
         plan = self.plan
         names = partition.columns
         widths: list[tuple[int, ...]] | None = None
         where = f"worker {self.worker_id} (attempt {self.attempt})"
+        class_counts: list[tuple[int, int]] = []
         for index, first in enumerate(partition.first_rows()):
             try:
                 columns = self.decode(partition.block(index), int(first))
@@ -183,6 +186,7 @@ class KerasWorker:
             if widths is None:
                 widths = shapes
                 self._check_input_sizes(columns, int(first))
+                class_counts = self._sparse_label_classes()
             for name, shape, width in zip(names, shapes, widths, strict=True):
                 if shape != width:
                     raise InputDataError(
@@ -194,7 +198,18 @@ class KerasWorker:
                 check_finite(columns[:data], names[:data], self.worker_id, self.attempt, int(first))
             if len(columns) > data:  # a weight column never may be non-finite
                 check_finite(columns[data:], names[data:], self.worker_id, self.attempt, int(first))
+            for column, classes in class_counts:
+                check_class_indices(columns[column], names[column], classes, where, int(first))
             yield columns
+
+    def _sparse_label_classes(self) -> list[tuple[int, int]]:
+        """(column index, classes) of each label column whose loss takes class indices."""
+        if type(self).prepare is not KerasWorker.prepare:
+            return []  # the worker turns the columns into targets its own way
+        loss = ModelSpec.from_json(self.plan.model_spec).loss
+        return sparse_label_classes(
+            self._model(), loss, len(self.plan.features), len(self.plan.labels)
+        )
 
     def _check_input_sizes(self, columns: Sequence[np.ndarray], first: int) -> None:
         """A partition whose rows do not fit the model's inputs fails before any step.
