@@ -4,6 +4,7 @@ every global epoch, the Keras History, and the driver's requests reaching the wo
 from __future__ import annotations
 
 import csv
+import re
 
 import keras
 import numpy as np
@@ -248,6 +249,52 @@ def test_a_callback_that_raises_fails_the_run_promptly(spark, digits):
 def jobs(spark) -> set[int]:
     tracker = spark.sparkContext.statusTracker()
     return {*tracker.getJobIdsForGroup(CHECK_GROUP), *tracker.getJobIdsForGroup(TRAINING_GROUP)}
+
+
+def _bad_validation(digits, how):
+    x = digits.x_test.astype(np.float32)
+    y = np.eye(10, dtype=np.float32)[digits.y_test]
+    if how == "narrow features":
+        return (x[:, :63], y)
+    if how == "narrow labels":
+        return (x, y[:, :9])
+    if how == "nan":
+        x = x.copy()
+        x[5, 7] = np.nan
+        return (x, y)
+    index = digits.y_test.astype(np.float32)
+    index[3] = 12.0
+    return (x, index)
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("narrow features", "feature column 'features' has 63 value(s) per row in validation_data"),
+        ("narrow labels", "label column 'label' has 9 value(s) per row in validation_data"),
+        ("nan", "validation_data: column 'features' has NaN or infinity at row 5"),
+        ("class index", "validation_data: column 'label_index' holds 12 at row 3"),
+    ],
+)
+def test_validation_data_is_checked_against_the_model_before_the_training_job(
+    spark, digits, how, message
+):
+    from distkeras_async.errors import InputDataError
+
+    sparse = how == "class index"
+    trainer = DOWNPOUR(
+        digits_mlp(),
+        "adam",
+        "sparse_categorical_crossentropy" if sparse else "categorical_crossentropy",
+        label_col="label_index" if sparse else "label",
+        metrics=[],
+        **COMMON,
+    )
+    tracker = spark.sparkContext.statusTracker()
+    before = set(tracker.getJobIdsForGroup(TRAINING_GROUP))
+    with pytest.raises(InputDataError, match=re.escape(message)):
+        trainer.train(digits.train, validation_data=_bad_validation(digits, how))
+    assert set(tracker.getJobIdsForGroup(TRAINING_GROUP)) == before  # no epoch was spent
 
 
 @pytest.mark.parametrize(

@@ -534,6 +534,10 @@ class DistributedTrainer(Trainer):
             self.sample_weight_col,
             self.class_weight,
         )
+        if not self._custom_prepare():
+            checked.check_against_model(
+                validation, self.master_model, self.loss, self.features_col, self.label_col
+            )
         show = attached_to_terminal() if self.progress is None else self.progress
         driver_model = self._trained_model(self.master_model.get_weights())
         epochs = EpochCallbacks(

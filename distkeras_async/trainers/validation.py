@@ -15,7 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from distkeras_async.errors import InputDataError
 from distkeras_async.trainers.epochs import Validation
+from distkeras_async.trainers.input_checks import check_first_row
+from distkeras_async.worker.labels import check_class_indices, sparse_label_classes
 from distkeras_async.worker.weights import row_weights
 
 # Features and labels (float32) the driver holds for validation: 1 GiB.
@@ -200,3 +203,46 @@ def resolve(
     return Validation(
         [arrays[c] for c in features], y, row_weights(y, given, class_weight), batch_size
     )
+
+
+def check_against_model(
+    validation: Validation | None,
+    model: Any,
+    loss: Any,
+    features: Sequence[str],
+    labels: Sequence[str],
+) -> None:
+    """The training data's checks, on the validation data, before the training job.
+
+    The first row against the model's inputs and outputs and the loss (as
+    :func:`~distkeras_async.trainers.input_checks.check_first_row` does for the training
+    data), and every row for NaN or infinity and, with a sparse categorical loss, for class
+    indices out of range: the driver holds these arrays anyway, and a mismatch found only at
+    the first epoch's end would cost the whole epoch and name no argument.
+
+    Raises:
+        InputDataError: naming ``validation_data``, the column and the fix.
+    """
+    if validation is None or not len(validation):
+        return
+    names = [*features, *labels]
+    columns = [*validation.x, *validation.y]
+    check_first_row(
+        {name: column[0] for name, column in zip(names, columns, strict=True)},
+        model,
+        loss,
+        features,
+        labels,
+        what="validation_data",
+    )
+    for name, column in zip(names, columns, strict=True):
+        finite = np.isfinite(np.asarray(column, np.float64).reshape(len(column), -1)).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            raise InputDataError(
+                f"validation_data: column {name!r} has NaN or infinity at row {int(bad[0])} "
+                f"({len(bad)} row(s)): clean it as the training data (DataFrame.na.drop, "
+                "Imputer)"
+            )
+    for index, classes in sparse_label_classes(model, loss, len(features), len(labels)):
+        check_class_indices(columns[index], names[index], classes, "validation_data")
