@@ -40,6 +40,16 @@ class SlowSteps(KerasWorker):
         return super().train_step(model, batch)
 
 
+class DiesAtItsThirdStep(KerasWorker):
+    """Worker 1's Python process is killed (SIGKILL) at its third local step."""
+
+    def train_step(self, model, batch):
+        self.steps = getattr(self, "steps", 0) + 1
+        if self.worker_id == 1 and self.steps == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().train_step(model, batch)
+
+
 @pytest.fixture
 def ship_this_module():
     from pyspark import cloudpickle
@@ -114,6 +124,31 @@ def test_a_failed_final_checkpoint_hands_over_the_trained_model(spark, digits, t
         trainer.train(digits.train, callbacks=[BreakTheFolder()])
     model = caught.value.model
     assert model is not None and digits.accuracy(model) > 0.85  # the trained model, not lost
+
+
+def test_a_killed_worker_is_named_first(spark, digits, ship_this_module):
+    """With retries off (local mode), a worker whose process died is named on the error's
+    first line, before the list of unfinished workers and Spark's own text."""
+    from distkeras_async.errors import WorkerFailedError
+
+    trainer = DOWNPOUR(
+        digits_mlp(),
+        "adam",
+        "categorical_crossentropy",
+        num_workers=2,
+        num_epoch=1,
+        batch_size=32,
+        communication_window=5,
+        master_port=0,
+        progress=False,
+        worker_class=DiesAtItsThirdStep,
+    )
+    with pytest.raises(WorkerFailedError) as caught:
+        trainer.train(digits.train)
+    first = str(caught.value).splitlines()[0]
+    assert first.startswith("worker 1 (attempt 0) died: "), first
+    assert "Python worker exited unexpectedly" in first, first
+    assert "\tat org.apache" not in str(caught.value)  # no JVM stack
 
 
 def test_a_synchronous_worker_that_never_arrives_fails_the_run_fast(

@@ -167,8 +167,12 @@ def test_a_null_vector_further_in_is_named_by_the_worker(spark):
     with pytest.raises(WorkerFailedError) as caught:
         trainer.train(df)
     message = str(caught.value)
-    assert "worker 0 (attempt 0)" in message
-    assert "column 'features' has 1 null value(s), the first at row 120" in message
+    # The cause leads: the worker, the column, the row and the fix, on the first line.
+    first = message.splitlines()[0]
+    assert first.startswith("InputDataError: worker 0 (attempt 0)"), first
+    assert "column 'features' has 1 null value(s), the first at row 120" in first
+    assert "Imputer" in first
+    assert "\tat org.apache" not in message  # the JVM stack is left out
 
 
 @pytest.mark.slow  # a failed Spark task: its Python worker exits, the next job imports Keras anew

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -267,9 +268,10 @@ def run_workers(
             with spool(batches, columns, limit=plan.in_memory_limit) as partition:
                 history = trainer.train(partition)
         except ColumnError as exc:
+            # from None: the ColumnError's own traceback says nothing more than this message.
             raise InputDataError(
                 f"worker {worker} (attempt {attempt}), in its partition: {exc}"
-            ) from exc
+            ) from None
         yield _history_batch(history, attempt, trainer.device, gpus)
 
     try:
@@ -279,17 +281,57 @@ def run_workers(
             rows = training.collect()
     except Exception as exc:
         if type(exc).__module__.startswith(("pyspark", "py4j")):
-            raise WorkerFailedError(f"a worker failed:\n{_worker_traceback(exc)}") from exc
+            raise WorkerFailedError(describe_worker_failure(str(exc))) from exc
         raise
     return [row.asDict() for row in rows]
 
 
-def _worker_traceback(exc: BaseException) -> str:
-    text = str(exc)
-    # PySpark puts the executor's Python traceback in the message; keep that part.
-    # and then the JVM's stack, which says nothing about the worker's error.
+# Spark names a failed task "<partition>.<attempt>" of its stage; a worker is its partition.
+_LOST_TASK = re.compile(r"Lost task (\d+)\.(\d+) in stage")
+# The last line of a Python traceback: "package.module.SomeError: what happened".
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*): (.+)$")
+
+
+def describe_worker_failure(text: str) -> str:
+    """A failed training job's error, for people: the cause first, then the worker's traceback.
+
+    The first line names the worker and says what went wrong (for bad data: the column, the
+    row and the fix, as the worker's own error says); the Python traceback follows, and the
+    JVM's stack, which says nothing about the worker's error, is left out.
+
+    Args:
+        text: the message of the exception that ``collect()`` raised on the driver.
+    """
+    lost = _LOST_TASK.search(text)
+    who = "a worker" if lost is None else f"worker {lost[1]} (attempt {lost[2]})"
     start = text.find("Traceback (most recent call last)")
-    text = text[start:] if start >= 0 else text
+    if start < 0:
+        # No Python traceback: the worker's process died (killed, out of memory, crashed).
+        rest = text[lost.end() :] if lost is not None else text.strip()
+        reason = (rest.splitlines() or ["no reason given"])[0].split("): ", 1)[-1].strip()
+        named = _EXCEPTION_LINE.match(reason)
+        if named is not None:  # "org.apache.spark.SparkException: Python worker exited ..."
+            reason = f"{named[1].rsplit('.', 1)[-1]}: {named[2]}"
+        return f"{who} died: {reason}\n\n{_without_jvm_stack(text)}"
+    traceback = _without_jvm_stack(text[start:])
+    cause = next(
+        (
+            match
+            for line in reversed(traceback.splitlines())
+            if (match := _EXCEPTION_LINE.match(line.strip())) is not None
+            and not line.startswith(" ")
+        ),
+        None,
+    )
+    if cause is None:
+        return f"{who} failed:\n{traceback}"
+    name, message = cause[1].rsplit(".", 1)[-1], cause[2]
+    # Our own errors name the worker already; others get it in front.
+    headline = message if message.startswith("worker ") else f"{who} failed: {message}"
+    return f"{name}: {headline}\n\nthe worker's traceback:\n{traceback}"
+
+
+def _without_jvm_stack(text: str) -> str:
     for jvm in ("\n\tat ", " SQLSTATE:"):
         end = text.find(jvm)
         if end > 0:
