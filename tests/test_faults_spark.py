@@ -21,6 +21,16 @@ from distkeras_async.worker import KerasWorker
 
 pytestmark = [pytest.mark.slow, pytest.mark.stress]
 
+# Two workers through one epoch of digits in windows of 5 steps (23 steps each).
+SMALL_RUN = {
+    "num_workers": 2,
+    "num_epoch": 1,
+    "batch_size": 32,
+    "communication_window": 5,
+    "master_port": 0,
+    "progress": False,
+}
+
 
 class NeverArrives(KerasWorker):
     """Worker 1 hangs before connecting, as a task stuck on a dead executor would."""
@@ -70,12 +80,7 @@ def test_a_window_longer_than_the_frame_timeout_trains(
         digits_mlp(),
         "adam",
         "categorical_crossentropy",
-        num_workers=2,
-        num_epoch=1,
-        batch_size=32,
-        communication_window=5,
-        master_port=0,
-        progress=False,
+        **SMALL_RUN,
         frame_timeout=1.0,
         worker_class=SlowSteps,
     )
@@ -111,12 +116,7 @@ def test_a_failed_final_checkpoint_hands_over_the_trained_model(spark, digits, t
         digits_mlp(),
         "adam",
         "categorical_crossentropy",
-        num_workers=2,
-        num_epoch=epochs,
-        batch_size=32,
-        communication_window=5,
-        master_port=0,
-        progress=False,
+        **{**SMALL_RUN, "num_epoch": epochs},
         checkpoint_path=str(folder / "center.npz"),
         checkpoint_interval=3600,  # only the final checkpoint after the first
     )
@@ -135,12 +135,7 @@ def test_a_killed_worker_is_named_first(spark, digits, ship_this_module):
         digits_mlp(),
         "adam",
         "categorical_crossentropy",
-        num_workers=2,
-        num_epoch=1,
-        batch_size=32,
-        communication_window=5,
-        master_port=0,
-        progress=False,
+        **SMALL_RUN,
         worker_class=DiesAtItsThirdStep,
     )
     with pytest.raises(WorkerFailedError) as caught:
