@@ -56,7 +56,13 @@ def ship_this_module():
     cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
+def spool_files() -> set[str]:
+    return set(glob.glob("/tmp/**/distkeras-partition-*", recursive=True))
+
+
 def test_a_streamed_run_trains_every_row_each_epoch(digits, ship_this_module):
+    # Compared with what was there before: another process's leftover is not this run's.
+    before = spool_files()
     trainer = DOWNPOUR(
         digits_mlp(),
         "adam",
@@ -73,7 +79,7 @@ def test_a_streamed_run_trains_every_row_each_epoch(digits, ship_this_module):
     # Two partitions of r0 + r1 = rows: 5 * (ceil(r0/32) + ceil(r1/32)) steps.
     assert 5 * -(-rows // 32) <= steps <= 5 * (-(-rows // 32) + 1)
     assert digits.accuracy(trained) > 0.9
-    assert not glob.glob("/tmp/**/distkeras-partition-*", recursive=True)
+    assert not spool_files() - before  # every worker removed its spool file
 
 
 def test_sparse_vectors_train_without_densifying_the_partition(spark, digits):
