@@ -297,6 +297,19 @@ def test_validation_data_is_checked_against_the_model_before_the_training_job(
     assert set(tracker.getJobIdsForGroup(TRAINING_GROUP)) == before  # no epoch was spent
 
 
+def test_nan_in_validation_data_passes_when_the_run_allows_nonfinite_inputs(digits):
+    from distkeras_async.errors import InputDataError
+    from distkeras_async.trainers.epochs import Validation
+    from distkeras_async.trainers.validation import check_against_model
+
+    x, y = _bad_validation(digits, "nan")
+    validation = Validation([x], [y])
+    args = (validation, digits_mlp(), "categorical_crossentropy", ["features"], ["label"])
+    check_against_model(*args, allow_nonfinite=True)
+    with pytest.raises(InputDataError, match="has NaN or infinity at row 5"):
+        check_against_model(*args)
+
+
 @pytest.mark.parametrize(
     ("arguments", "error", "message"),
     [

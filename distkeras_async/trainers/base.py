@@ -536,7 +536,12 @@ class DistributedTrainer(Trainer):
         )
         if not self._custom_prepare():
             checked.check_against_model(
-                validation, self.master_model, self.loss, self.features_col, self.label_col
+                validation,
+                self.master_model,
+                self.loss,
+                self.features_col,
+                self.label_col,
+                allow_nonfinite=self.allow_nonfinite_inputs,
             )
         show = attached_to_terminal() if self.progress is None else self.progress
         driver_model = self._trained_model(self.master_model.get_weights())

@@ -211,6 +211,8 @@ def check_against_model(
     loss: Any,
     features: Sequence[str],
     labels: Sequence[str],
+    *,
+    allow_nonfinite: bool = False,
 ) -> None:
     """The training data's checks, on the validation data, before the training job.
 
@@ -219,6 +221,9 @@ def check_against_model(
     data), and every row for NaN or infinity and, with a sparse categorical loss, for class
     indices out of range: the driver holds these arrays anyway, and a mismatch found only at
     the first epoch's end would cost the whole epoch and name no argument.
+
+    With ``allow_nonfinite`` (the trainer's ``allow_nonfinite_inputs``), NaN and infinity
+    pass here as they do in the training data.
 
     Raises:
         InputDataError: naming ``validation_data``, the column and the fix.
@@ -235,6 +240,13 @@ def check_against_model(
         labels,
         what="validation_data",
     )
+    if not allow_nonfinite:
+        _check_finite(names, columns)
+    for index, classes in sparse_label_classes(model, loss, len(features), len(labels)):
+        check_class_indices(columns[index], names[index], classes, "validation_data")
+
+
+def _check_finite(names: Sequence[str], columns: Sequence[np.ndarray]) -> None:
     for name, column in zip(names, columns, strict=True):
         finite = np.isfinite(np.asarray(column, np.float64).reshape(len(column), -1)).all(axis=1)
         if not finite.all():
@@ -244,5 +256,3 @@ def check_against_model(
                 f"({len(bad)} row(s)): clean it as the training data (DataFrame.na.drop, "
                 "Imputer)"
             )
-    for index, classes in sparse_label_classes(model, loss, len(features), len(labels)):
-        check_class_indices(columns[index], names[index], classes, "validation_data")
