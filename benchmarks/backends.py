@@ -80,8 +80,9 @@ def worker(
     import pyarrow as pa
 
     from distkeras_async import ParameterServer, new_secret
-    from distkeras_async.worker.keras_worker import WorkerPlan, new_worker
+    from distkeras_async.worker.keras_worker import new_worker
     from distkeras_async.worker.partition import spool
+    from distkeras_async.worker.plan import Endpoint, WorkerPlan
     from distkeras_async.worker.serialization import describe_model
 
     master = model()
@@ -91,14 +92,12 @@ def worker(
         master.get_weights(), "downpour", num_workers=1, secret=secret, host="127.0.0.1", port=0
     )
     port = server.start()
-    plan = WorkerPlan(
-        model_spec=spec.to_json(),
-        algorithm="downpour",
+    plan = WorkerPlan.create(
+        spec.to_json(),
+        "downpour",
+        Endpoint("127.0.0.1", (port,), secret),
         hyperparameters={"communication_window": 5},
-        host="127.0.0.1",
-        port=port,
-        secret=secret,
-        num_epoch=epochs,
+        epochs=epochs,
         batch_size=batch,
         shuffle=True,
         backend=os.environ["KERAS_BACKEND"],

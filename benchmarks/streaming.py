@@ -109,8 +109,9 @@ def train_once(
 
     from distkeras_async import ParameterServer, new_secret
     from distkeras_async.worker.backend import limit_threads
-    from distkeras_async.worker.keras_worker import WorkerPlan, train_worker
+    from distkeras_async.worker.keras_worker import train_worker
     from distkeras_async.worker.partition import spool
+    from distkeras_async.worker.plan import Endpoint, WorkerPlan
     from distkeras_async.worker.serialization import describe_model
 
     limit_threads(2)
@@ -126,14 +127,12 @@ def train_once(
         master.get_weights(), "downpour", num_workers=1, secret=secret, host="127.0.0.1", port=0
     )
     port = server.start()
-    plan = WorkerPlan(
-        model_spec=spec.to_json(),
-        algorithm="downpour",
+    plan = WorkerPlan.create(
+        spec.to_json(),
+        "downpour",
+        Endpoint("127.0.0.1", (port,), secret),
         hyperparameters={"communication_window": 20},
-        host="127.0.0.1",
-        port=port,
-        secret=secret,
-        num_epoch=epochs,
+        epochs=epochs,
         batch_size=batch_size,
         shuffle=True,
         in_memory_limit=limit,

@@ -5,7 +5,7 @@ The core (protocol, server, client, algorithms) imports neither Spark nor Tensor
 
 from importlib import metadata
 
-from distkeras_async import _compat, registry
+from distkeras_async import registry
 from distkeras_async.algorithm import Algorithm, Hyperparameter, ServerHandle, UpdateMeta
 from distkeras_async.errors import (
     AlgorithmError,
@@ -33,8 +33,6 @@ from distkeras_async.wire.auth import new_secret
 from distkeras_async.worker.client import ParameterServerClient
 from distkeras_async.worker.exchange import LocalModel, StepRecord, WorkerSession, run_worker
 from distkeras_async.worker.sharded_client import ShardedClient
-
-_compat.install()
 
 try:
     # The version is declared once, in pyproject.toml; the installed metadata carries it.

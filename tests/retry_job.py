@@ -32,7 +32,7 @@ from pyspark.sql import SparkSession
 
 from distkeras_async.datasets import digits, digits_mlp
 from distkeras_async.trainers import DOWNPOUR
-from distkeras_async.trainers import base as training
+from distkeras_async.trainers import run as training
 from distkeras_async.worker import KerasWorker
 
 KILL_AFTER_COMMITS = 20

@@ -52,23 +52,22 @@ def train_once(
 
     from distkeras_async import new_secret
     from distkeras_async.server.parameter_server import ParameterServer
-    from distkeras_async.worker.keras_worker import WorkerPlan, new_worker
+    from distkeras_async.worker.keras_worker import new_worker
     from distkeras_async.worker.partition import spool
+    from distkeras_async.worker.plan import Endpoint, WorkerPlan
 
     secret = new_secret()
     server = ParameterServer(start, "downpour", num_workers=1, secret=secret, port=0)
     server.start()
     try:
-        plan = WorkerPlan(
-            model_spec=spec,
-            algorithm="downpour",
+        plan = WorkerPlan.create(
+            spec,
+            "downpour",
+            Endpoint("127.0.0.1", (server.port,), secret),
             hyperparameters={"communication_window": 4},
-            host="127.0.0.1",
-            port=server.port,
-            secret=secret,
-            features=("x",),
-            labels=("y",),
-            num_epoch=3,
+            features_col=("x",),
+            label_col=("y",),
+            epochs=3,
             batch_size=16,
             shuffle=True,
             seed=11,

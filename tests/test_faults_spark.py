@@ -207,7 +207,7 @@ def test_a_run_killed_midway_resumes_from_its_checkpoint(digits, tmp_path, monke
     model.set_weights(saved.layout.unflatten(saved.center))
     accuracy_at_kill = digits.accuracy(model)
 
-    from distkeras_async.trainers import base as training
+    from distkeras_async.trainers import run as training
 
     first_centers = []
     original = training.make_server

@@ -24,7 +24,7 @@ from distkeras_async.errors import (
 )
 from distkeras_async.layout import Layout
 from distkeras_async.server.checkpoint import load_checkpoint
-from distkeras_async.server.factory import check_tls, make_server
+from distkeras_async.server.factory import make_server
 from distkeras_async.server.parameter_server import ParameterServer
 from distkeras_async.server.shard_handle import ShardError, algorithm_spec
 from distkeras_async.server.sharded import ShardedParameterServer
@@ -107,10 +107,19 @@ def test_make_server_keeps_one_shard_in_process_and_refuses_a_shared_tls_context
     assert isinstance(server, ParameterServer)
     import ssl
 
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     with pytest.raises(ValueError, match="certificate_file, key_file"):
-        check_tls(ssl.create_default_context(ssl.Purpose.CLIENT_AUTH), 2)
+        make_server(
+            WEIGHTS, "downpour", shards=2, ssl_context=context, num_workers=1, secret=SECRET
+        )
     with pytest.raises(TypeError, match="ssl_context must be"):
-        check_tls(("only-one",), 2)  # type: ignore[arg-type]
+        bad: Any = ("only-one",)
+        make_server(WEIGHTS, "downpour", shards=2, ssl_context=bad, num_workers=1)
+    # The default count never turns a working context into an error: one shard.
+    server = make_server(
+        WEIGHTS, "downpour", shards=None, ssl_context=context, num_workers=1, secret=SECRET
+    )
+    assert isinstance(server, ParameterServer)
 
 
 def test_a_class_in_main_cannot_be_sent_to_a_shard_process():

@@ -15,8 +15,9 @@ import pytest
 from distkeras_async.errors import ColumnError, InputDataError
 from distkeras_async.worker.columns import column_to_numpy
 from distkeras_async.worker.feed import fit_input
-from distkeras_async.worker.keras_worker import KerasWorker, WorkerPlan, train_worker
+from distkeras_async.worker.keras_worker import KerasWorker, train_worker
 from distkeras_async.worker.partition import Partition, spool
+from distkeras_async.worker.plan import Endpoint, WorkerPlan
 from distkeras_async.worker.sources import StreamSource
 from distkeras_async.worker.stream import EpochStream, epoch_windows
 
@@ -266,16 +267,10 @@ def test_the_feed_keeps_several_inputs_and_weights():
 
 
 def plan_for(server, spec_json, secret, **kwargs) -> WorkerPlan:
-    kwargs.setdefault("features", ("x",))
-    kwargs.setdefault("labels", ("y",))
-    return WorkerPlan(
-        model_spec=spec_json,
-        algorithm="downpour",
-        hyperparameters={},
-        host="127.0.0.1",
-        port=server.port,
-        secret=secret,
-        **kwargs,
+    kwargs.setdefault("features_col", ("x",))
+    kwargs.setdefault("label_col", ("y",))
+    return WorkerPlan.create(
+        spec_json, "downpour", Endpoint("127.0.0.1", (server.port,), secret), **kwargs
     )
 
 
@@ -372,9 +367,7 @@ class BytesWorker(KerasWorker):
 def test_a_worker_decodes_binary_rows_per_block(make_server, secret, small_model, tmp_path, limit):
     model, spec = small_model
     server = make_server(model.get_weights(), num_workers=1)
-    plan = plan_for(
-        server, spec, secret, worker_class=BytesWorker, in_memory_limit=limit, num_epoch=2
-    )
+    plan = plan_for(server, spec, secret, worker_class=BytesWorker, in_memory_limit=limit, epochs=2)
     rows = 300
     x = np.random.default_rng(0).random((rows, 4), dtype=np.float32)
     batch = pa.RecordBatch.from_pydict(

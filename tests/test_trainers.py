@@ -360,7 +360,7 @@ class ServerSpy:
     """Records the parameter servers a trainer starts (they stay real)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        from distkeras_async.trainers import base as training
+        from distkeras_async.trainers import run as training
 
         self.servers: list[Any] = []
         original = training.make_server

@@ -22,12 +22,18 @@ from pyspark.sql import functions as F  # noqa: N812 - Spark's own convention
 from pyspark.sql.types import BooleanType
 
 from distkeras_async import registry
+from distkeras_async.ml.generated import (
+    check_keywords,
+    option_values,
+    set_keywords,
+    with_keywords,
+    with_option_setters,
+)
 from distkeras_async.ml.io import KerasParamsReadable, KerasParamsWritable
-from distkeras_async.ml.params import KerasEstimatorParams, set_keywords
-from distkeras_async.server.stats import ServerStats
+from distkeras_async.ml.params import KEYWORDS, KerasEstimatorParams
 from distkeras_async.spark.predictor import ModelPredictor
 from distkeras_async.trainers.input_checks import loss_name
-from distkeras_async.worker.partition import IN_MEMORY_LIMIT
+from distkeras_async.trainers.model_config import ServerStats
 
 # Losses whose model is a classifier: it writes Spark's rawPrediction, probability and
 # prediction columns.
@@ -45,6 +51,8 @@ CLASSIFICATION_LOSSES = frozenset(
 )
 
 
+@with_option_setters
+@with_keywords(KEYWORDS)
 class KerasEstimator(
     Estimator["KerasModel"],
     KerasEstimatorParams,
@@ -57,7 +65,16 @@ class KerasEstimator(
     ``VectorAssembler`` output works directly) against ``labelCol`` (a one-hot vector for
     ``categorical_crossentropy``, or a class index such as ``StringIndexer``'s for
     ``sparse_categorical_crossentropy``) and returns a :class:`KerasModel`. The ``model``
-    Param's Keras model is not modified.
+    Param's Keras model is not modified. After ``fit``, the :class:`KerasModel` has
+    ``keras_history``: the Keras ``History`` with the workers' epoch metrics and the
+    center's ``val_*`` metrics.
+
+    Every Param is a keyword argument of the constructor and of ``setParams``, and has a
+    getter and a setter (``getNumWorkers``, ``setNumWorkers``). The run options' Params, the
+    last ones below, are generated from :mod:`distkeras_async.options`, where each is
+    declared once for the trainers and the estimator alike. ``useGpu`` places the fitted
+    model's predictions too; ``backend`` is the workers' only: ``transform`` predicts on the
+    backend of the process it runs in.
 
     Args:
         model: a built Keras 3 model (required).
@@ -66,208 +83,93 @@ class KerasEstimator(
         metrics: Keras metrics (default ``["accuracy"]``).
         algorithm: a registered algorithm name (default ``"downpour"``).
         hyperparameters: the algorithm's hyperparameters (default: the algorithm's defaults).
-        numWorkers: parallel workers (default 2).
-        numEpochs: passes over the data (default 1).
-        batchSize: samples per local step (default 32).
         shuffle: shuffle rows between workers and each worker's rows every epoch (default
-            False).
-        seed: the seed of those shuffles (default 0).
+            False), seeded by ``seed``.
         featuresCol: the features column (default ``"features"``).
         labelCol: the label column (default ``"label"``).
         predictionCol: the column the fitted model writes (default ``"prediction"``).
-        sampleWeightCol: a numeric column of per-row weights (default: none).
-        classWeight: ``{class index: weight}`` (default: none).
+        probabilityCol: a classifier's probability column (default ``"probability"``).
+        rawPredictionCol: a classifier's raw prediction column (default
+            ``"rawPrediction"``).
+        thresholds: a classifier's per-class thresholds (default: not set).
         validationCol: a boolean column marking validation rows, which are not trained on
             (default: none).
         validationFraction: a fraction of the rows held out, seeded by ``seed``, as
             validation data (default 0: none). Not together with ``validationCol``.
         callbacks: Keras callbacks run on the driver at every global epoch (not saved).
-        inMemoryLimit: bytes up to which a worker holds its partition in memory (default
-            64 MiB); a larger partition streams from a local file (``docs/data.md``).
-        shuffleWindow: rows a streamed partition shuffles together (default: about
-            32 MiB of rows).
-        backend: the Keras backend the workers train on (default: the driver's); the
-            fitted model's ``transform`` predicts on the backend of the process it runs in.
-        useGpu: train and predict on the GPUs Spark gives each task (True), on the CPU
-            only (False), or, not set, on the task's GPUs when tasks get any
-            (``docs/cluster.md``).
-        shards: parameter server processes the center is split across (default: chosen
-            from the model's size and the driver's cores; ``docs/scaling.md``).
-        overlap: run each worker's exchange in the background while its next local steps
-            run (default False; asynchronous algorithms only, ``docs/scaling.md``).
-
-    After ``fit``, the :class:`KerasModel` has ``keras_history``: the Keras ``History`` with
-    the workers' epoch metrics and the center's ``val_*`` metrics.
     """
 
-    _input_kwargs: dict[str, Any]
-
-    @keyword_only
-    def __init__(
-        self,
-        *,
-        model: Any = None,
-        optimizer: Any = "adam",
-        loss: Any = None,
-        metrics: Any = ("accuracy",),
-        algorithm: Any = "downpour",
-        hyperparameters: Mapping[str, Any] | None = None,
-        numWorkers: int = 2,  # noqa: N803 - Spark ML's naming
-        numEpochs: int = 1,  # noqa: N803
-        batchSize: int = 32,  # noqa: N803
-        shuffle: bool = False,
-        seed: int = 0,
-        featuresCol: str = "features",  # noqa: N803
-        labelCol: str = "label",  # noqa: N803
-        predictionCol: str = "prediction",  # noqa: N803
-        sampleWeightCol: str | None = None,  # noqa: N803
-        classWeight: Mapping[int, float] | None = None,  # noqa: N803
-        validationCol: str | None = None,  # noqa: N803
-        validationFraction: float = 0.0,  # noqa: N803
-        callbacks: Any = None,
-        inMemoryLimit: int = IN_MEMORY_LIMIT,  # noqa: N803
-        shuffleWindow: int | None = None,  # noqa: N803
-        backend: str | None = None,
-        useGpu: bool | None = None,  # noqa: N803
-        shards: int | None = None,
-        overlap: bool = False,
-    ) -> None:
+    def __init__(self, **kwargs: Any) -> None:
+        # Spark's keyword_only contract: keywords only, every value checked before any is
+        # set. The keywords are generated (``__signature__`` lists them): an unknown one is
+        # refused here, as a written-out signature would refuse it.
+        check_keywords(type(self), f"{type(self).__name__}()", kwargs)
         super().__init__()
-        set_keywords(self, self._input_kwargs)
+        set_keywords(self, kwargs)
 
-    @keyword_only
-    def setParams(  # noqa: N802
-        self,
-        *,
-        model: Any = None,
-        optimizer: Any = "adam",
-        loss: Any = None,
-        metrics: Any = ("accuracy",),
-        algorithm: Any = "downpour",
-        hyperparameters: Mapping[str, Any] | None = None,
-        numWorkers: int = 2,  # noqa: N803 - Spark ML's naming
-        numEpochs: int = 1,  # noqa: N803
-        batchSize: int = 32,  # noqa: N803
-        shuffle: bool = False,
-        seed: int = 0,
-        featuresCol: str = "features",  # noqa: N803
-        labelCol: str = "label",  # noqa: N803
-        predictionCol: str = "prediction",  # noqa: N803
-        sampleWeightCol: str | None = None,  # noqa: N803
-        classWeight: Mapping[int, float] | None = None,  # noqa: N803
-        validationCol: str | None = None,  # noqa: N803
-        validationFraction: float = 0.0,  # noqa: N803
-        callbacks: Any = None,
-        inMemoryLimit: int = IN_MEMORY_LIMIT,  # noqa: N803
-        shuffleWindow: int | None = None,  # noqa: N803
-        backend: str | None = None,
-        useGpu: bool | None = None,  # noqa: N803
-        shards: int | None = None,
-        overlap: bool = False,
-    ) -> KerasEstimator:
+    def setParams(self, **kwargs: Any) -> KerasEstimator:  # noqa: N802 - Spark ML's naming
         """Set the given Params (keyword arguments only; all or none of them)."""
-        set_keywords(self, self._input_kwargs)
+        check_keywords(type(self), f"{type(self).__name__}.setParams()", kwargs)
+        set_keywords(self, kwargs)
         return self
 
-    def setModel(self, value: Any) -> KerasEstimator:  # noqa: N802 - Spark ML's naming
+    def _keyword(self, **keyword: Any) -> KerasEstimator:
+        # As a keyword would be: checked, and None unsets a Param without a default (Spark's
+        # ``_set`` would store None unchecked, and the stage could not be loaded back).
+        set_keywords(self, keyword)
+        return self
+
+    def setModel(self, value: Any) -> KerasEstimator:  # noqa: N802
         """Set the ``model`` Param."""
-        return self._set(model=value)
+        return self._keyword(model=value)
 
     def setOptimizer(self, value: Any) -> KerasEstimator:  # noqa: N802
         """Set the ``optimizer`` Param."""
-        return self._set(optimizer=value)
+        return self._keyword(optimizer=value)
 
     def setLoss(self, value: Any) -> KerasEstimator:  # noqa: N802
         """Set the ``loss`` Param."""
-        return self._set(loss=value)
+        return self._keyword(loss=value)
 
     def setMetrics(self, value: Any) -> KerasEstimator:  # noqa: N802
         """Set the ``metrics`` Param."""
-        return self._set(metrics=value)
+        return self._keyword(metrics=value)
 
     def setAlgorithm(self, value: Any) -> KerasEstimator:  # noqa: N802
         """Set the ``algorithm`` Param."""
-        return self._set(algorithm=value)
+        return self._keyword(algorithm=value)
 
     def setHyperparameters(self, value: Mapping[str, Any]) -> KerasEstimator:  # noqa: N802
         """Set the ``hyperparameters`` Param."""
-        return self._set(hyperparameters=value)
-
-    def setNumWorkers(self, value: int) -> KerasEstimator:  # noqa: N802
-        """Set the ``numWorkers`` Param."""
-        return self._set(numWorkers=value)
-
-    def setNumEpochs(self, value: int) -> KerasEstimator:  # noqa: N802
-        """Set the ``numEpochs`` Param."""
-        return self._set(numEpochs=value)
-
-    def setBatchSize(self, value: int) -> KerasEstimator:  # noqa: N802
-        """Set the ``batchSize`` Param."""
-        return self._set(batchSize=value)
+        return self._keyword(hyperparameters=value)
 
     def setShuffle(self, value: bool) -> KerasEstimator:  # noqa: N802
         """Set the ``shuffle`` Param."""
-        return self._set(shuffle=value)
-
-    def setSeed(self, value: int) -> KerasEstimator:  # noqa: N802
-        """Set the ``seed`` Param."""
-        return self._set(seed=value)
+        return self._keyword(shuffle=value)
 
     def setFeaturesCol(self, value: str) -> KerasEstimator:  # noqa: N802
         """Set the ``featuresCol`` Param."""
-        return self._set(featuresCol=value)
+        return self._keyword(featuresCol=value)
 
     def setLabelCol(self, value: str) -> KerasEstimator:  # noqa: N802
         """Set the ``labelCol`` Param."""
-        return self._set(labelCol=value)
+        return self._keyword(labelCol=value)
 
     def setPredictionCol(self, value: str) -> KerasEstimator:  # noqa: N802
         """Set the ``predictionCol`` Param."""
-        return self._set(predictionCol=value)
-
-    def setSampleWeightCol(self, value: str) -> KerasEstimator:  # noqa: N802
-        """Set the ``sampleWeightCol`` Param."""
-        return self._set(sampleWeightCol=value)
-
-    def setClassWeight(self, value: Mapping[int, float]) -> KerasEstimator:  # noqa: N802
-        """Set the ``classWeight`` Param."""
-        return self._set(classWeight=value)
-
-    def setBackend(self, value: str) -> KerasEstimator:  # noqa: N802
-        """Set the ``backend`` Param."""
-        return self._set(backend=value)
-
-    def setUseGpu(self, value: bool) -> KerasEstimator:  # noqa: N802
-        """Set the ``useGpu`` Param."""
-        return self._set(useGpu=value)
-
-    def setShards(self, value: int) -> KerasEstimator:  # noqa: N802
-        """Set the ``shards`` Param."""
-        return self._set(shards=value)
-
-    def setOverlap(self, value: bool) -> KerasEstimator:  # noqa: N802
-        """Set the ``overlap`` Param."""
-        return self._set(overlap=value)
-
-    def setInMemoryLimit(self, value: int) -> KerasEstimator:  # noqa: N802
-        """Set the ``inMemoryLimit`` Param."""
-        return self._set(inMemoryLimit=value)
-
-    def setShuffleWindow(self, value: int) -> KerasEstimator:  # noqa: N802
-        """Set the ``shuffleWindow`` Param."""
-        return self._set(shuffleWindow=value)
+        return self._keyword(predictionCol=value)
 
     def setValidationCol(self, value: str) -> KerasEstimator:  # noqa: N802
         """Set the ``validationCol`` Param."""
-        return self._set(validationCol=value)
+        return self._keyword(validationCol=value)
 
     def setValidationFraction(self, value: float) -> KerasEstimator:  # noqa: N802
         """Set the ``validationFraction`` Param."""
-        return self._set(validationFraction=value)
+        return self._keyword(validationFraction=value)
 
     def setCallbacks(self, value: Any) -> KerasEstimator:  # noqa: N802
         """Set the ``callbacks`` Param."""
-        return self._set(callbacks=value)
+        return self._keyword(callbacks=value)
 
     def _validation(self, dataset: DataFrame) -> tuple[DataFrame, dict[str, Any]]:
         """The training rows, and ``train``'s validation keywords, from the Params."""
@@ -299,23 +201,14 @@ class KerasEstimator(
             self.getOptimizer(),
             self.getLoss(),
             self.getMetrics(),
-            num_workers=self.getNumWorkers(),
-            batch_size=self.getBatchSize(),
+            # Every declared option that is a Param, under the trainer's name (num_workers,
+            # shuffle_window, round_timeout, ...); an unset one takes the trainer's default.
+            **option_values(self),
             features_col=self.getFeaturesCol(),
             label_col=self.getLabelCol(),
-            num_epoch=self.getNumEpochs(),
             # A port the OS picks per fit: several fits on one driver never collide.
             master_port=0,
             algorithm=registry.get(self.getAlgorithm()),
-            seed=self.getSeed(),
-            sample_weight_col=self.getSampleWeightCol(),
-            class_weight=self.getClassWeight(),
-            in_memory_limit=self.getInMemoryLimit(),
-            shuffle_window=self.getShuffleWindow(),
-            backend=self.getBackend(),
-            use_gpu=self.getUseGpu(),
-            shards=self.getShards(),
-            overlap=self.getOverlap(),
             **self.getHyperparameters(),
         )
         training, validation = self._validation(dataset)
@@ -421,7 +314,8 @@ class KerasModel(
 
     def _predictor(self, column: str, scalar: bool | None) -> ModelPredictor:
         # The model object itself is part of the key (held, so its id cannot be reused).
-        key = (self.getModel(), self.getFeaturesCol(), column, scalar, self.getUseGpu())
+        use_gpu = self._optional("useGpu")
+        key = (self.getModel(), self.getFeaturesCol(), column, scalar, use_gpu)
         cached = getattr(self, "_predictor_key", None)
         if cached is None or cached[0] is not key[0] or cached[1:] != key[1:]:
             # One predictor per model and columns: its weights are broadcast once, and every
@@ -431,7 +325,7 @@ class KerasModel(
                 features_col=self.getFeaturesCol(),
                 output_col=column,
                 scalar_output=scalar,
-                use_gpu=self.getUseGpu(),
+                use_gpu=use_gpu,
             )
             self._predictor_key = key
         return self._cached_predictor

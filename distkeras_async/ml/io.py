@@ -25,8 +25,6 @@ from pyspark.ml.util import (
 )
 from pyspark.sql import SparkSession
 
-from distkeras_async._compat import canonical
-
 MODEL_PARAM = "model"
 MODEL_FILE = "model.keras"
 
@@ -126,7 +124,7 @@ class KerasParamsReader(MLReader[P], Generic[P]):
         """The stage saved at ``path``."""
         expected = f"{self.cls.__module__}.{self.cls.__name__}"
         metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
-        if canonical(str(metadata.get("class"))) != expected:
+        if metadata.get("class") != expected:
             raise ValueError(f"{path} holds a {metadata.get('class')!r}, not a {expected!r}")
         instance: Any = self.cls()  # a Params subclass as well (the mixins' contract)
         instance._resetUid(metadata["uid"])

@@ -1,14 +1,22 @@
-"""The Spark ML Params of :class:`~distkeras_async.estimator.KerasEstimator` and their checks.
+"""The Spark ML Params of :class:`~distkeras_async.ml.estimator.KerasEstimator`.
 
-Each Param has a type converter that refuses a bad value when it is set (naming the Param,
-leaving the stage unchanged) and turns Keras objects into JSON-able configs, so that a stage
-can be saved with Spark's own metadata format. A name that Keras does not know (a loss, a
-metric, an optimizer) or an algorithm that is not registered fails here, on the driver, not
-later inside a Spark task.
+Two kinds of Params make up a stage. The run options (``numWorkers``, ``shuffleWindow``,
+``roundTimeout``, ...) are declared once, in :mod:`distkeras_async.options`, and their
+Params, defaults, getters, setters and keywords are generated from those declarations
+(:mod:`distkeras_async.ml.generated`). The estimator's own Params (the Keras model,
+optimizer, loss and metrics, the algorithm and its hyperparameters, shuffling, validation,
+callbacks) are not run options: they are written out here.
+
+Each Param has a type converter that refuses a bad value when it is set (a TypeError naming
+the Param, leaving the stage unchanged) and turns Keras objects into JSON-able configs, so
+that a stage can be saved with Spark's own metadata format. A name that Keras does not know
+(a loss, a metric, an optimizer) or an algorithm that is not registered fails here, on the
+driver, not later inside a Spark task.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,31 +30,19 @@ from pyspark.ml.param.shared import (
     HasThresholds,
 )
 
-from distkeras_async import checks, registry
-from distkeras_async.errors import DistKerasError
-from distkeras_async.worker.backend import BACKENDS
-from distkeras_async.worker.partition import IN_MEMORY_LIMIT
-from distkeras_async.worker.serialization import (
-    serialize_config,
-    serialize_optimizer,
+from distkeras_async import registry
+from distkeras_async.ml.generated import (
+    OPTION_NAMES,
+    OPTIONS,
+    converter,
+    option_defaults,
+    option_value,
+    with_option_params,
 )
+from distkeras_async.trainers.model_config import serialize_config, serialize_optimizer
 
 # Names that ``Model.compile`` resolves itself from the loss; ``keras.metrics.get`` refuses them.
 _COMPILE_METRIC_NAMES = {"acc", "accuracy", "ce", "crossentropy"}
-
-
-def _converter(name: str, convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """Wrap ``convert`` so that every refusal is a TypeError naming the Param."""
-
-    def checked(value: Any) -> Any:
-        if value is None:
-            raise TypeError(f"{name} cannot be None")
-        try:
-            return convert(value)
-        except (DistKerasError, ValueError, TypeError) as exc:
-            raise TypeError(f"{name}: {exc}") from exc
-
-    return checked
 
 
 def _keras_model(value: Any) -> Any:
@@ -139,6 +135,12 @@ def _hyperparameters(value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         raise TypeError(f"expected a dict of hyperparameter name -> value, got {value!r}")
     for key, item in value.items():
+        if key in OPTION_NAMES:
+            # The trainer takes hyperparameters and options as keywords alike: one given
+            # here would collide with the Param's value, or with what the estimator sets.
+            params = [o.spec.param for o in OPTIONS if o.name == key]
+            where = f"set the {params[0]!r} Param" if params else "the estimator sets it"
+            raise TypeError(f"{key!r} is a run option, not a hyperparameter: {where}")
         if not isinstance(item, bool | int | float | str):
             raise TypeError(f"hyperparameter {key!r} must be a number, bool or string")
     return dict(value)
@@ -150,51 +152,10 @@ def _boolean(value: Any) -> bool:
     return value
 
 
-def _seed(value: Any) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # as Spark's TypeConverters.toInt
-    if not checks.is_int(value) or value < 0:
-        raise TypeError(f"expected a non-negative int, got {value!r}")
-    return int(value)
-
-
-def _backend(value: Any) -> str:
-    if value not in BACKENDS:
-        raise TypeError(f"expected one of {sorted(BACKENDS)}, got {value!r}")
-    return str(value)
-
-
-def _positive_int(value: Any) -> int:
-    # Spark's own int Params (maxIter, ...) go through TypeConverters.toInt, which takes an
-    # integral float such as 2.0; ours do the same, then the package's one positive-int rule.
-    # A converter raises TypeError: that is Spark's contract for Param converters.
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    try:
-        return checks.positive_int(value, "the value")
-    except ValueError as exc:
-        raise TypeError(str(exc)) from None
-
-
 def _column(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise TypeError(f"expected a column name, got {value!r}")
     return value
-
-
-def _class_weight(value: Any) -> dict[int, float]:
-    """``{class index: weight}``; keys written as strings (saved metadata is JSON) come back."""
-    if not isinstance(value, Mapping):
-        raise TypeError(f"expected a dict {{class index: weight}}, got {value!r}")
-    out: dict[int, float] = {}
-    for key, weight in value.items():
-        index = int(key) if isinstance(key, str) and key.isdigit() else key
-        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-            raise TypeError(f"class_weight key {key!r} is not a class index")
-        if isinstance(weight, bool) or not isinstance(weight, int | float):
-            raise TypeError(f"class_weight[{key!r}] must be a number, got {weight!r}")
-        out[index] = float(weight)
-    return out
 
 
 def _fraction(value: Any) -> float:
@@ -216,7 +177,7 @@ class HasKerasModel(Params):
         Params._dummy(),
         "model",
         "a built Keras 3 model (stored in the .keras format when saved)",
-        typeConverter=_converter("model", _keras_model),
+        typeConverter=converter("model", _keras_model),
     )
 
     def getModel(self) -> Any:  # noqa: N802 - Spark ML's naming
@@ -225,9 +186,10 @@ class HasKerasModel(Params):
 
 
 def _param(name: str, doc: str, convert: Callable[[Any], Any]) -> Param[Any]:
-    return Param(Params._dummy(), name, doc, typeConverter=_converter(name, convert))
+    return Param(Params._dummy(), name, doc, typeConverter=converter(name, convert))
 
 
+@with_option_params
 class KerasEstimatorParams(
     HasKerasModel,
     HasFeaturesCol,
@@ -237,8 +199,11 @@ class KerasEstimatorParams(
     HasRawPredictionCol,
     HasThresholds,
 ):
-    """The Params of :class:`~distkeras_async.estimator.KerasEstimator`, with their getters.
+    """The Params of :class:`~distkeras_async.ml.estimator.KerasEstimator`, with their getters.
 
+    The run options' Params and getters (``numWorkers``/``getNumWorkers``, ...) are generated
+    from their declarations (:func:`~distkeras_async.ml.generated.with_option_params`); a
+    getter returns None for an option that has no default and is not set.
     ``probabilityCol``, ``rawPredictionCol`` and ``thresholds`` are Spark's own classifier
     Params: a model trained with a classification loss writes those columns.
     """
@@ -264,28 +229,12 @@ class KerasEstimatorParams(
         "the algorithm's hyperparameters, e.g. {'communication_window': 5}",
         _hyperparameters,
     )
-    numWorkers = _param(  # noqa: N815 - Spark ML's naming
-        "numWorkers",
-        "Spark tasks training in parallel (synchronous algorithms need as many slots)",
-        _positive_int,
-    )
-    numEpochs = _param("numEpochs", "passes over the data", _positive_int)  # noqa: N815
-    batchSize = _param("batchSize", "samples per local step", _positive_int)  # noqa: N815
     shuffle = _param(
         "shuffle",
         "shuffle rows between workers, and each worker's rows every epoch",
         _boolean,
     )
-    seed = _param("seed", "the seed of the shuffles and of validationFraction's split", _seed)
-    sampleWeightCol = _param(  # noqa: N815
-        "sampleWeightCol", "a numeric column of per-row weights (not set: all 1)", _column
-    )
-    classWeight = _param(  # noqa: N815
-        "classWeight",
-        "{class index: weight} multiplying the weight of each class's rows",
-        _class_weight,
-    )
-    validationCol = _param(  # noqa: N815
+    validationCol = _param(  # noqa: N815 - Spark ML's naming
         "validationCol",
         "a boolean column: rows where it is true are validation data, not trained on",
         _column,
@@ -294,41 +243,6 @@ class KerasEstimatorParams(
         "validationFraction",
         "a fraction of the rows held out (seeded) as validation data; 0 for none",
         _fraction,
-    )
-    inMemoryLimit = _param(  # noqa: N815
-        "inMemoryLimit",
-        "bytes up to which a worker holds its partition in memory; larger ones stream from "
-        "a local file (0: always stream)",
-        _seed,
-    )
-    shuffleWindow = _param(  # noqa: N815
-        "shuffleWindow",
-        "rows a streamed partition shuffles together (not set: about 32 MiB of rows)",
-        _positive_int,
-    )
-    backend = _param(
-        "backend",
-        "the Keras backend the workers train on: tensorflow, jax or torch (not set: the "
-        "driver's KERAS_BACKEND)",
-        _backend,
-    )
-    useGpu = _param(  # noqa: N815
-        "useGpu",
-        "train (and predict) on the GPUs Spark gives each task (True), on the CPU only "
-        "(False), or (not set) on the task's GPUs when spark.task.resource.gpu.amount is set",
-        _boolean,
-    )
-    shards = _param(
-        "shards",
-        "parameter server processes the center is split across (not set: chosen from the "
-        "model's size and the driver's cores; docs/scaling.md)",
-        _positive_int,
-    )
-    overlap = _param(
-        "overlap",
-        "run each worker's exchange in the background while its next local steps run "
-        "(asynchronous algorithms only; docs/scaling.md)",
-        _boolean,
     )
     callbacks = _param(
         "callbacks",
@@ -343,15 +257,10 @@ class KerasEstimatorParams(
             metrics=["accuracy"],
             algorithm="downpour",
             hyperparameters={},
-            numWorkers=2,
-            numEpochs=1,
-            batchSize=32,
             shuffle=False,
-            seed=0,
             validationFraction=0.0,
-            inMemoryLimit=IN_MEMORY_LIMIT,
-            overlap=False,
         )
+        self._setDefault(**option_defaults())
 
     def getOptimizer(self) -> Any:  # noqa: N802
         """The ``optimizer`` Param's value (a name or a Keras config)."""
@@ -373,63 +282,9 @@ class KerasEstimatorParams(
         """The ``hyperparameters`` Param's value."""
         return dict(self.getOrDefault(self.hyperparameters))
 
-    def getNumWorkers(self) -> int:  # noqa: N802
-        """The ``numWorkers`` Param's value."""
-        return int(self.getOrDefault(self.numWorkers))
-
-    def getNumEpochs(self) -> int:  # noqa: N802
-        """The ``numEpochs`` Param's value."""
-        return int(self.getOrDefault(self.numEpochs))
-
-    def getBatchSize(self) -> int:  # noqa: N802
-        """The ``batchSize`` Param's value."""
-        return int(self.getOrDefault(self.batchSize))
-
     def getShuffle(self) -> bool:  # noqa: N802
         """The ``shuffle`` Param's value."""
         return bool(self.getOrDefault(self.shuffle))
-
-    def getSeed(self) -> int:  # noqa: N802
-        """The ``seed`` Param's value."""
-        return int(self.getOrDefault(self.seed))
-
-    def getBackend(self) -> str | None:  # noqa: N802
-        """The ``backend`` Param's value, or None when it is not set (the driver's)."""
-        value = self._optional(self.backend)
-        return None if value is None else str(value)
-
-    def getUseGpu(self) -> bool | None:  # noqa: N802
-        """The ``useGpu`` Param's value, or None when it is not set (GPUs if tasks get any)."""
-        value = self._optional(self.useGpu)
-        return None if value is None else bool(value)
-
-    def getShards(self) -> int | None:  # noqa: N802
-        """The ``shards`` Param's value, or None when it is not set (the default count)."""
-        value = self._optional(self.shards)
-        return None if value is None else int(value)
-
-    def getOverlap(self) -> bool:  # noqa: N802
-        """The ``overlap`` Param's value (default False)."""
-        return bool(self.getOrDefault(self.overlap))
-
-    def getInMemoryLimit(self) -> int:  # noqa: N802
-        """The ``inMemoryLimit`` Param's value."""
-        return int(self.getOrDefault(self.inMemoryLimit))
-
-    def getShuffleWindow(self) -> int | None:  # noqa: N802
-        """The ``shuffleWindow`` Param's value, or None when it is not set."""
-        value = self._optional(self.shuffleWindow)
-        return None if value is None else int(value)
-
-    def getSampleWeightCol(self) -> str | None:  # noqa: N802
-        """The ``sampleWeightCol`` Param's value, or None when it is not set."""
-        value = self._optional(self.sampleWeightCol)
-        return None if value is None else str(value)
-
-    def getClassWeight(self) -> dict[int, float] | None:  # noqa: N802
-        """The ``classWeight`` Param's value, or None when it is not set."""
-        value = self._optional(self.classWeight)
-        return None if value is None else dict(value)
 
     def getValidationCol(self) -> str | None:  # noqa: N802
         """The ``validationCol`` Param's value, or None when it is not set."""
@@ -444,31 +299,46 @@ class KerasEstimatorParams(
         """The ``callbacks`` Param's value (empty when it is not set)."""
         return list(self._optional(self.callbacks) or [])
 
-    def _optional(self, param: Param[Any]) -> Any:
-        return self.getOrDefault(param) if self.isDefined(param) else None
+    def _optional(self, param: str | Param[Any]) -> Any:
+        return option_value(self, param)
 
 
-def set_keywords(stage: Params, keywords: Mapping[str, Any]) -> None:
-    """Set Params from constructor or ``setParams`` keywords: all of them, or none.
+# The estimator's own keywords, in the order its signature lists them, with their types;
+# their defaults are the Params' (the run options follow, generated).
+_OWN_KEYWORDS = {
+    "model": "keras.Model | None",
+    "optimizer": "Any",
+    "loss": "Any",
+    "metrics": "list[Any] | None",
+    "algorithm": "str | type",
+    "hyperparameters": "Mapping[str, Any] | None",
+    "shuffle": "bool",
+    "featuresCol": "str",
+    "labelCol": "str",
+    "predictionCol": "str",
+    "probabilityCol": "str",
+    "rawPredictionCol": "str",
+    "thresholds": "list[float] | None",
+    "validationCol": "str | None",
+    "validationFraction": "float",
+    "callbacks": "list[keras.callbacks.Callback] | None",
+}
 
-    Every value is checked before any is set, so a bad one leaves the stage unchanged.
-    ``None`` leaves ``model`` and ``loss`` unset and means "none" for ``metrics`` and
-    ``hyperparameters``; for any other Param it is refused (Spark's own ``_set`` would store
-    it unchecked, and the stage could then not be loaded back).
-    """
-    empty: dict[str, Any] = {"metrics": [], "hyperparameters": {}}
-    checked: dict[Param[Any], Any] = {}
-    cleared: list[Param[Any]] = []
-    for name, given in keywords.items():
-        param = stage.getParam(name)
-        if given is None and name in ("model", "loss"):
-            cleared.append(param)
-            continue
-        value = empty[name] if given is None and name in empty else given
-        try:
-            checked[param] = param.typeConverter(value)
-        except TypeError as exc:
-            raise TypeError(f'Invalid param value given for param "{name}". {exc}') from exc
-    for param in cleared:
-        stage.clear(param)
-    stage._paramMap.update(checked)
+
+def _keywords() -> list[inspect.Parameter]:
+    """One keyword-only parameter per Param of the estimator, defaulting as the Param does."""
+    defaults = KerasEstimatorParams()
+    types = {**_OWN_KEYWORDS, **{str(o.spec.param): o.annotation for o in OPTIONS}}
+    return [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=option_value(defaults, name),
+            annotation=kind,
+        )
+        for name, kind in types.items()
+    ]
+
+
+KEYWORDS = _keywords()
+"""The keywords of ``KerasEstimator(...)`` and ``setParams``: every Param, with its default."""

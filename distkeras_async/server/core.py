@@ -124,7 +124,11 @@ class ServerCore:
         self.finished_attempts: set[tuple[int, int]] = set()
         self.updater = CenterUpdater(self.center, algorithm, self, lambda: self.version)
         self.rounds = Rounds(
-            num_workers, limits.round_timeout, loop, self._round_complete, self._round_failed
+            num_workers,
+            limits.timeouts.round_timeout,
+            loop,
+            self._round_complete,
+            self._round_failed,
         )
         # One shard of a synchronous run keeps the center of the last two versions: a round
         # that failed on another shard was never applied there, and the driver reads every
@@ -220,7 +224,7 @@ class ServerCore:
             # A new client of the same worker and attempt continues the numbering, so its
             # commits are not mistaken for resends of its predecessor's.
             self._last_seq.get((worker, attempt), -1) + 1,
-            self.limits.round_timeout,
+            self.limits.timeouts.round_timeout,
             0 if self.algorithm.synchronous else self.progress.get(worker, 0),
             self.shard,
         )

@@ -17,6 +17,8 @@ import numpy as np
 
 from distkeras_async import checks
 from distkeras_async.layout import Layout
+from distkeras_async.options import TlsSetting
+from distkeras_async.options.values import tls_for_shards, tls_setting
 from distkeras_async.server.parameter_server import ParameterServer
 from distkeras_async.server.shard_handle import UnshippableAlgorithmError
 from distkeras_async.server.sharded import ShardedParameterServer
@@ -24,36 +26,12 @@ from distkeras_async.shards import default_shards
 
 AnyServer: TypeAlias = ParameterServer | ShardedParameterServer
 
-TlsSetting: TypeAlias = ssl.SSLContext | tuple[str, str] | None
-"""A server-side TLS context, or ``(certificate, key)`` PEM paths, or None for plain TCP."""
-
 
 def shard_count(shards: int | None, weights: Sequence[np.ndarray]) -> int:
     """``shards``, or the default for these weights on this machine when None."""
     if shards is None:
         return default_shards(Layout.of(weights).size, os.cpu_count() or 1)
     return checks.positive_int(shards, "shards")
-
-
-def check_tls(tls: TlsSetting, shards: int | None) -> None:
-    """Refuse a TLS setting that cannot serve ``shards`` shards.
-
-    Raises:
-        TypeError: for anything but a context, a pair of paths, or None.
-        ValueError: for a context with more than one shard (another process cannot share
-            it: give the certificate and key files instead).
-    """
-    if tls is None or isinstance(tls, ssl.SSLContext):
-        if isinstance(tls, ssl.SSLContext) and shards is not None and shards > 1:
-            raise ValueError(
-                "a sharded parameter server runs each shard in its own process, which cannot "
-                "share an ssl.SSLContext: pass ssl_context=(certificate_file, key_file)"
-            )
-        return
-    if not (isinstance(tls, tuple) and len(tls) == 2 and all(isinstance(p, str) for p in tls)):
-        raise TypeError(
-            f"ssl_context must be an ssl.SSLContext or (certificate_file, key_file), got {tls!r}"
-        )
 
 
 def make_server(
@@ -73,13 +51,21 @@ def make_server(
             ``ssl_context`` is an ``SSLContext`` or the algorithm's class cannot be
             imported by another process (both work with one shard, and an explicit count
             above one refuses them with the fix).
-        ssl_context: see :data:`TlsSetting`.
-        **options: every other :class:`ParameterServer` argument.
+        ssl_context: see :data:`~distkeras_async.options.TlsSetting`.
+        **options: every other :class:`ParameterServer` argument: the ``timeouts``,
+            ``checkpoints`` and ``capacity`` groups (or their options flat), the algorithm's
+            hyperparameters, ...; both servers sort them the same way.
+
+    Raises:
+        TypeError: for a TLS setting that is neither a context, a pair of paths nor None.
+        ValueError: for an ``ssl.SSLContext`` with more than one shard (another process
+            cannot share it: give the certificate and key files instead).
     """
     count = shard_count(shards, weights)
+    ssl_context = tls_setting(ssl_context, "ssl_context")
     if shards is None and isinstance(ssl_context, ssl.SSLContext):
         count = 1  # the default never turns a working setting into an error
-    check_tls(ssl_context, count)
+    tls_for_shards(ssl_context, count)
     if count == 1:
         if isinstance(ssl_context, tuple):
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

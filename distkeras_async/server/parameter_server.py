@@ -30,9 +30,16 @@ import numpy as np
 
 from distkeras_async.algorithm import Algorithm
 from distkeras_async.errors import ErrorCode
+from distkeras_async.options import CheckpointOptions, Timeouts
 from distkeras_async.server.core import Failure, ServerCore
-from distkeras_async.server.limits import FRAME_TIMEOUT, IDLE_TIMEOUT, Limits
-from distkeras_async.server.run_setup import FailureReporting, check_limits, prepare_run
+from distkeras_async.server.limits import Capacity, Limits
+from distkeras_async.server.run_setup import (
+    FailureReporting,
+    check_limits,
+    prepare_run,
+    sort_arguments,
+    with_option_parameters,
+)
 from distkeras_async.server.session import Session
 from distkeras_async.server.stats import ServerStats
 from distkeras_async.server.transport import Transport
@@ -57,6 +64,13 @@ SWEEP_INTERVAL = 1.0
 class ParameterServer(FailureReporting):
     """Holds the center variable and applies an algorithm's server rule to workers' commits.
 
+    The timeouts, the checkpoint settings and the capacity are option groups
+    (:class:`~distkeras_async.options.Timeouts`,
+    :class:`~distkeras_async.options.CheckpointOptions`,
+    :class:`~distkeras_async.server.limits.Capacity`): pass a group whole, or its options
+    flat (``round_timeout=1.0``, ``checkpoint_path=...``, ``max_connections=4``), not both.
+    ``inspect.signature(ParameterServer)`` lists every flat option with its default.
+
     Args:
         weights: the initial weights, as ``keras_model.get_weights()`` returns them.
         algorithm: a registered algorithm name, an Algorithm class, or an instance.
@@ -65,35 +79,29 @@ class ParameterServer(FailureReporting):
         host: the address to listen on; the address the workers use to reach the driver.
         port: the port to listen on; 0 lets the OS choose (see :attr:`port`).
         ssl_context: a server-side TLS context, or None for plain TCP.
-        round_timeout: seconds a synchronous round may wait for its last worker.
-        idle_timeout: seconds a connection may stay silent between two frames (a worker
-            computing a long communication window is silent: keep this above a window's
-            duration; default 3,600).
-        handshake_timeout: seconds a new connection has to authenticate.
-        frame_timeout: seconds a frame has, from its first byte, to arrive whole (default 60).
-        send_timeout: seconds a worker may leave a reply unread before it is dropped.
-        max_connections: open connections allowed at once (default: 2 * num_workers + 8).
-        receive_buffers: model-sized buffers for incoming commits (default: 1 for
-            asynchronous algorithms, ``num_workers`` for synchronous ones, which hold a
-            whole round).
-        center_buffers: model-sized buffers for the center: the published one, the next one
-            being computed (a rule never writes the published center), and one older
-            version still being sent to a slow reader. At least 2; with 2, an update waits
-            while any older version is still being sent.
+        timeouts: how long a round, a silent connection, a frame, a handshake and an unread
+            reply may take (default: each option's declared default; the idle timeout must
+            stay above a communication window's duration).
+        checkpoints: where and how often the center is written (``checkpoint_path``,
+            ``checkpoint_every`` updates, ``checkpoint_interval`` seconds); flat, a path
+            needs a period; ``snapshot_interval`` is the trainer's and is not taken.
+        capacity: open connections and model-sized buffers allowed.
         use_uvloop: use uvloop when it is installed.
-        checkpoint_path: write the center here (atomically) every ``checkpoint_every``
-            updates and/or every ``checkpoint_interval`` seconds.
-        checkpoint_every: updates between checkpoints.
-        checkpoint_interval: seconds between checkpoints.
         resume_from: start from this checkpoint's center and version instead of ``weights``
             (which must have the same layout).
         shard: ``(index, count)`` when this server is one shard of a sharded center (a
             process of :class:`~distkeras_async.server.sharded.ShardedParameterServer`);
             ``weights`` are then the shard's pieces.
         version: the center's version at start (a shard resumed from a checkpoint).
-        **hyperparameters: the algorithm's hyperparameters when ``algorithm`` is a name/class.
+        **keywords: the groups' options, flat; the rest are the algorithm's hyperparameters
+            when ``algorithm`` is a name/class.
+
+    Raises:
+        TypeError: for a group given together with one of its flat options.
+        ValueError: for a bad value, naming the argument.
     """
 
+    @with_option_parameters
     def __init__(
         self,
         weights: Sequence[np.ndarray] | np.ndarray,
@@ -104,46 +112,26 @@ class ParameterServer(FailureReporting):
         host: str = "127.0.0.1",
         port: int = 0,
         ssl_context: ssl.SSLContext | None = None,
-        round_timeout: float = 300.0,
-        idle_timeout: float = IDLE_TIMEOUT,
-        handshake_timeout: float = 10.0,
-        frame_timeout: float = FRAME_TIMEOUT,
-        send_timeout: float = 60.0,
-        max_connections: int | None = None,
-        receive_buffers: int | None = None,
-        center_buffers: int = 3,
+        timeouts: Timeouts | None = None,
+        checkpoints: CheckpointOptions | None = None,
+        capacity: Capacity | None = None,
         use_uvloop: bool = True,
-        checkpoint_path: str | os.PathLike[str] | None = None,
-        checkpoint_every: int | None = None,
-        checkpoint_interval: float | None = None,
         resume_from: str | os.PathLike[str] | None = None,
         shard: tuple[int, int] | None = None,
         version: int = 0,
-        **hyperparameters: Any,
+        **keywords: Any,
     ) -> None:
-        check_limits(
-            num_workers=num_workers,
-            port=port,
-            timeouts={
-                "round_timeout": round_timeout,
-                "idle_timeout": idle_timeout,
-                "handshake_timeout": handshake_timeout,
-                "frame_timeout": frame_timeout,
-                "send_timeout": send_timeout,
-            },
-            max_connections=max_connections,
-            receive_buffers=receive_buffers,
-            center_buffers=center_buffers,
+        check_limits(num_workers=num_workers, port=port)
+        options = sort_arguments(
+            keywords, timeouts=timeouts, checkpoints=checkpoints, capacity=capacity
         )
         setup = prepare_run(
             weights,
             algorithm,
-            hyperparameters,
+            options.hyperparameters,
             num_workers=num_workers,
+            checkpoints=options.checkpoints,
             version=version,
-            checkpoint_path=checkpoint_path,
-            checkpoint_every=checkpoint_every,
-            checkpoint_interval=checkpoint_interval,
             resume_from=resume_from,
         )
         self.algorithm, self.layout = setup.algorithm, setup.layout
@@ -155,19 +143,9 @@ class ParameterServer(FailureReporting):
         self._requested_port = port
         self._secret = auth.check_secret(secret)
         self._ssl = ssl_context
-        sync = self.algorithm.synchronous
-        self.limits = Limits(
-            max_connections=max_connections or 2 * num_workers + 8,
-            round_timeout=round_timeout,
-            idle_timeout=idle_timeout,
-            handshake_timeout=handshake_timeout,
-            frame_timeout=frame_timeout,
-            send_timeout=send_timeout,
-            receive_buffers=receive_buffers or (num_workers if sync else 1),
-            center_buffers=center_buffers,
+        self.limits = Limits.settle(
+            options.timeouts, options.capacity, num_workers, self.algorithm.synchronous
         )
-        if sync and self.limits.receive_buffers < num_workers:
-            raise ValueError("a synchronous algorithm needs receive_buffers >= num_workers")
         self._use_uvloop = use_uvloop and uvloop is not None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

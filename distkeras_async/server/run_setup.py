@@ -3,16 +3,18 @@
 :class:`~distkeras_async.server.parameter_server.ParameterServer` (one process) and
 :class:`~distkeras_async.server.sharded.ShardedParameterServer` (K shard processes) take the
 same arguments and must refuse the same bad ones, resume the same checkpoints and raise the
-same errors; :func:`prepare_run` and :class:`FailureReporting` are that shared part.
+same errors; :func:`sort_arguments`, :func:`prepare_run` and :class:`FailureReporting` are
+that shared part.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -20,6 +22,13 @@ from distkeras_async import checks, registry
 from distkeras_async.algorithm import Algorithm
 from distkeras_async.errors import DistKerasError, ErrorCode, from_code
 from distkeras_async.layout import Layout
+from distkeras_async.options import (
+    CheckpointOptions,
+    Timeouts,
+    bind,
+    declared,
+    keyword_parameters,
+)
 from distkeras_async.server.checkpoint import (
     Checkpoint,
     Checkpointer,
@@ -29,6 +38,7 @@ from distkeras_async.server.checkpoint import (
     save_checkpoint,
 )
 from distkeras_async.server.core import Failure
+from distkeras_async.server.limits import Capacity
 
 logger = logging.getLogger("distkeras_async.server")
 
@@ -44,23 +54,99 @@ class RunSetup:
     checkpointer: Checkpointer | None
 
 
-def check_limits(
-    *,
-    num_workers: int,
-    port: int,
-    timeouts: dict[str, float],
-    max_connections: int | None,
-    receive_buffers: int | None,
-    center_buffers: int,
-) -> None:
-    """Refuse a bad worker count, port, timeout or buffer limit, naming the argument."""
+SERVER_GROUPS: dict[str, type[Any]] = {
+    "timeouts": Timeouts,
+    "checkpoints": CheckpointOptions,
+    "capacity": Capacity,
+}
+"""The option groups a server takes, by the name of the parameter that takes each whole."""
+
+# The trainer records its snapshots itself (it reads the center on the driver); a server
+# has no use for the option, so it neither lists nor accepts it.
+NOT_SERVER_OPTIONS = frozenset({"snapshot_interval"})
+
+
+@dataclass(frozen=True, slots=True)
+class ServerArguments:
+    """A server's keyword arguments, sorted into its option groups and the rest."""
+
+    timeouts: Timeouts
+    checkpoints: CheckpointOptions
+    capacity: Capacity
+    hyperparameters: dict[str, Any]  # what no group declares: the algorithm's
+
+
+def sort_arguments(keywords: Mapping[str, Any], **groups: Any) -> ServerArguments:
+    """Sort flat keyword arguments into the option groups; ``groups`` are those given whole.
+
+    Args:
+        keywords: a server's ``**keywords``: flat options (``round_timeout=1.0``,
+            ``checkpoint_path=...``) and the algorithm's hyperparameters.
+        **groups: ``timeouts``, ``checkpoints`` and ``capacity`` as the caller passed them
+            (None: built from the flat options and the declared defaults).
+
+    Raises:
+        TypeError: for a group and one of its own options both given, a group of the
+            wrong type, or an option only the trainer takes.
+        ValueError: from an option's check, naming it.
+    """
+    refused = sorted(NOT_SERVER_OPTIONS & keywords.keys())
+    if refused:
+        raise TypeError(f"the parameter server does not take {', '.join(refused)} (a trainer's)")
+    missing = []
+    for parameter, group in SERVER_GROUPS.items():
+        given = groups.get(parameter)
+        if given is None:
+            missing.append(group)
+            continue
+        if not isinstance(given, group):
+            raise TypeError(f"{parameter} must be a {group.__name__}, got {given!r}")
+        both = [item.name for item in declared(group) if item.name in keywords]
+        if both:
+            raise TypeError(f"pass {parameter} or {', '.join(both)}, not both")
+    _check_checkpoint_period(keywords)
+    bound, rest = bind(keywords, missing)
+    whole = {
+        parameter: bound[group] if groups.get(parameter) is None else groups[parameter]
+        for parameter, group in SERVER_GROUPS.items()
+    }
+    return ServerArguments(**whole, hyperparameters=rest)
+
+
+def _check_checkpoint_period(keywords: Mapping[str, Any]) -> None:
+    # A server given a flat checkpoint_path and no period has always refused it (the
+    # trainer and ``serve`` default to 60 s, through CheckpointOptions): a group given whole
+    # carries its own period.
+    if keywords.get("checkpoint_path") is not None and all(
+        keywords.get(name) is None for name in ("checkpoint_every", "checkpoint_interval")
+    ):
+        raise ValueError("give checkpoint_every and/or checkpoint_interval")
+
+
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def with_option_parameters(init: F) -> F:
+    """Give a server's ``__init__`` a signature listing every option it takes, flat.
+
+    ``inspect.signature``, ``help()`` and IDEs then show each option of
+    :data:`SERVER_GROUPS` as a keyword-only parameter with its declared default, although
+    ``**keywords`` takes them.
+    """
+    signature = inspect.signature(init)
+    named = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    rest = [p for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD]
+    flat = [
+        p for p in keyword_parameters(SERVER_GROUPS.values()) if p.name not in NOT_SERVER_OPTIONS
+    ]
+    init.__signature__ = signature.replace(parameters=[*named, *flat, *rest])  # type: ignore[attr-defined]
+    return init
+
+
+def check_limits(*, num_workers: int, port: int) -> None:
+    """Refuse a bad worker count or port, naming the argument."""
     checks.positive_int(num_workers, "num_workers")
     checks.port(port, "port")
-    checks.optional_positive_int(max_connections, "max_connections")
-    checks.optional_positive_int(receive_buffers, "receive_buffers")
-    checks.positive_int(center_buffers, "center_buffers", minimum=2)
-    for name, value in timeouts.items():
-        checks.positive_number(value, name)
 
 
 def prepare_run(
@@ -69,17 +155,16 @@ def prepare_run(
     hyperparameters: dict[str, Any],
     *,
     num_workers: int,
+    checkpoints: CheckpointOptions,
     version: int = 0,
-    checkpoint_path: str | os.PathLike[str] | None = None,
-    checkpoint_every: int | None = None,
-    checkpoint_interval: float | None = None,
     resume_from: str | os.PathLike[str] | None = None,
 ) -> RunSetup:
     """The algorithm, the layout, the center to start from and the checkpointer.
 
     Raises:
-        ValueError: for a model without weights, or checkpoint settings without a period.
-        CheckpointError: for a checkpoint of another algorithm, settings or layout.
+        ValueError: for a model without weights.
+        CheckpointError: for a checkpoint of another algorithm, settings or layout, or a
+            checkpoint path that cannot be written.
     """
     if isinstance(weights, np.ndarray):
         weights = [weights]
@@ -95,17 +180,15 @@ def prepare_run(
         initial, version = resumed.center, resumed.version
         logger.info("resuming from %s at version %d", resume_from, resumed.version)
     checkpointer = None
-    if checkpoint_path is not None:
-        if checkpoint_every is None and checkpoint_interval is None:
-            raise ValueError("give checkpoint_every and/or checkpoint_interval")
-        check_writable(checkpoint_path)
+    if checkpoints.checkpoint_path is not None:
+        check_writable(checkpoints.checkpoint_path)
         checkpointer = Checkpointer(
-            checkpoint_path,
+            checkpoints.checkpoint_path,
             layout,
             resolved.name,
             resolved.settings,
-            every=checkpoint_every,
-            interval=checkpoint_interval,
+            every=checkpoints.checkpoint_every,
+            interval=checkpoints.checkpoint_interval,
         )
     return RunSetup(resolved, layout, initial, version, checkpointer)
 

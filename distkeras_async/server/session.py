@@ -435,24 +435,25 @@ class Session:
 
     def sweep(self, now: float, limits: Limits) -> None:
         """Close the connection if one of its timeouts expired."""
+        timeouts = limits.timeouts
         blocked = self.link.write_blocked_since
-        if blocked is not None and now - blocked > limits.send_timeout:
+        if blocked is not None and now - blocked > timeouts.send_timeout:
             logger.warning(
                 "aborting %s: it has not read its reply for %gs",
                 self.link.peer,
-                limits.send_timeout,
+                timeouts.send_timeout,
             )
             self.abort()
         elif self.closed:
             return
-        elif self.state is State.HANDSHAKE and now - self.opened_at > limits.handshake_timeout:
+        elif self.state is State.HANDSHAKE and now - self.opened_at > timeouts.handshake_timeout:
             self.fail(
-                ErrorCode.LIMIT, f"handshake not completed within {limits.handshake_timeout:g} s"
+                ErrorCode.LIMIT, f"handshake not completed within {timeouts.handshake_timeout:g} s"
             )
-        elif self.frame_started is not None and now - self.frame_started > limits.frame_timeout:
-            self.fail(ErrorCode.LIMIT, f"frame not completed within {limits.frame_timeout:g} s")
-        elif not self.awaiting and now - self.link.last_activity > limits.idle_timeout:
-            self.fail(ErrorCode.LIMIT, f"idle for more than {limits.idle_timeout:g} s")
+        elif self.frame_started is not None and now - self.frame_started > timeouts.frame_timeout:
+            self.fail(ErrorCode.LIMIT, f"frame not completed within {timeouts.frame_timeout:g} s")
+        elif not self.awaiting and now - self.link.last_activity > timeouts.idle_timeout:
+            self.fail(ErrorCode.LIMIT, f"idle for more than {timeouts.idle_timeout:g} s")
 
 
 def _code(exc: BaseException) -> ErrorCode:

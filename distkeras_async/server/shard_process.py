@@ -24,7 +24,9 @@ from distkeras_async import registry
 from distkeras_async.algorithm import Algorithm
 from distkeras_async.errors import ErrorCode
 from distkeras_async.layout import Layout
+from distkeras_async.options import Timeouts
 from distkeras_async.server import control
+from distkeras_async.server.limits import Capacity
 from distkeras_async.server.parameter_server import ParameterServer
 
 logger = logging.getLogger("distkeras_async.server")
@@ -64,7 +66,9 @@ def build(config: dict[str, Any], center: np.ndarray) -> ParameterServer:
         ssl_context=context,
         shard=(config["shard"][0], config["shard"][1]),
         version=config["version"],
-        **config["limits"],
+        timeouts=Timeouts(**config["timeouts"]),
+        capacity=Capacity(**config["capacity"]),
+        use_uvloop=config["use_uvloop"],
     )
 
 

@@ -31,6 +31,7 @@ Semantics per shard (docs/scaling.md):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -44,9 +45,16 @@ import numpy as np
 from distkeras_async import checks
 from distkeras_async.algorithm import Algorithm
 from distkeras_async.errors import ErrorCode
+from distkeras_async.options import CheckpointOptions, Timeouts
 from distkeras_async.server.core import Failure
-from distkeras_async.server.limits import FRAME_TIMEOUT, IDLE_TIMEOUT
-from distkeras_async.server.run_setup import FailureReporting, check_limits, prepare_run
+from distkeras_async.server.limits import Capacity
+from distkeras_async.server.run_setup import (
+    FailureReporting,
+    check_limits,
+    prepare_run,
+    sort_arguments,
+    with_option_parameters,
+)
 from distkeras_async.server.shard_handle import ShardError, ShardProcess, algorithm_spec
 from distkeras_async.server.stats import ServerStats
 from distkeras_async.shards import split
@@ -63,9 +71,11 @@ class ShardedParameterServer(FailureReporting):
     """A parameter server whose center is split across ``shards`` processes.
 
     Takes :class:`~distkeras_async.server.parameter_server.ParameterServer`'s arguments
-    (weights, algorithm, ``num_workers``, ``secret``, host, the timeouts and limits, the
-    checkpoint settings, ``resume_from``, hyperparameters) and reads like it (``center``,
-    ``version``, ``stats()``, ``failure``, ``request()``, ...). The differences:
+    (weights, algorithm, ``num_workers``, ``secret``, host, the ``timeouts``,
+    ``checkpoints`` and ``capacity`` groups or their options flat, ``resume_from``,
+    hyperparameters) and reads like it (``center``, ``version``, ``stats()``, ``failure``,
+    ``request()``, ...). Every shard enforces the timeouts and the capacity itself; the
+    driver writes the checkpoints. The differences:
 
     Args:
         shards: the number of shard processes (at least 1; each holds a slice).
@@ -75,6 +85,7 @@ class ShardedParameterServer(FailureReporting):
             cannot share an ``ssl.SSLContext``); None for plain TCP.
     """
 
+    @with_option_parameters
     def __init__(
         self,
         weights: Sequence[np.ndarray] | np.ndarray,
@@ -86,46 +97,26 @@ class ShardedParameterServer(FailureReporting):
         host: str = "127.0.0.1",
         port: int = 0,
         tls_files: tuple[str, str] | None = None,
-        round_timeout: float = 300.0,
-        idle_timeout: float = IDLE_TIMEOUT,
-        handshake_timeout: float = 10.0,
-        frame_timeout: float = FRAME_TIMEOUT,
-        send_timeout: float = 60.0,
-        max_connections: int | None = None,
-        receive_buffers: int | None = None,
-        center_buffers: int = 3,
+        timeouts: Timeouts | None = None,
+        checkpoints: CheckpointOptions | None = None,
+        capacity: Capacity | None = None,
         use_uvloop: bool = True,
-        checkpoint_path: str | os.PathLike[str] | None = None,
-        checkpoint_every: int | None = None,
-        checkpoint_interval: float | None = None,
         resume_from: str | os.PathLike[str] | None = None,
-        **hyperparameters: Any,
+        **keywords: Any,
     ) -> None:
         checks.positive_int(shards, "shards")
-        check_limits(
-            num_workers=num_workers,
-            port=port,
-            timeouts={
-                "round_timeout": round_timeout,
-                "idle_timeout": idle_timeout,
-                "handshake_timeout": handshake_timeout,
-                "frame_timeout": frame_timeout,
-                "send_timeout": send_timeout,
-            },
-            max_connections=max_connections,
-            receive_buffers=receive_buffers,
-            center_buffers=center_buffers,
+        check_limits(num_workers=num_workers, port=port)
+        options = sort_arguments(
+            keywords, timeouts=timeouts, checkpoints=checkpoints, capacity=capacity
         )
         if port and port + shards - 1 > 65535:
             raise ValueError(f"ports {port}..{port + shards - 1} exceed 65535")
         setup = prepare_run(
             weights,
             algorithm,
-            hyperparameters,
+            options.hyperparameters,
             num_workers=num_workers,
-            checkpoint_path=checkpoint_path,
-            checkpoint_every=checkpoint_every,
-            checkpoint_interval=checkpoint_interval,
+            checkpoints=options.checkpoints,
             resume_from=resume_from,
         )
         self.algorithm, self.layout = setup.algorithm, setup.layout
@@ -140,23 +131,17 @@ class ShardedParameterServer(FailureReporting):
         self.num_workers = num_workers
         self.host = host
         self._secret = auth.check_secret(secret)
+        # The groups travel to each shard as plain maps (the control channel is msgpack);
+        # the shard rebuilds them, so each shard applies the same checks and defaults.
         self._config = {
             "algorithm": self._algorithm_spec,
             "num_workers": num_workers,
             "secret": self._secret,
             "host": host,
             "tls": None if tls_files is None else list(tls_files),
-            "limits": {
-                "round_timeout": round_timeout,
-                "idle_timeout": idle_timeout,
-                "handshake_timeout": handshake_timeout,
-                "frame_timeout": frame_timeout,
-                "send_timeout": send_timeout,
-                "max_connections": max_connections,
-                "receive_buffers": receive_buffers,
-                "center_buffers": center_buffers,
-                "use_uvloop": use_uvloop,
-            },
+            "timeouts": dataclasses.asdict(options.timeouts),
+            "capacity": dataclasses.asdict(options.capacity),
+            "use_uvloop": use_uvloop,
         }
         self._port = port
         self._processes: list[ShardProcess] = []

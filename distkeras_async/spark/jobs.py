@@ -249,8 +249,7 @@ def run_workers(
     """
     if barrier:
         check_barrier_slots(spark, num_workers, use_gpu=plan.use_gpu)
-    weight = [plan.sample_weight] if plan.sample_weight else []
-    columns = [*plan.features, *plan.labels, *weight]
+    columns = plan.columns
 
     def task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         # Runs on an executor: import there, use only the plain values captured above.
@@ -265,7 +264,7 @@ def run_workers(
         worker, attempt = context.partitionId(), context.attemptNumber()
         trainer = new_worker(plan, worker, attempt, task_cores=context.cpus())
         try:
-            with spool(batches, columns, limit=plan.in_memory_limit) as partition:
+            with spool(batches, columns, limit=plan.data.in_memory_limit) as partition:
                 history = trainer.train(partition)
         except ColumnError as exc:
             # from None: the ColumnError's own traceback says nothing more than this message.

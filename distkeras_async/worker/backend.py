@@ -12,7 +12,6 @@ through per-tensor conversions that cost most of an exchange for a small model.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import sys
@@ -22,11 +21,9 @@ from typing import Any
 import numpy as np
 
 from distkeras_async.errors import BackendError
+from distkeras_async.options.values import installed_backend
 
 logger = logging.getLogger(__name__)
-
-# The Keras backends and the package each needs.
-BACKENDS = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 
 
 def check_backend(backend: str) -> str:
@@ -35,15 +32,7 @@ def check_backend(backend: str) -> str:
     Raises:
         BackendError: naming the backends, or the extra to install.
     """
-    if backend not in BACKENDS:
-        raise BackendError(f"backend must be one of {sorted(BACKENDS)}, got {backend!r}")
-    if importlib.util.find_spec(BACKENDS[backend]) is None:
-        extra = "" if backend == "tensorflow" else f" (pip install 'distkeras-async[{backend}]')"
-        raise BackendError(
-            f"the Keras backend {backend!r} needs the {BACKENDS[backend]!r} package, which is "
-            f"not installed{extra}"
-        )
-    return backend
+    return installed_backend(backend, "backend")
 
 
 def current_backend() -> str:

@@ -25,7 +25,7 @@ def connect(
             the worker's rebuilt model's.
     """
     with _open(plan, worker_id, attempt, layout) as client:
-        if not plan.overlap:
+        if not plan.devices.overlap:
             yield client
             return
         # Leaving it waits for the exchange in flight, before the client says goodbye.
@@ -35,31 +35,32 @@ def connect(
 
 @contextlib.contextmanager
 def _open(plan: WorkerPlan, worker_id: int, attempt: int, layout: Layout) -> Iterator[AnyClient]:
-    tls = None if plan.tls_ca is None else ssl.create_default_context(cadata=plan.tls_ca)
-    if len(plan.ports) > 1:
+    end = plan.endpoint
+    tls = None if end.tls_ca is None else ssl.create_default_context(cadata=end.tls_ca)
+    if len(end.ports) > 1:
         # The shards check that they hold this layout's slices (LayoutMismatchError).
         with ShardedClient(
-            plan.host,
-            plan.ports,
-            plan.secret,
+            end.host,
+            end.ports,
+            end.secret,
             worker_id,
             attempt,
             layout=layout,
-            timeout=plan.timeout,
+            timeout=end.timeout,
             ssl_context=tls,
-            server_hostname=plan.tls_server_hostname,
+            server_hostname=end.tls_server_hostname,
         ) as sharded:
             yield sharded
         return
     with ParameterServerClient(
-        plan.host,
-        plan.port,
-        plan.secret,
+        end.host,
+        end.port,
+        end.secret,
         worker_id,
         attempt,
-        timeout=plan.timeout,
+        timeout=end.timeout,
         ssl_context=tls,
-        server_hostname=plan.tls_server_hostname,
+        server_hostname=end.tls_server_hostname,
     ) as client:
         if client.layout != layout:
             raise LayoutMismatchError(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -81,6 +81,40 @@ class KerasWorker:
         task_cores: the cores Spark gave this task (the default thread limit).
     """
 
+    # What the class does differently, declared: the library reads these, never which
+    # methods a subclass overrides. A subclass may set them; one it leaves alone follows
+    # from the hooks the subclass defines (see __init_subclass__), so that a worker written
+    # for an older release keeps its behaviour.
+    steps_itself: ClassVar[bool] = False
+    """Its local steps leave ``model.fit`` (it defines ``train_step`` or ``batches``)."""
+    takes_arrays: ClassVar[bool] = False
+    """It needs the whole partition as arrays (``batches`` or ``run``): no streaming."""
+    decodes_columns: ClassVar[bool] = False
+    """Its ``decode_column`` reads columns its own way (the driver cannot check shapes)."""
+    prepares_columns: ClassVar[bool] = False
+    """Its ``prepare`` makes inputs and targets its own way (no shape or class checks)."""
+    builds_own_model: ClassVar[bool] = False
+    """Its ``build_model`` is its own (the model is not reused by the next task)."""
+
+    _DECLARED_BY: ClassVar[dict[str, tuple[str, ...]]] = {
+        "steps_itself": ("train_step", "batches"),
+        "takes_arrays": ("batches", "run"),
+        "decodes_columns": ("decode_column",),
+        "prepares_columns": ("prepare",),
+        "builds_own_model": ("build_model",),
+    }
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for declaration, hooks in KerasWorker._DECLARED_BY.items():
+            if declaration not in cls.__dict__ and any(hook in cls.__dict__ for hook in hooks):
+                setattr(cls, declaration, True)
+
+    @classmethod
+    def transforms_columns(cls) -> bool:
+        """Whether the columns reach the model other than as the driver can check them."""
+        return cls.decodes_columns or cls.prepares_columns
+
     def __init__(self, plan: WorkerPlan, worker_id: int, attempt: int, task_cores: int = 1) -> None:
         self.plan = plan
         self.worker_id = worker_id
@@ -137,10 +171,10 @@ class KerasWorker:
         return epoch_batches(
             x,
             y,
-            num_epoch=plan.num_epoch,
-            batch_size=plan.batch_size,
+            num_epoch=plan.epochs,
+            batch_size=plan.run.batch_size,
             shuffle=plan.shuffle,
-            seed=plan.seed,
+            seed=plan.data.seed,
             worker=self.worker_id,
             sample_weight=sample_weight,
         )
@@ -149,12 +183,7 @@ class KerasWorker:
 
     def uses_fit(self, algorithm: Algorithm) -> bool:
         """Whether local steps can run inside ``model.fit`` (no per-step hook is needed)."""
-        own = type(self)
-        return (
-            not algorithm.acts_every_step()
-            and own.train_step is KerasWorker.train_step
-            and own.batches is KerasWorker.batches
-        )
+        return not algorithm.acts_every_step() and not self.steps_itself
 
     def decode(self, block: pa.RecordBatch, first_row: int) -> list[np.ndarray]:
         """Every column of a block of rows, through :meth:`decode_column`."""
@@ -193,8 +222,8 @@ class KerasWorker:
                         f"{where}, in its partition: column {name!r} has rows of shape "
                         f"{shape} from row {int(first)} on, where the rows before have {width}"
                     )
-            data = len(plan.features) + len(plan.labels)
-            if not plan.allow_nonfinite_inputs:
+            data = len(plan.data.features) + len(plan.data.labels)
+            if not plan.failures.allow_nonfinite_inputs:
                 check_finite(columns[:data], names[:data], self.worker_id, self.attempt, int(first))
             if len(columns) > data:  # a weight column never may be non-finite
                 check_finite(columns[data:], names[data:], self.worker_id, self.attempt, int(first))
@@ -204,11 +233,11 @@ class KerasWorker:
 
     def _sparse_label_classes(self) -> list[tuple[int, int]]:
         """(column index, classes) of each label column whose loss takes class indices."""
-        if type(self).prepare is not KerasWorker.prepare:
+        if self.prepares_columns:
             return []  # the worker turns the columns into targets its own way
         loss = ModelSpec.from_json(self.plan.model_spec).loss
         return sparse_label_classes(
-            self._model(), loss, len(self.plan.features), len(self.plan.labels)
+            self._model(), loss, len(self.plan.data.features), len(self.plan.data.labels)
         )
 
     def _check_input_sizes(self, columns: Sequence[np.ndarray], first: int) -> None:
@@ -217,7 +246,7 @@ class KerasWorker:
         (The driver checks the DataFrame's first row; another partition's rows may differ.)
         """
         for name, column, size in zip(
-            self.plan.features, columns, self._input_sizes(), strict=False
+            self.plan.data.features, columns, self._input_sizes(), strict=False
         ):
             found = int(np.prod(column.shape[1:]))
             if size is not None and len(column) and found != size:
@@ -249,7 +278,7 @@ class KerasWorker:
 
     def _train_partition(self, partition: Partition) -> list[StepRecord]:
         own = type(self)
-        wants_arrays = own.batches is not KerasWorker.batches or own.run is not KerasWorker.run
+        wants_arrays = self.takes_arrays
         if partition.in_memory:
             columns = list(self.checked_blocks(partition))
             partition.close()  # the Arrow blocks are not needed once decoded
@@ -262,7 +291,7 @@ class KerasWorker:
         if wants_arrays:
             raise InputDataError(
                 f"worker {self.worker_id}: its partition has {partition.nbytes} bytes, more "
-                f"than in_memory_limit={self.plan.in_memory_limit}, and {own.__name__} "
+                f"than in_memory_limit={self.plan.data.in_memory_limit}, and {own.__name__} "
                 "overrides batches() or run(), which take the whole partition as arrays: raise "
                 "in_memory_limit, use more workers, or override prepare()/train_step() instead"
             )
@@ -273,7 +302,7 @@ class KerasWorker:
     def _split(
         self, arrays: Sequence[np.ndarray]
     ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray | None]:
-        features, labels = len(self.plan.features), len(self.plan.labels)
+        features, labels = len(self.plan.data.features), len(self.plan.data.labels)
         weight = arrays[features + labels] if len(arrays) > features + labels else None
         return list(arrays[:features]), list(arrays[features : features + labels]), weight
 
@@ -296,16 +325,16 @@ class KerasWorker:
         with self._connect(model) as client:
             xs, ys = self.prepare(model, x, y)
             rows = len(xs[0]) if xs else 0
-            weights = row_weights(ys, sample_weight, plan.class_weight) if rows else None
+            weights = row_weights(ys, sample_weight, plan.data.class_weight) if rows else None
             source = ArraySource(
                 xs,
                 ys,
                 weights,
                 self.batches,
-                num_epoch=plan.num_epoch,
-                batch_size=plan.batch_size,
+                num_epoch=plan.epochs,
+                batch_size=plan.run.batch_size,
                 shuffle=plan.shuffle,
-                seed=plan.seed,
+                seed=plan.data.seed,
                 worker=self.worker_id,
             )
             return self._train(model, algorithm, client, source)
@@ -324,20 +353,20 @@ class KerasWorker:
         stream = EpochStream(
             partition,
             self.decode,
-            batch_size=plan.batch_size,
-            window_rows=plan.shuffle_window or default_window(partition, plan.batch_size),
+            batch_size=plan.run.batch_size,
+            window_rows=plan.data.shuffle_window or default_window(partition, plan.run.batch_size),
             shuffle=plan.shuffle,
-            seed=plan.seed,
+            seed=plan.data.seed,
             worker=self.worker_id,
         )
 
         def prepared(chunk: list[np.ndarray]) -> Prepared:
             x, y, w = self._split(chunk)
             xs, ys = self.prepare(model, x, y)
-            return xs, ys, row_weights(ys, w, plan.class_weight)
+            return xs, ys, row_weights(ys, w, plan.data.class_weight)
 
         with self._connect(model) as client:
-            source = StreamSource(stream, prepared, plan.num_epoch)
+            source = StreamSource(stream, prepared, plan.epochs)
             return self._train(model, algorithm, client, source)
 
     @property
@@ -356,7 +385,7 @@ class KerasWorker:
     def _model(self) -> Any:
         """The worker's model, built once (the checks of :meth:`train` use it too)."""
         if getattr(self, "_built", None) is None:
-            limit_threads(self.plan.worker_threads or self.task_cores)
+            limit_threads(self.plan.devices.worker_threads or self.task_cores)
             fresh = self.build_model()
             self._kept_as = self._reuse_key()
             self._built = fresh if self._kept_as is None else reuse.adopt(self._kept_as, fresh)
@@ -368,17 +397,14 @@ class KerasWorker:
         Only the default :meth:`build_model` builds what the spec says, and classes from
         ``custom_objects`` arrive anew with every task (their code may have changed).
         """
-        if type(self).build_model is not KerasWorker.build_model or self.plan.custom_objects:
+        if self.builds_own_model or self.plan.custom_objects:
             return None
         return reuse.key_of(current_backend(), self.plan.model_spec)
 
     def _input_sizes(self) -> list[int | None]:
         """Values per row each feature column must have (None: unknown or customised)."""
-        own = type(self)
-        count = len(self.plan.features)
-        if own.prepare is not KerasWorker.prepare or (
-            own.decode_column is not KerasWorker.decode_column
-        ):
+        count = len(self.plan.data.features)
+        if self.transforms_columns():
             return [None] * count
         sizes: list[int | None] = []
         for shape in input_shapes(self._model(), count):
@@ -407,10 +433,10 @@ class KerasWorker:
         )
         # A retried attempt of an asynchronous task resumes after the steps the server
         # already applied (from any attempt): no row's update is applied twice.
-        resume = plan.on_retry == "resume" and not algorithm.synchronous
+        resume = plan.failures.on_retry == "resume" and not algorithm.synchronous
         skip = client.progress if resume else 0
-        report = Reporter(client, plan.batch_size)
-        per_epoch = -(-rows // plan.batch_size)
+        report = Reporter(client, plan.run.batch_size)
+        per_epoch = -(-rows // plan.run.batch_size)
         session = WorkerSession(
             local,
             algorithm,
@@ -440,7 +466,7 @@ class KerasWorker:
                     break
                 model.fit(
                     **call,
-                    batch_size=None if "steps_per_epoch" in call else plan.batch_size,
+                    batch_size=None if "steps_per_epoch" in call else plan.run.batch_size,
                     shuffle=False,
                     verbose=0,
                     callbacks=[callback],
@@ -468,5 +494,7 @@ def train_worker(
 
 def new_worker(plan: WorkerPlan, worker_id: int, attempt: int, task_cores: int = 1) -> KerasWorker:
     """The plan's worker class (default :class:`KerasWorker`) for one task."""
-    worker: KerasWorker = (plan.worker_class or KerasWorker)(plan, worker_id, attempt, task_cores)
+    worker: KerasWorker = (plan.run.worker_class or KerasWorker)(
+        plan, worker_id, attempt, task_cores
+    )
     return worker

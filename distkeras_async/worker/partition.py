@@ -26,18 +26,11 @@ import numpy as np
 import pyarrow as pa
 
 from distkeras_async.errors import ColumnError
+from distkeras_async.options import IN_MEMORY_LIMIT
 
 # Rows per block: as many as make about this many bytes (at least one row). Small enough that
 # an epoch's shuffle of the block order mixes well, large enough that per-block costs vanish.
 BLOCK_BYTES = 1 << 20
-
-# The default in-memory limit: a partition of at most this many Arrow bytes stays in memory
-# and trains from numpy arrays (a full shuffle every epoch, no file); a larger one streams.
-# Measured (benchmarks/streaming.py): the in-memory path peaks at ~2.4x the partition (the
-# Arrow blocks and the decoded arrays overlap while it is decoded), the streamed path at a
-# flat ~235 MiB over the worker's baseline, at the same speed; at 64 MiB the in-memory path
-# stays under what streaming costs anyway.
-IN_MEMORY_LIMIT = 64 << 20
 
 
 def local_directory() -> str:

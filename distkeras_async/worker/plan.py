@@ -3,91 +3,138 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from distkeras_async import registry
 from distkeras_async.algorithm import Algorithm
-from distkeras_async.worker.partition import IN_MEMORY_LIMIT
+from distkeras_async.options import (
+    DataOptions,
+    DeviceOptions,
+    FailureOptions,
+    Options,
+    RunOptions,
+)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How a worker reaches the parameter server.
+
+    Attributes:
+        host: the parameter server's address.
+        ports: every shard's port, in shard order (one: an unsharded server).
+        secret: this run's secret.
+        timeout: seconds any parameter server call may take.
+        tls_ca: PEM CA certificates to verify the server's TLS certificate (None: plain TCP).
+        tls_server_hostname: the name expected in that certificate (None: ``host``).
+    """
+
+    host: str
+    ports: tuple[int, ...]
+    secret: bytes
+    timeout: float = 120.0
+    tls_ca: str | None = None
+    tls_server_hostname: str | None = None
+
+    @property
+    def port(self) -> int:
+        """The first (or only) shard's port."""
+        return self.ports[0]
 
 
 @dataclass(frozen=True)
 class WorkerPlan:
     """Everything a worker needs, as plain values (it travels inside the Spark job).
 
+    The run options reach the worker as the groups they are declared in
+    (:mod:`distkeras_async.options`): a new option of a group needs no new field here.
+
     Attributes:
         model_spec: JSON of the :class:`ModelSpec`.
         algorithm: a registered algorithm name, or an Algorithm class.
         hyperparameters: the algorithm's hyperparameters.
-        host: the parameter server's address.
-        port: the parameter server's port (the first shard's, when sharded).
-        ports: every shard's port, in shard order (empty or one: an unsharded server).
-        secret: this run's secret.
-        num_epoch: passes over the partition.
-        batch_size: samples per local step.
+        endpoint: where the parameter server is and how to talk to it.
+        epochs: passes over the partition in this job (fewer than ``run.num_epoch`` when a
+            run resumes at a later epoch).
         shuffle: reshuffle the partition every epoch.
-        features: feature column names (one per model input).
-        labels: label column names (one per model output).
-        worker_threads: TensorFlow threads per worker (None: the task's cores).
-        timeout: seconds any parameter server call may take.
         custom_objects: custom Keras classes and functions, by name.
-        worker_class: the :class:`KerasWorker` (sub)class each worker runs.
-        tls_ca: PEM CA certificates to verify the server's TLS certificate (None: plain TCP).
-        tls_server_hostname: the name expected in that certificate (None: ``host``).
-        allow_nonfinite_inputs: let NaN and infinity in the data reach the model.
-        on_retry: what a retried attempt of an asynchronous worker does: ``"resume"`` after
-            the local steps the server already applied, or ``"restart"`` its partition.
-        seed: the seed of the per-epoch shuffle of each worker's rows.
-        sample_weight: the column of per-row weights (None: every row weighs 1).
-        class_weight: ``{class index: weight}`` for the rows of each class.
         terminate_on_nan: a worker whose loss becomes NaN stops the run gracefully (the
             driver has ``TerminateOnNaN``), instead of failing it.
         exchange_at_epoch_end: also exchange at the end of every pass over the partition
             (the driver runs callbacks or validation on the center then).
-        in_memory_limit: a partition of at most this many Arrow bytes trains from numpy
-            arrays in memory; a larger one is spooled to a local file and streamed.
-        shuffle_window: rows per shuffle window of a streamed partition (None: about
-            32 MiB of rows); see :mod:`distkeras_async.worker.stream`.
-        backend: the Keras backend the workers run on (``tensorflow``, ``jax``, ``torch``).
-        overlap: run each exchange in a background thread while the next local steps run
-            (asynchronous rules only; :mod:`distkeras_async.worker.overlap`).
-        use_gpu: whether workers train on the GPUs Spark gave their task (decided on the
-            driver, :func:`distkeras_async.spark.resources.resolve_use_gpu`); False: they
-            hide every GPU and train on the CPU.
+        run: workers, batch size, the worker class.
+        data: columns, weights, the in-memory limit, the shuffle window, the seed.
+        failures: what a retried attempt does, whether non-finite inputs are allowed.
+        devices: the backend and whether to use the task's GPUs (both resolved on the
+            driver), threads, overlap.
     """
 
     model_spec: str
     algorithm: str | type[Algorithm]
     hyperparameters: Mapping[str, Any]
-    host: str
-    port: int
-    secret: bytes
-    ports: tuple[int, ...] = ()
-    num_epoch: int = 1
-    batch_size: int = 32
+    endpoint: Endpoint
+    epochs: int = 1
     shuffle: bool = False
-    features: tuple[str, ...] = ("features",)
-    labels: tuple[str, ...] = ("label",)
-    worker_threads: int | None = None
-    timeout: float = 120.0
     custom_objects: Mapping[str, Any] = field(default_factory=dict)
-    # A KerasWorker subclass (the trainer checks it); typed loosely because keras_worker.py
-    # imports this module.
-    worker_class: type[Any] | None = None
-    tls_ca: str | None = None
-    tls_server_hostname: str | None = None
-    allow_nonfinite_inputs: bool = False
-    on_retry: str = "resume"
-    seed: int = 0
-    sample_weight: str | None = None
-    class_weight: Mapping[int, float] | None = None
     terminate_on_nan: bool = False
     exchange_at_epoch_end: bool = False
-    in_memory_limit: int = IN_MEMORY_LIMIT
-    shuffle_window: int | None = None
-    backend: str = "tensorflow"
-    use_gpu: bool = False
-    overlap: bool = False
+    run: RunOptions = field(default_factory=RunOptions)
+    data: DataOptions = field(default_factory=DataOptions)
+    failures: FailureOptions = field(default_factory=FailureOptions)
+    devices: DeviceOptions = field(default_factory=lambda: DeviceOptions(backend="tensorflow"))
+
+    @property
+    def backend(self) -> str:
+        """The Keras backend the workers run on (resolved on the driver)."""
+        return self.devices.backend or "tensorflow"
+
+    @property
+    def use_gpu(self) -> bool:
+        """Whether workers train on their task's GPUs (resolved on the driver)."""
+        return bool(self.devices.use_gpu)
+
+    @property
+    def columns(self) -> list[str]:
+        """The DataFrame columns a worker receives: features, labels, then the weight."""
+        data = self.data
+        return [*data.features, *data.labels, *data.weight_columns]
+
+    @classmethod
+    def create(
+        cls,
+        model_spec: str,
+        algorithm: str | type[Algorithm],
+        endpoint: Endpoint,
+        *,
+        hyperparameters: Mapping[str, Any] | None = None,
+        epochs: int = 1,
+        shuffle: bool = False,
+        **options: Any,
+    ) -> WorkerPlan:
+        """A plan from run options given as flat keywords (``batch_size=16``, ...).
+
+        For workers run without a trainer (benchmarks, tests, a hand-made run); the trainer
+        builds its plans from the groups it already holds.
+
+        Raises:
+            TypeError: for a keyword that is not a run option.
+        """
+        groups, rest = Options.from_keywords(options)
+        if rest:
+            raise TypeError(f"not run options: {sorted(rest)}")
+        return cls(
+            model_spec,
+            algorithm,
+            dict(hyperparameters or {}),
+            endpoint,
+            epochs=epochs,
+            shuffle=shuffle,
+            run=groups.run,
+            data=groups.data,
+            failures=groups.failures,
+            devices=replace(groups.devices, backend=groups.devices.backend or "tensorflow"),
+        )
 
     def make_algorithm(self) -> Algorithm:
         """A fresh instance of the plan's algorithm for this worker."""
