@@ -31,7 +31,14 @@ from distkeras_async.server.sharded import ShardedParameterServer
 from distkeras_async.server.stats import ServerStats, WorkerStats
 from distkeras_async.wire.auth import new_secret
 from distkeras_async.worker.client import ParameterServerClient
-from distkeras_async.worker.exchange import LocalModel, StepRecord, WorkerSession, run_worker
+from distkeras_async.worker.exchange import (
+    HookList,
+    LocalModel,
+    SessionHooks,
+    StepRecord,
+    WorkerSession,
+    run_worker,
+)
 from distkeras_async.worker.sharded_client import ShardedClient
 
 try:
@@ -49,6 +56,7 @@ __all__ = [
     "DeltaAlgorithm",
     "DistKerasError",
     "ElasticAlgorithm",
+    "HookList",
     "Hyperparameter",
     "HyperparameterError",
     "Layout",
@@ -65,6 +73,7 @@ __all__ = [
     "ServerError",
     "ServerHandle",
     "ServerStats",
+    "SessionHooks",
     "ShardedClient",
     "ShardedParameterServer",
     "StepRecord",

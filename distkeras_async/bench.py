@@ -233,10 +233,11 @@ def _ps_client(
 ) -> None:
     from distkeras_async.layout import Layout
     from distkeras_async.worker.client import ParameterServerClient
-    from distkeras_async.worker.sharded_client import AnyClient, ShardedClient
+    from distkeras_async.worker.protocols import Connection
+    from distkeras_async.worker.sharded_client import ShardedClient
 
     tls = None if ca_file is None else ssl.create_default_context(cafile=ca_file)
-    client: AnyClient
+    client: Connection
     if len(ports) == 1:
         client = ParameterServerClient("127.0.0.1", ports[0], secret, worker, ssl_context=tls)
     else:

@@ -161,7 +161,7 @@ def serve_handshake(conn: socket.socket, secret: bytes, hyperparameters: dict[st
         "num_workers": 1,
         "synchronous": False,
         "next_seq": 1,
-        "round_timeout": 10.0,
+        "reply_timeout": 10.0,
         "progress": 0,
     }
     conn.sendall(encode_bytes(Frame(Op.WELCOME, fields=welcome)))

@@ -101,7 +101,7 @@ def test_decoded_fields_are_typed():
     welcome = _decode(encode_message_bytes(EXAMPLES[2]))
     assert isinstance(welcome, Welcome)
     assert welcome.layout == (TensorSpec("float32", (2, 3)), TensorSpec("float16", (4,)))
-    assert isinstance(welcome.round_timeout, float)
+    assert isinstance(welcome.reply_timeout, float)
     error = _decode(encode_message_bytes(EXAMPLES[7]))
     assert isinstance(error, Error) and error.code is ErrorCode.RULE_FAILED
 

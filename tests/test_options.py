@@ -267,3 +267,84 @@ def test_no_function_takes_16_or_more_named_parameters():
     many = {name: count for name, count in _functions() if count >= 16}
     assert set(many) <= MANY_PARAMETERS_ALLOWED, many
     assert len(MANY_PARAMETERS_ALLOWED) <= 2
+
+
+# -- the docs ----------------------------------------------------------------------------
+
+DOCS = PACKAGE.parent / "docs"
+
+
+@pytest.mark.parametrize(
+    ("page", "name"),
+    [
+        *(("trainers.md", f"`{item.name}`") for item in ALL),
+        *(("spark-ml.md", f"`{item.spec.param}`") for item in ALL if item.spec.param),
+        *(("serve.md", f"`{item.spec.flag}") for item in ALL if item.spec.flag),
+    ],
+)
+def test_every_option_is_documented_where_it_is_exposed(page, name):
+    assert name in (DOCS / page).read_text(), f"docs/{page} does not mention {name}"
+
+
+# -- where an option's name appears -------------------------------------------------------
+
+WATCHED = [
+    "shuffle_window",
+    "in_memory_limit",
+    "on_retry",
+    "round_timeout",
+    "idle_timeout",
+    "checkpoint_interval",
+    "checkpoint_every",
+    "snapshot_interval",
+]
+
+
+def _docstring_nodes(tree: ast.AST) -> set[int]:
+    found = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if not isinstance(body, list):
+            continue
+        for index, statement in enumerate(body):
+            is_text = isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant)
+            after_assignment = index and isinstance(body[index - 1], ast.Assign | ast.AnnAssign)
+            if is_text and (index == 0 or after_assignment):
+                found.add(id(statement.value))
+    return found
+
+
+def _code_words(path: pathlib.Path) -> set[str]:
+    """Names, attributes, keywords and string literals in a module's code (not its docs)."""
+    import re
+
+    tree = ast.parse(path.read_text())
+    docs = _docstring_nodes(tree)
+    words: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            words.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            words.add(node.attr)
+        elif isinstance(node, ast.keyword | ast.arg) and node.arg:
+            words.add(node.arg)
+        elif isinstance(node, ast.FunctionDef | ast.ClassDef):
+            words.add(node.name)
+        elif (
+            isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs
+        ):
+            words.update(re.findall(r"\w+", node.value))
+    return words
+
+
+@pytest.mark.parametrize("name", WATCHED)
+def test_an_option_s_name_appears_in_few_modules(name):
+    camel = name.split("_")[0] + "".join(part.title() for part in name.split("_")[1:])
+    roots = [PACKAGE, PACKAGE.parent / "algorithms"]
+    modules = [
+        str(path.relative_to(PACKAGE.parent))
+        for root in roots
+        for path in sorted(root.rglob("*.py"))
+        if {name, camel} & _code_words(path)
+    ]
+    assert len(modules) <= 3, modules

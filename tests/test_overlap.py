@@ -152,3 +152,16 @@ def test_a_commit_cannot_claim_a_newer_center_than_it_was_sent(server):
         client.base = 10**6  # from the future: the server keeps what it sent
         client.commit(np.ones(SIZE, np.float32))
     assert server.stats().workers[0].staleness_total == 1
+
+
+def test_it_reads_only_what_the_worker_uses_through_to_the_connection(server):
+    # Its members are declared (ExchangeClient), not forwarded wholesale: the connection's
+    # identity, layout, progress and the driver's requests read through; nothing else does.
+    server.request(learning_rate=0.5)
+    with connect(server, worker=0) as client, OverlappedClient(client) as overlapped:
+        overlapped.pull()
+        assert (overlapped.worker_id, overlapped.attempt) == (0, 0)
+        assert overlapped.layout == client.layout and overlapped.layout.size == SIZE
+        assert overlapped.progress == client.progress == 0
+        assert overlapped.control.learning_rate == 0.5
+        assert not hasattr(overlapped, "num_workers")  # the connection's own, not forwarded

@@ -47,7 +47,7 @@ VALID_FIELDS: dict[Op, dict[str, Any]] = {
         "num_workers": 4,
         "synchronous": False,
         "next_seq": 3,
-        "round_timeout": 2.5,
+        "reply_timeout": 2.5,
         "progress": 0,
     },
     Op.PULL: {},
@@ -443,7 +443,7 @@ BAD_ENCODE: dict[str, Callable[[], Frame]] = {
     "duplicate_not_bool": lambda: Frame(Op.ACK, fields={"version": 1, "duplicate": 1}),
     "nan_metric": lambda: Frame(Op.REPORT, fields={"metrics": {"loss": math.nan}}),
     "inf_timeout": lambda: make_message(
-        Op.WELCOME, fields={**VALID_FIELDS[Op.WELCOME], "round_timeout": math.inf}
+        Op.WELCOME, fields={**VALID_FIELDS[Op.WELCOME], "reply_timeout": math.inf}
     ),
     "long_error_message": lambda: Frame(
         Op.ERROR, fields={"code": "internal", "message": "x" * 4097}
@@ -809,10 +809,10 @@ BAD_FRAMES: dict[str, bytes] = {
         raw_header("welcome", f={**VALID_FIELDS[Op.WELCOME], "synchronous": 1})
     ),
     "welcome_timeout_nan": frame(
-        raw_header("welcome", f={**VALID_FIELDS[Op.WELCOME], "round_timeout": math.nan})
+        raw_header("welcome", f={**VALID_FIELDS[Op.WELCOME], "reply_timeout": math.nan})
     ),
     "welcome_timeout_str": frame(
-        raw_header("welcome", f={**VALID_FIELDS[Op.WELCOME], "round_timeout": "1"})
+        raw_header("welcome", f={**VALID_FIELDS[Op.WELCOME], "reply_timeout": "1"})
     ),
     "welcome_settings_list": frame(
         raw_header("welcome", f={**VALID_FIELDS[Op.WELCOME], "hyperparameters": {"x": [1]}})
@@ -1252,7 +1252,7 @@ FIELD_STRATEGIES: dict[Op, st.SearchStrategy[dict[str, Any]]] = {
             "num_workers": ids,
             "synchronous": st.booleans(),
             "next_seq": ids,
-            "round_timeout": numbers,
+            "reply_timeout": numbers,
             "progress": ids,
         }
     ),

@@ -212,7 +212,7 @@ def test_client_rejects_an_impostor_server(secret):
                             "num_workers": 1,
                             "synchronous": False,
                             "next_seq": 0,
-                            "round_timeout": 10.0,
+                            "reply_timeout": 10.0,
                             "progress": 0,
                         },
                     )
@@ -458,6 +458,17 @@ def test_round_timeout_fails_every_worker_and_the_driver(make_server, connect):
     with pytest.raises(RoundFailedError, match="timed out"):
         connect(server, 1)
     np.testing.assert_array_equal(server.center_flat, np.zeros(N))
+
+
+def test_the_welcome_says_how_long_a_commit_s_reply_may_take(make_server, connect):
+    # A synchronous commit waits for its round: the client waits the server's round timeout
+    # and a margin (so the server's own error arrives first), and no less than its timeout.
+    synchronous = connect(make_server(algorithm="averaging", num_workers=1, round_timeout=500))
+    assert synchronous.welcome.reply_timeout == 530.0
+    assert synchronous._sock.gettimeout() == 530.0
+    asynchronous = connect(make_server(num_workers=1, round_timeout=500))
+    assert asynchronous.welcome.reply_timeout == 0.0
+    assert asynchronous.reply_timeout(7.0) == 7.0
 
 
 def test_worker_dying_mid_round_fails_the_round(make_server, connect, raw_peer, secret):

@@ -342,6 +342,32 @@ def test_a_row_wider_than_the_rows_before_in_another_block(
         train_worker(plan, 0, 0, partition)
 
 
+class ScalingWorker(KerasWorker):
+    prepares_columns = False  # scaling keeps the shapes: the checks stay
+
+    def prepare(self, model, x, y):
+        x, y = super().prepare(model, x, y)
+        return [features / 2.0 for features in x], y
+
+
+@pytest.mark.parametrize("worker_class", [None, ScalingWorker], ids=["default", "declared"])
+def test_rows_that_do_not_fit_the_models_input_fail_before_any_step(
+    make_server, secret, small_model, tmp_path, worker_class
+):
+    model, spec = small_model
+    server = make_server(model.get_weights(), num_workers=1)
+    plan = plan_for(server, spec, secret, in_memory_limit=0, worker_class=worker_class)
+    wide = pa.RecordBatch.from_pydict(
+        {"x": pa.array([[1.0] * 5] * 10, pa.list_(pa.float32())), "y": np.ones(10)}
+    )
+    with (
+        spool([wide], ["x", "y"], limit=0, directory=str(tmp_path)) as partition,
+        pytest.raises(InputDataError, match=r"'x' has 5 value\(s\) per row from row 0 on.* 4"),
+    ):
+        train_worker(plan, 0, 0, partition)
+    assert server.stats().version == 0
+
+
 def test_a_binary_column_needs_a_decoder(make_server, secret, small_model, tmp_path):
     model, spec = small_model
     server = make_server(model.get_weights(), num_workers=1)

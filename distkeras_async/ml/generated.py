@@ -59,13 +59,19 @@ def option_converter(item: Declared) -> Callable[[Any], Any]:
 
     An int option also takes an integral float such as ``2.0``, as Spark's own int Params
     (``maxIter``, ...) do through ``TypeConverters.toInt``: ``ParamGridBuilder`` grids and
-    JSON readers produce them. Everything else is the declaration's rule, naming the Param.
+    JSON readers produce them. A map keyed by ints (``classWeight``) also takes digit-string
+    keys: a saved stage's JSON metadata has only string keys. Everything else is the
+    declaration's rule, naming the Param.
     """
     name, check = str(item.spec.param), item.spec.check
 
     def convert(value: Any) -> Any:
         if item.kind is int and isinstance(value, float) and value.is_integer():
             value = int(value)
+        if item.annotation.startswith("Mapping[int") and isinstance(value, Mapping):
+            value = {
+                int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in value.items()
+            }
         return value if check is None else check(value, name)
 
     return converter(name, convert, named=True)

@@ -27,6 +27,7 @@ from distkeras_async.options.values import (
     boolean,
     class_weights,
     columns,
+    device_name,
     nonnegative_int,
     optional_boolean,
     optional_name,
@@ -331,7 +332,7 @@ class DeviceOptions:
     driver_device: str = option(
         "cpu",
         "the Keras device the driver's copy of the model evaluates on",
-        optional_name,
+        device_name,
     )
     overlap: bool = option(
         False,
@@ -343,8 +344,6 @@ class DeviceOptions:
 
     def __post_init__(self) -> None:
         validate(self)
-        if self.driver_device is None:
-            raise ValueError("driver_device must be a Keras device name, got None")
 
 
 GROUPS: tuple[type[Any], ...] = (

@@ -82,13 +82,22 @@ def boolean(value: Any, name: str) -> bool:
 
 def optional_boolean(value: Any, name: str) -> bool | None:
     """None, True or False."""
-    return None if value is None else boolean(value, name)
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"{name} must be True, False or None, got {value!r}")
+    return value
 
 
 def optional_name(value: Any, name: str) -> str | None:
     """None, or a non-empty string (a column, a host, a device)."""
     if value is not None and not (isinstance(value, str) and value):
         raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def device_name(value: Any, name: str) -> str:
+    """A Keras device name (``"cpu"``, ``"gpu:0"``)."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a Keras device name, got {value!r}")
     return value
 
 
@@ -105,7 +114,7 @@ def _listlike(value: Any) -> bool:
 
 
 def class_weights(value: Any, name: str) -> dict[int, float] | None:
-    """None, or ``{class index: weight}`` (keys may be digit strings: saved JSON has them).
+    """None, or ``{class index: weight}``.
 
     Whether each index is a class of the model is checked where the model is known.
     """
@@ -115,7 +124,7 @@ def class_weights(value: Any, name: str) -> dict[int, float] | None:
         raise ValueError(f"{name} must be a dict {{class index: weight}}, got {value!r}")
     out: dict[int, float] = {}
     for key, weight in value.items():
-        index = int(key) if isinstance(key, str) and key.isdigit() else key
+        index = key
         if hasattr(index, "__index__") and not isinstance(index, bool):
             index = int(index)  # numpy integers
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:

@@ -69,6 +69,11 @@ class Failure:
     at: float = dataclasses.field(default_factory=time.time, compare=False)
 
 
+# Seconds a worker of a synchronous run waits for a commit's reply beyond the round's own
+# timeout, before it gives up by itself: the server's timeout error should arrive first.
+REPLY_MARGIN = 30.0
+
+
 class ServerCore:
     """Center, workers, rounds and counters of one parameter server."""
 
@@ -224,10 +229,17 @@ class ServerCore:
             # A new client of the same worker and attempt continues the numbering, so its
             # commits are not mistaken for resends of its predecessor's.
             self._last_seq.get((worker, attempt), -1) + 1,
-            self.limits.timeouts.round_timeout,
+            self.reply_timeout,
             0 if self.algorithm.synchronous else self.progress.get(worker, 0),
             self.shard,
         )
+
+    @property
+    def reply_timeout(self) -> float:
+        """Seconds the welcome tells a worker to wait for a commit's reply (0: no round)."""
+        if not self.algorithm.synchronous:
+            return 0.0
+        return self.limits.timeouts.round_timeout + REPLY_MARGIN
 
     def seen(self, worker: int) -> None:
         """A request from ``worker`` arrived (for the statistics); refuse if the run failed."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import ssl
 from collections.abc import Sequence
-from typing import Any, TypeAlias
+from typing import Any
 
 import numpy as np
 
@@ -20,11 +20,13 @@ from distkeras_async.layout import Layout
 from distkeras_async.options import TlsSetting
 from distkeras_async.options.values import tls_for_shards, tls_setting
 from distkeras_async.server.parameter_server import ParameterServer
+from distkeras_async.server.running import RunningServer
 from distkeras_async.server.shard_handle import UnshippableAlgorithmError
 from distkeras_async.server.sharded import ShardedParameterServer
 from distkeras_async.shards import default_shards
 
-AnyServer: TypeAlias = ParameterServer | ShardedParameterServer
+# Both servers are RunningServers: mypy checks it here, where both are made.
+_SERVERS: tuple[type[RunningServer], ...] = (ParameterServer, ShardedParameterServer)
 
 
 def shard_count(shards: int | None, weights: Sequence[np.ndarray]) -> int:
@@ -41,8 +43,12 @@ def make_server(
     shards: int | None,
     ssl_context: TlsSetting = None,
     **options: Any,
-) -> AnyServer:
+) -> RunningServer:
     """A parameter server for ``weights``: one process, or ``shards`` shard processes.
+
+    Both kinds read alike (:class:`~distkeras_async.server.running.RunningServer`); use
+    :class:`ParameterServer` or :class:`ShardedParameterServer` directly for what only one
+    has (a single server's ``port``, a sharded one's ``shard_stats()``).
 
     Args:
         weights: the initial weights.

@@ -1,9 +1,10 @@
-"""The trainers: the classic named trainers and the two extension points.
+"""The trainers: one trainer, the classic names over it, and the two extension points.
 
 ``DOWNPOUR(model, "adam", "categorical_crossentropy", num_workers=4).train(df)`` returns a new
-trained Keras model. :mod:`~distkeras_async.trainers.base` runs a training job (parameter
-server, Spark workers, history); :mod:`~distkeras_async.trainers.classic` names the classic
-trainers.
+trained Keras model. :mod:`~distkeras_async.trainers.base` is the one trainer (its arguments,
+checked when it is made); :mod:`~distkeras_async.trainers.run` runs a training job as named
+phases (parameter server, Spark workers, history); :mod:`~distkeras_async.trainers.classic`
+names the classic trainers, as a table of positional orders and defaults.
 """
 
 from distkeras_async.trainers.base import (

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from distkeras_async.server.factory import AnyServer
+from distkeras_async.server.running import RunningServer
 from distkeras_async.server.stats import ServerStats
 
 logger = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ class EpochCallbacks:
     ) -> None:
         import keras
 
-        self.server: AnyServer | None = None
+        self.server: RunningServer | None = None
         self.model = model
         self.num_workers = num_workers
         self.num_epoch = num_epoch
@@ -174,7 +174,7 @@ class EpochCallbacks:
         """Epochs each worker trains in this run."""
         return max(self.num_epoch - self.first_epoch, 0)
 
-    def watch(self, server: AnyServer) -> None:
+    def watch(self, server: RunningServer) -> None:
         """The first ``on_epoch_begin``; then watch ``server`` for finished epochs."""
         self.server = server
         if self._needs_center:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-from distkeras_async.server.factory import AnyServer
+from distkeras_async.server.running import RunningServer
 
 
-def unfinished_workers(server: AnyServer) -> str:
+def unfinished_workers(server: RunningServer) -> str:
     """Which workers had not said goodbye when a run failed, with how far each got."""
     stats = server.stats()
     now = time.time()

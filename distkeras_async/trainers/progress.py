@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from distkeras_async.server.factory import AnyServer
+from distkeras_async.server.running import RunningServer
 
 # Refreshing twice a second keeps the bar lively and costs one stats snapshot per refresh.
 REFRESH_SECONDS = 0.5
@@ -26,7 +26,7 @@ def attached_to_terminal() -> bool:
 class ProgressBar:
     """A tqdm bar fed by a background thread polling the parameter server's statistics."""
 
-    def __init__(self, server: AnyServer, description: str) -> None:
+    def __init__(self, server: RunningServer, description: str) -> None:
         self.server = server
         self.description = description
         self._stop = threading.Event()

@@ -18,7 +18,8 @@ from distkeras_async import checks
 from distkeras_async.errors import CheckpointError, ErrorCode, WorkerFailedError
 from distkeras_async.options import replace
 from distkeras_async.server.checkpoint import check_writable
-from distkeras_async.server.factory import AnyServer, make_server
+from distkeras_async.server.factory import make_server
+from distkeras_async.server.running import RunningServer
 from distkeras_async.trainers import validation as checked
 from distkeras_async.trainers.failures import unfinished_workers
 from distkeras_async.trainers.history import flatten_rows
@@ -181,7 +182,7 @@ class TrainingRun:
 
     # -- start the server ------------------------------------------------------------------
 
-    def start_server(self) -> AnyServer:
+    def start_server(self) -> RunningServer:
         """The parameter server, started, serving the driver model's weights."""
         from distkeras_async.spark import jobs
 
@@ -211,7 +212,7 @@ class TrainingRun:
             ) from exc
         return server
 
-    def plan(self, server: AnyServer, epochs_to_run: int) -> WorkerPlan:
+    def plan(self, server: RunningServer, epochs_to_run: int) -> WorkerPlan:
         """What every worker needs, as plain values."""
         trainer, options = self.trainer, self.options
         return WorkerPlan(
@@ -241,7 +242,7 @@ class TrainingRun:
 
     # -- run the workers -------------------------------------------------------------------
 
-    def run_workers(self, server: AnyServer, epochs_to_run: int) -> list[dict[str, Any]]:
+    def run_workers(self, server: RunningServer, epochs_to_run: int) -> list[dict[str, Any]]:
         """Every worker's history rows, once every worker finished.
 
         Raises:
@@ -283,14 +284,14 @@ class TrainingRun:
 
     # -- collect ---------------------------------------------------------------------------
 
-    def collect(self, server: AnyServer) -> tuple[list[Any], OSError | None, Any]:
+    def collect(self, server: RunningServer) -> tuple[list[Any], OSError | None, Any]:
         """The final center, the final checkpoint's error if any, and the lost attempts."""
         server.raise_for_failure()
         final_checkpoint = self.final_checkpoint(server)
         self.trainer.parameter_server_stats = server.stats()
         return server.center, final_checkpoint, server.unfinished_attempts()
 
-    def final_checkpoint(self, server: AnyServer) -> OSError | None:
+    def final_checkpoint(self, server: RunningServer) -> OSError | None:
         """Write the run's last center to ``checkpoint_path``; the error if that failed."""
         path = self.options.checkpoints.checkpoint_path
         if path is None:

@@ -6,13 +6,13 @@ import threading
 import time
 from typing import Any
 
-from distkeras_async.server.factory import AnyServer
+from distkeras_async.server.running import RunningServer
 
 
 class CenterSnapshots:
     """Copies the center every ``interval`` seconds from a background thread."""
 
-    def __init__(self, server: AnyServer, began: float, interval: float | None) -> None:
+    def __init__(self, server: RunningServer, began: float, interval: float | None) -> None:
         self.server, self.began, self.interval = server, began, interval
         self.taken: list[tuple[float, list[Any]]] = []
         self._stop = threading.Event()

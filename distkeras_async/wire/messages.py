@@ -116,7 +116,9 @@ class Welcome(Message):
         num_workers: workers in the run.
         synchronous: whether commits meet in rounds.
         next_seq: the sequence number this worker and attempt continue from.
-        round_timeout: seconds a synchronous round may wait.
+        reply_timeout: seconds a worker waits for a commit's reply before it gives up by
+            itself (a synchronous round's own timeout and a margin, so the server's error
+            arrives first); 0 when a reply never waits for other workers.
         progress: local steps of this worker already applied to the center, by any of its
             attempts (a retried task resumes after them).
         shard: ``(index, count)`` when this server holds one shard of a sharded center
@@ -132,7 +134,7 @@ class Welcome(Message):
     num_workers: int
     synchronous: bool
     next_seq: int
-    round_timeout: float
+    reply_timeout: float
     progress: int = 0
     shard: tuple[int, int] | None = None
 
@@ -147,7 +149,7 @@ class Welcome(Message):
             "num_workers": self.num_workers,
             "synchronous": self.synchronous,
             "next_seq": self.next_seq,
-            "round_timeout": self.round_timeout,
+            "reply_timeout": self.reply_timeout,
             "progress": self.progress,
         }
         if self.shard is not None:
@@ -168,7 +170,7 @@ class Welcome(Message):
             f["num_workers"],
             f["synchronous"],
             f["next_seq"],
-            float(f["round_timeout"]),
+            float(f["reply_timeout"]),
             f["progress"],
             None if shard is None else (shard[0], shard[1]),
             **_ids(frame),

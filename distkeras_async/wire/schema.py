@@ -190,7 +190,7 @@ FIELDS: Mapping[Op, Mapping[str, tuple[Check, bool]]] = {
         "num_workers": (is_int, True),
         "synchronous": (_is_bool, True),
         "next_seq": (is_int, True),
-        "round_timeout": (is_number, True),
+        "reply_timeout": (is_number, True),
         "progress": (is_int, True),
         "shard": (_is_shard, False),
     },

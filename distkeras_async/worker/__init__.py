@@ -4,14 +4,23 @@ Keras is imported lazily (inside functions), so ``import distkeras_async.worker`
 """
 
 from distkeras_async.worker.client import ParameterServerClient
-from distkeras_async.worker.exchange import LocalModel, StepRecord, WorkerSession, run_worker
+from distkeras_async.worker.exchange import (
+    HookList,
+    LocalModel,
+    SessionHooks,
+    StepRecord,
+    WorkerSession,
+    run_worker,
+)
 from distkeras_async.worker.keras_worker import KerasWorker
 from distkeras_async.worker.plan import WorkerPlan
 
 __all__ = [
+    "HookList",
     "KerasWorker",
     "LocalModel",
     "ParameterServerClient",
+    "SessionHooks",
     "StepRecord",
     "WorkerPlan",
     "WorkerSession",

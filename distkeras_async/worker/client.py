@@ -19,7 +19,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
@@ -59,6 +59,7 @@ from distkeras_async.wire.messages import (
 )
 from distkeras_async.wire.schema import Op
 from distkeras_async.worker.centers import CenterReceiver
+from distkeras_async.worker.welcome import WelcomeSettings
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +67,6 @@ M = TypeVar("M", bound=Message)
 
 # Step records one commit carries (a few KiB); a window with more sends the rest in reports.
 _COMMIT_RECORDS = 500
-
-# Extra seconds a commit may wait beyond the server's round timeout before the client gives
-# up by itself: the server's own timeout error should normally arrive first.
-_ROUND_MARGIN = 30.0
 
 
 def _finite(metrics: Mapping[str, float]) -> dict[str, float]:
@@ -87,8 +84,12 @@ _FROM_THE_CONNECTION = (
 )
 
 
-class ParameterServerClient:
+class ParameterServerClient(WelcomeSettings):
     """A worker's connection to the parameter server.
+
+    It is a :class:`~distkeras_async.worker.protocols.Connection`, the worker loop's
+    :class:`~distkeras_async.worker.protocols.ExchangeClient`; the run's settings
+    (``algorithm_name``, ``hyperparameters``, ...) are :class:`WelcomeSettings`'.
 
     Args:
         host: the server's address.
@@ -142,11 +143,7 @@ class ParameterServerClient:
             sock.close()
             self._closed = True
             raise
-        # A synchronous commit waits for the whole round, which may take a round timeout.
-        if self.synchronous_rounds:
-            self._sock.settimeout(max(timeout, self.round_timeout + _ROUND_MARGIN))
-        else:
-            self._sock.settimeout(timeout)
+        self._sock.settimeout(self.reply_timeout(timeout))
 
     # -- handshake ---------------------------------------------------------------------
 
@@ -159,13 +156,10 @@ class ParameterServerClient:
         expected = auth.server_proof(self._secret, nonce, challenge.nonce)
         if not auth.verify(expected, welcome.proof):
             raise AuthenticationError("the parameter server could not prove it holds the secret")
+        # The run's settings are read from the welcome itself (see WelcomeSettings).
+        self.welcome = welcome
         self.layout = Layout(welcome.layout)
-        self.algorithm_name: str = welcome.algorithm
-        self.hyperparameters: dict[str, Any] = dict(welcome.hyperparameters)
         self.version: int = welcome.version
-        self.num_workers: int = welcome.num_workers
-        self.round_timeout: float = welcome.round_timeout
-        self.synchronous_rounds: bool = welcome.synchronous
         self._seq = max(self._seq, welcome.next_seq)
         self.progress: int = welcome.progress
         # (index, count) when this server holds one shard of a sharded center.
@@ -179,16 +173,14 @@ class ParameterServerClient:
         self.base: int | None = None
         # The driver's latest requests (stop, a learning rate), from the latest reply.
         self.control: Control = NO_CONTROL
-        # The run's commit dtype (the algorithm's); a compressed one keeps the rounding
-        # error of each commit for the next (error feedback).
-        self.commit_dtype = str(self.hyperparameters.get("commit_dtype", "float32"))
+        # A compressed commit dtype keeps the rounding error of each commit for the next
+        # (error feedback).
         self._encoder = (
             None
             if self.commit_dtype == "float32"
             else ErrorFeedback(self.commit_dtype, [spec.size for spec in self.layout.specs])
         )
-        # The run's pull dtype; a compressed one keeps the center as the replies built it.
-        self.pull_dtype = str(self.hyperparameters.get("pull_dtype", "float32"))
+        # A compressed pull dtype keeps the center as the replies built it.
         self._centers = CenterReceiver(self.layout, self.pull_dtype)
 
     @property

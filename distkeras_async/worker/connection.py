@@ -9,9 +9,15 @@ from collections.abc import Iterator
 from distkeras_async.errors import LayoutMismatchError
 from distkeras_async.layout import Layout
 from distkeras_async.worker.client import ParameterServerClient
-from distkeras_async.worker.overlap import ExchangeClient, OverlappedClient
+from distkeras_async.worker.overlap import OverlappedClient
 from distkeras_async.worker.plan import WorkerPlan
-from distkeras_async.worker.sharded_client import AnyClient, ShardedClient
+from distkeras_async.worker.protocols import Connection, ExchangeClient
+from distkeras_async.worker.sharded_client import ShardedClient
+
+# The three clients meet here: mypy checks that each provides what the worker's code reads
+# (a member one of them dropped fails the type check here, not a run on a cluster).
+_CONNECTIONS: tuple[type[Connection], ...] = (ParameterServerClient, ShardedClient)
+_EXCHANGE_CLIENTS: tuple[type[ExchangeClient], ...] = (*_CONNECTIONS, OverlappedClient)
 
 
 @contextlib.contextmanager
@@ -34,7 +40,7 @@ def connect(
 
 
 @contextlib.contextmanager
-def _open(plan: WorkerPlan, worker_id: int, attempt: int, layout: Layout) -> Iterator[AnyClient]:
+def _open(plan: WorkerPlan, worker_id: int, attempt: int, layout: Layout) -> Iterator[Connection]:
     end = plan.endpoint
     tls = None if end.tls_ca is None else ssl.create_default_context(cadata=end.tls_ca)
     if len(end.ports) > 1:

@@ -4,6 +4,8 @@ The loop knows nothing of Keras or Spark: it drives a :class:`LocalModel` (the K
 in :mod:`distkeras_async.worker.keras_worker` is one; a numpy model in the tests is another) and a
 :class:`~distkeras_async.algorithm.ServerHandle`. Customising a worker means providing
 another LocalModel (its own training step, its own data preparation), not copying this loop.
+What the loop tells the code around it (reports, epochs, a diverged loss) goes through one
+:class:`SessionHooks` object, as Keras's loop calls one ``CallbackList``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,127 @@ class StepRecord:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+class SessionHooks:
+    """What a :class:`WorkerSession` tells the code around it, as one object.
+
+    As Keras hands one ``CallbackList`` to its training loop, a session takes one hooks
+    object; :class:`HookList` combines several. Every method does nothing by default:
+    subclass this and define the ones you need.
+
+    Two declarations say what the session does besides calling the methods; a subclass sets
+    them where it wants that behaviour (the session never looks at which methods a class
+    defines):
+
+    Attributes:
+        checks_divergence: the session checks every step's ``loss``; when it is NaN or
+            infinite it calls :meth:`on_diverged` and stops without committing. False (the
+            default): a non-finite loss is recorded like any other.
+        closes_epochs: the session counts passes over the partition (with its
+            ``steps_per_epoch``) and calls :meth:`on_epoch` after the last step of each.
+            False (the default): no epoch logs are gathered.
+    """
+
+    checks_divergence: bool = False
+    closes_epochs: bool = False
+
+    def on_progress(self, steps: int, records: Sequence[StepRecord]) -> None:
+        """Right before each exchange: the steps so far and the records since the last one.
+
+        Args:
+            steps: local steps so far, counted from the first of the partition.
+            records: the steps since the previous exchange, so the commit can carry them.
+        """
+
+    def on_exchange(self, metrics: Mapping[str, float]) -> None:
+        """After each exchange (and the final commit): the latest step's metrics.
+
+        ``metrics`` also holds ``steps``, the number of local steps so far (e.g. to report
+        them).
+        """
+
+    def after_exchange(self) -> bool:
+        """After the start and every exchange: whether the session should stop (default no).
+
+        Returning True sets the session's ``stopped``; whoever drives its loop ends it.
+        """
+        return False
+
+    def on_epoch(self, epoch: int, logs: Mapping[str, float]) -> None:
+        """After the last step of each pass over the partition (with :attr:`closes_epochs`).
+
+        Args:
+            epoch: the pass, counted from 1.
+            logs: the step's metrics when they are running means over the epoch (as
+                ``model.fit`` reports them), else the mean of the epoch's step metrics.
+        """
+
+    def on_diverged(self, step: int, loss: float) -> None:
+        """A step's loss is not finite (with :attr:`checks_divergence`).
+
+        Called before any exchange could send the weights that made it. Raise to fail the
+        run; return to stop this worker without committing the diverged weights.
+
+        Args:
+            step: the local step, counted from the first of the partition.
+            loss: its loss (NaN or infinite).
+        """
+
+
+class HookList(SessionHooks):
+    """Several hooks as one: each method calls every hook's, in the order given.
+
+    It checks divergence and closes epochs when any of its hooks does; :meth:`after_exchange`
+    asks every hook (each may act on the reply, e.g. apply a learning rate) and stops when
+    any says stop; an exception from one hook's method propagates at once, so a hook after
+    it is not called (an ``on_diverged`` that raises fails the run).
+
+    Args:
+        hooks: the hooks, in calling order.
+    """
+
+    def __init__(self, hooks: Iterable[SessionHooks]) -> None:
+        self.hooks = tuple(hooks)
+        self.checks_divergence = any(hook.checks_divergence for hook in self.hooks)
+        self.closes_epochs = any(hook.closes_epochs for hook in self.hooks)
+
+    def on_progress(self, steps: int, records: Sequence[StepRecord]) -> None:
+        """Every hook's :meth:`SessionHooks.on_progress`, in order."""
+        for hook in self.hooks:
+            hook.on_progress(steps, records)
+
+    def on_exchange(self, metrics: Mapping[str, float]) -> None:
+        """Every hook's :meth:`SessionHooks.on_exchange`, in order."""
+        for hook in self.hooks:
+            hook.on_exchange(metrics)
+
+    def after_exchange(self) -> bool:
+        """Every hook's :meth:`SessionHooks.after_exchange`; whether any asked to stop."""
+        stop = False
+        for hook in self.hooks:
+            stop = hook.after_exchange() or stop  # every hook is asked, even after a stop
+        return stop
+
+    def on_epoch(self, epoch: int, logs: Mapping[str, float]) -> None:
+        """Every hook's :meth:`SessionHooks.on_epoch`, in order."""
+        for hook in self.hooks:
+            hook.on_epoch(epoch, logs)
+
+    def on_diverged(self, step: int, loss: float) -> None:
+        """Every hook's :meth:`SessionHooks.on_diverged`, in order (until one raises)."""
+        for hook in self.hooks:
+            hook.on_diverged(step, loss)
+
+
+class _ExchangeCallback(SessionHooks):
+    """:func:`run_worker`'s ``on_exchange`` function as hooks."""
+
+    def __init__(self, on_exchange: Callable[[Mapping[str, float]], None]) -> None:
+        self._on_exchange = on_exchange
+
+    def on_exchange(self, metrics: Mapping[str, float]) -> None:
+        self._on_exchange(metrics)
+
+
 class WorkerSession:
     """The exchange schedule of one worker, driven step by step.
 
@@ -53,34 +176,25 @@ class WorkerSession:
     ``worker_start`` runs first, ``worker_exchange`` after every
     ``algorithm.communication_window`` local steps, and ``worker_finish`` once at the end when
     local steps remain uncommitted (or no exchange happened), so no local work is lost.
+    What happens around the exchanges (reports, the driver's requests, epochs, a diverged
+    loss) is its ``hooks``' (see :class:`SessionHooks` for when each is called).
 
     Args:
         model: the local model (only ``get_flat``/``set_flat`` are used here).
         algorithm: this worker's instance of the algorithm (its own state).
         server: the parameter server connection.
         worker_id: recorded in the history.
-        on_exchange: called after each exchange with the latest metrics plus ``steps``, the
-            number of local steps so far (e.g. to report them).
         first_step: the number of the first local step: a retried task that resumes after
             ``first_step`` steps already applied continues the numbering.
-        on_progress: called right before each exchange with the number of local steps so far
-            (counted from the first of the partition) and the records of the steps since the
-            previous exchange, so the commit can carry them.
-        steps_per_epoch: local steps in one pass over the partition; with ``on_epoch``, the
-            session closes an epoch every this many steps.
-        on_epoch: called with ``(epoch, logs)`` after the last step of each pass (epochs
-            counted from 1): the step's metrics when they are running means over the epoch
-            (``running_means``, as ``model.fit`` reports them), else the mean of the epoch's
-            step metrics.
+        steps_per_epoch: local steps in one pass over the partition; with hooks that close
+            epochs (:attr:`SessionHooks.closes_epochs`), the session closes an epoch every
+            this many steps.
         running_means: whether the step metrics are already running means over the epoch.
-        after_exchange: called after the start and every exchange; returning True asks the
-            session to stop (``stopped`` is then set, and the driver of the loop ends it).
         exchange_at_epoch_end: also exchange after the last step of each pass (when steps
             remain uncommitted), so the center holds the whole epoch when the driver's
             callbacks and validation see it.
-        on_diverged: called with ``(step, loss)`` when a step's ``loss`` is NaN or infinite,
-            before any exchange could send the weights that made it; it raises to fail the
-            run, or returns to stop this worker without committing the diverged weights.
+        hooks: what the session calls around its steps and exchanges (default: none; pass a
+            :class:`HookList` for several).
     """
 
     def __init__(
@@ -90,33 +204,25 @@ class WorkerSession:
         server: ServerHandle,
         *,
         worker_id: int = 0,
-        on_exchange: Callable[[Mapping[str, float]], None] | None = None,
         first_step: int = 0,
-        on_progress: Callable[[int, Sequence[StepRecord]], None] | None = None,
         steps_per_epoch: int | None = None,
-        on_epoch: Callable[[int, Mapping[str, float]], None] | None = None,
         running_means: bool = False,
-        after_exchange: Callable[[], bool] | None = None,
-        on_diverged: Callable[[int, float], None] | None = None,
         exchange_at_epoch_end: bool = False,
+        hooks: SessionHooks | None = None,
     ) -> None:
         self.model = model
         self.algorithm = algorithm
         self.server = server
         self.worker_id = worker_id
-        self.on_exchange = on_exchange
         self.first_step = first_step
-        self.on_progress = on_progress
+        self.hooks = SessionHooks() if hooks is None else hooks
         self.history: list[StepRecord] = []
         self._reported = 0  # history records already handed to on_progress
         self.exchanges = 0
         self._pending = 0
         self._metrics: Mapping[str, float] = {}
         self.steps_per_epoch = steps_per_epoch
-        self.on_epoch = on_epoch
         self.running_means = running_means
-        self.after_exchange = after_exchange
-        self.on_diverged = on_diverged
         self.exchange_at_epoch_end = exchange_at_epoch_end
         self.stopped = False
         self.diverged = False
@@ -132,7 +238,7 @@ class WorkerSession:
     def start(self) -> None:
         """Run the rule's ``worker_start`` and adopt the weights it returns."""
         self.model.set_flat(self.algorithm.worker_start(self.model.get_flat(), self.server))
-        if self.after_exchange is not None and self.after_exchange():
+        if self.hooks.after_exchange():
             self.stopped = True
 
     def step_done(self, metrics: Mapping[str, float]) -> None:
@@ -140,8 +246,8 @@ class WorkerSession:
         self._metrics = metrics
         self.history.append(StepRecord(self.worker_id, self.steps, time.time(), dict(metrics)))
         loss = metrics.get("loss")
-        if self.on_diverged is not None and loss is not None and not math.isfinite(loss):
-            self.on_diverged(self.steps - 1, loss)
+        if self.hooks.checks_divergence and loss is not None and not math.isfinite(loss):
+            self.hooks.on_diverged(self.steps - 1, loss)
             # Stopping: the local weights are not finite, so they are never committed.
             self.stopped = self.diverged = True
             return
@@ -152,9 +258,8 @@ class WorkerSession:
             self.model.set_flat(self.algorithm.worker_exchange(weights, self.server))
             self._pending = 0
             self.exchanges += 1
-            if self.on_exchange is not None:
-                self.on_exchange({**metrics, "steps": float(self.steps)})
-            if self.after_exchange is not None and self.after_exchange():
+            self.hooks.on_exchange({**metrics, "steps": float(self.steps)})
+            if self.hooks.after_exchange():
                 self.stopped = True
         self._epoch_step(metrics)
 
@@ -185,7 +290,7 @@ class WorkerSession:
 
     def _epoch_step(self, metrics: Mapping[str, float]) -> None:
         """Accumulate the epoch's metrics; close the epoch after its last step."""
-        if self.on_epoch is None or not self.steps_per_epoch:
+        if not self.hooks.closes_epochs or not self.steps_per_epoch:
             return
         self._epoch_steps += 1
         if not self.running_means:
@@ -200,7 +305,7 @@ class WorkerSession:
             else {k: v / self._epoch_steps for k, v in self._epoch_sums.items()}
         )
         self._epoch_sums, self._epoch_steps = {}, 0
-        self.on_epoch(epoch, logs)
+        self.hooks.on_epoch(epoch, logs)
 
     def finish(self) -> None:
         """Commit what remains (``worker_finish``), unless the last step just exchanged.
@@ -213,13 +318,12 @@ class WorkerSession:
             self._progress()
             self.model.set_flat(self.algorithm.worker_finish(self.model.get_flat(), self.server))
             self._pending = 0
-            if self.on_exchange is not None and self._metrics:
-                self.on_exchange({**self._metrics, "steps": float(self.steps)})
+            if self._metrics:
+                self.hooks.on_exchange({**self._metrics, "steps": float(self.steps)})
 
     def _progress(self) -> None:
-        if self.on_progress is not None:
-            self.on_progress(self.steps, self.history[self._reported :])
-            self._reported = len(self.history)
+        self.hooks.on_progress(self.steps, self.history[self._reported :])
+        self._reported = len(self.history)
 
 
 def run_worker(
@@ -230,6 +334,7 @@ def run_worker(
     *,
     worker_id: int = 0,
     on_exchange: Callable[[Mapping[str, float]], None] | None = None,
+    hooks: SessionHooks | None = None,
 ) -> list[StepRecord]:
     """Train ``model`` on ``batches`` under ``algorithm``'s worker rule.
 
@@ -243,12 +348,17 @@ def run_worker(
         server: the parameter server connection.
         batches: the local data, one item per step.
         worker_id: recorded in the history.
-        on_exchange: called with the latest metrics after each exchange (e.g. to report them).
+        on_exchange: called with the latest metrics after each exchange (e.g. to report them);
+            a shorthand for hooks with :meth:`SessionHooks.on_exchange`.
+        hooks: the session's hooks (with ``on_exchange``, called before it).
 
     Returns:
         The history: one record per local step.
     """
-    session = WorkerSession(model, algorithm, server, worker_id=worker_id, on_exchange=on_exchange)
+    if on_exchange is not None:
+        callback = _ExchangeCallback(on_exchange)
+        hooks = callback if hooks is None else HookList([hooks, callback])
+    session = WorkerSession(model, algorithm, server, worker_id=worker_id, hooks=hooks)
     return run_session(session, batches)
 
 

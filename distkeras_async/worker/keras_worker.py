@@ -2,11 +2,12 @@
 
 :func:`train_worker` rebuilds the model from its
 :class:`~distkeras_async.worker.serialization.ModelSpec`, connects to the parameter server,
-and trains its partition under the algorithm's worker rule. For every algorithm that does
-not act on each step, the local steps run inside ``model.fit`` and the exchanges happen in a
-callback, so a worker pays no per-step overhead that ``model.fit`` does not pay itself.
-Algorithms that act on every step (EAMSGD's Nesterov momentum) run through
-:func:`~distkeras_async.worker.exchange.run_worker` with ``train_on_batch``.
+and trains its partition under the algorithm's worker rule
+(:func:`~distkeras_async.worker.training.train_session`, after the checks of
+:mod:`~distkeras_async.worker.partition_checks`). For every algorithm that does not act on
+each step, the local steps run inside ``model.fit`` and the exchanges happen in a callback,
+so a worker pays no per-step overhead that ``model.fit`` does not pay itself. Algorithms
+that act on every step (EAMSGD's Nesterov momentum) run a plain loop of ``train_on_batch``.
 
 This module imports Keras lazily and never imports pyspark: :mod:`distkeras_async.spark`
 calls it with plain numpy arrays and ids.
@@ -15,7 +16,6 @@ calls it with plain numpy arrays and ids.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -31,24 +31,20 @@ from distkeras_async.worker.batches import batch_weight, epoch_batches
 from distkeras_async.worker.columns import column_to_numpy
 from distkeras_async.worker.connection import connect
 from distkeras_async.worker.devices import model_device
-from distkeras_async.worker.exchange import StepRecord, WorkerSession, run_session
-from distkeras_async.worker.inputs import check_finite, input_shapes, shape_inputs
-from distkeras_async.worker.labels import check_class_indices, sparse_label_classes
-from distkeras_async.worker.local_model import KerasLocalModel, fit_callback
-from distkeras_async.worker.overlap import ExchangeClient
+from distkeras_async.worker.exchange import StepRecord
+from distkeras_async.worker.inputs import shape_inputs
 from distkeras_async.worker.partition import Partition
+from distkeras_async.worker.partition_checks import PartitionChecks
 from distkeras_async.worker.plan import WorkerPlan
-from distkeras_async.worker.reporter import Reporter, attach_progress
-from distkeras_async.worker.requests import DriverRequests
+from distkeras_async.worker.protocols import ExchangeClient
 from distkeras_async.worker.serialization import ModelSpec, build_model
 from distkeras_async.worker.sources import ArraySource, Prepared, StreamSource
 from distkeras_async.worker.stream import EpochStream, default_window
+from distkeras_async.worker.training import train_session
 from distkeras_async.worker.weights import row_weights
 
 # WorkerPlan lives in worker/plan.py; it stays importable from here, where it was.
 __all__ = ["KerasWorker", "WorkerPlan", "new_worker", "train_worker"]
-
-logger = logging.getLogger(__name__)
 
 
 class KerasWorker:
@@ -196,66 +192,22 @@ class KerasWorker:
         """Every block of the partition, decoded and checked, in partition order.
 
         Raises:
-            InputDataError: naming the column and the row's position in the partition, for
-                a null, a row of another width than the rows before, (unless the plan
-                allows them) NaN or infinity, or a class index out of the output's range
-                for a sparse categorical loss.
+            InputDataError: for bad data, naming the column and the row (see
+                :meth:`PartitionChecks.blocks
+                <distkeras_async.worker.partition_checks.PartitionChecks.blocks>`).
         """
-        plan = self.plan
-        names = partition.columns
-        widths: list[tuple[int, ...]] | None = None
-        where = f"worker {self.worker_id} (attempt {self.attempt})"
-        class_counts: list[tuple[int, int]] = []
-        for index, first in enumerate(partition.first_rows()):
-            try:
-                columns = self.decode(partition.block(index), int(first))
-            except ValueError as exc:
-                raise InputDataError(f"{where}, in its partition: {exc}") from exc
-            shapes = [c.shape[1:] for c in columns]
-            if widths is None:
-                widths = shapes
-                self._check_input_sizes(columns, int(first))
-                class_counts = self._sparse_label_classes()
-            for name, shape, width in zip(names, shapes, widths, strict=True):
-                if shape != width:
-                    raise InputDataError(
-                        f"{where}, in its partition: column {name!r} has rows of shape "
-                        f"{shape} from row {int(first)} on, where the rows before have {width}"
-                    )
-            data = len(plan.data.features) + len(plan.data.labels)
-            if not plan.failures.allow_nonfinite_inputs:
-                check_finite(columns[:data], names[:data], self.worker_id, self.attempt, int(first))
-            if len(columns) > data:  # a weight column never may be non-finite
-                check_finite(columns[data:], names[data:], self.worker_id, self.attempt, int(first))
-            for column, classes in class_counts:
-                check_class_indices(columns[column], names[column], classes, where, int(first))
-            yield columns
-
-    def _sparse_label_classes(self) -> list[tuple[int, int]]:
-        """(column index, classes) of each label column whose loss takes class indices."""
-        if self.prepares_columns:
-            return []  # the worker turns the columns into targets its own way
-        loss = ModelSpec.from_json(self.plan.model_spec).loss
-        return sparse_label_classes(
-            self._model(), loss, len(self.plan.data.features), len(self.plan.data.labels)
+        checks = PartitionChecks(
+            self.plan,
+            self.worker_id,
+            self.attempt,
+            self.decode,
+            self._model,
+            # A worker that makes its inputs or targets its own way is not held to the
+            # default's shapes and classes.
+            check_inputs=not self.transforms_columns(),
+            check_classes=not self.prepares_columns,
         )
-
-    def _check_input_sizes(self, columns: Sequence[np.ndarray], first: int) -> None:
-        """A partition whose rows do not fit the model's inputs fails before any step.
-
-        (The driver checks the DataFrame's first row; another partition's rows may differ.)
-        """
-        for name, column, size in zip(
-            self.plan.data.features, columns, self._input_sizes(), strict=False
-        ):
-            found = int(np.prod(column.shape[1:]))
-            if size is not None and len(column) and found != size:
-                raise InputDataError(
-                    f"worker {self.worker_id} (attempt {self.attempt}), in its partition: "
-                    f"column {name!r} has {found} value(s) per row from row {first} on, but "
-                    f"the model's input takes {size}: select the column that matches the "
-                    "model, or change the model's Input"
-                )
+        return checks.blocks(partition)
 
     def train(self, partition: Partition) -> list[StepRecord]:
         """Check the partition, then train it in memory or streamed; returns the history.
@@ -401,17 +353,6 @@ class KerasWorker:
             return None
         return reuse.key_of(current_backend(), self.plan.model_spec)
 
-    def _input_sizes(self) -> list[int | None]:
-        """Values per row each feature column must have (None: unknown or customised)."""
-        count = len(self.plan.data.features)
-        if self.transforms_columns():
-            return [None] * count
-        sizes: list[int | None] = []
-        for shape in input_shapes(self._model(), count):
-            dims = [] if shape is None else list(shape[1:])
-            sizes.append(None if shape is None or None in dims else int(np.prod(dims)))
-        return sizes
-
     def _connect(self, model: Any) -> contextlib.AbstractContextManager[ExchangeClient]:
         layout = Layout.of(model.get_weights())
         return connect(self.plan, self.worker_id, self.attempt, layout)
@@ -423,58 +364,16 @@ class KerasWorker:
         client: ExchangeClient,
         source: ArraySource | StreamSource,
     ) -> list[StepRecord]:
-        plan = self.plan
-        rows = source.rows
-        requests = DriverRequests(client, model, plan.terminate_on_nan)
-        local = KerasLocalModel(
+        return train_session(
             model,
-            client.layout,
-            step=lambda batch: requests.with_rate(self.train_step(model, batch)),
-        )
-        # A retried attempt of an asynchronous task resumes after the steps the server
-        # already applied (from any attempt): no row's update is applied twice.
-        resume = plan.failures.on_retry == "resume" and not algorithm.synchronous
-        skip = client.progress if resume else 0
-        report = Reporter(client, plan.run.batch_size)
-        per_epoch = -(-rows // plan.run.batch_size)
-        session = WorkerSession(
-            local,
             algorithm,
             client,
+            source,
+            plan=self.plan,
             worker_id=self.worker_id,
-            on_exchange=report,
-            first_step=skip,
-            on_progress=lambda steps, records: attach_progress(client, steps, records),
-            steps_per_epoch=per_epoch,
-            on_epoch=requests.epoch_done,
-            running_means=self.uses_fit(algorithm),
-            after_exchange=requests.after_exchange,
-            on_diverged=requests.diverged,
-            exchange_at_epoch_end=plan.exchange_at_epoch_end,
+            train_step=lambda batch: self.train_step(model, batch),
+            in_fit=self.uses_fit(algorithm),
         )
-        if skip and per_epoch and skip % per_epoch == 0:
-            # The killed attempt may have died between its epoch-end commit and that
-            # epoch's report: say the epoch ended (the server keeps the logs it has).
-            client.report({}, epoch=skip // per_epoch)
-        if rows == 0 or not self.uses_fit(algorithm):
-            run_session(session, source.batches(skip))
-        else:
-            session.start()
-            callback = fit_callback(session, requests)
-            for call in source.fit_calls(skip):
-                if session.stopped:
-                    break
-                model.fit(
-                    **call,
-                    batch_size=None if "steps_per_epoch" in call else plan.run.batch_size,
-                    shuffle=False,
-                    verbose=0,
-                    callbacks=[callback],
-                )
-            session.finish()
-        if not session.diverged:  # its report must stay the worker's last word
-            report.flush()
-        return session.history
 
 
 def train_worker(

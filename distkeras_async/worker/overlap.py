@@ -23,18 +23,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import numpy as np
 
-from distkeras_async.layout import FLAT_DTYPE
-from distkeras_async.worker.sharded_client import AnyClient
-
-Record = tuple[int, float, Mapping[str, float]]
+from distkeras_async.layout import FLAT_DTYPE, Layout
+from distkeras_async.wire.messages import Control
+from distkeras_async.worker.protocols import Connection, Record
 
 
 class OverlappedClient:
-    """A :class:`~distkeras_async.algorithm.ServerHandle` that exchanges in the background.
+    """An :class:`~distkeras_async.worker.protocols.ExchangeClient` exchanging in the background.
 
     Use it as a context manager inside the real client's: leaving it waits for the
     exchange in flight, so the client says goodbye (or reports an error) after it.
@@ -43,7 +41,7 @@ class OverlappedClient:
         client: the worker's connection (one server or its shards).
     """
 
-    def __init__(self, client: AnyClient) -> None:
+    def __init__(self, client: Connection) -> None:
         self.client = client
         size = client.layout.size
         # The latest center the background thread received, and the one it receives next.
@@ -63,10 +61,32 @@ class OverlappedClient:
         self._error: BaseException | None = None
         self.exchanges_overlapped = 0
 
-    def __getattr__(self, name: str) -> Any:
-        # Everything else (layout, control, version, progress, worker_id, ...) is the
-        # client's; it changes only when an exchange completes.
-        return getattr(self.client, name)
+    # -- the connection's, read through (they change only when an exchange completes) ------
+
+    @property
+    def layout(self) -> Layout:
+        """The layout of the center the server holds."""
+        return self.client.layout
+
+    @property
+    def worker_id(self) -> int:
+        """This worker's id."""
+        return self.client.worker_id
+
+    @property
+    def attempt(self) -> int:
+        """The Spark task attempt number."""
+        return self.client.attempt
+
+    @property
+    def progress(self) -> int:
+        """Local steps of this worker the server had applied when it connected."""
+        return self.client.progress
+
+    @property
+    def control(self) -> Control:
+        """The driver's requests, from the latest reply the background thread received."""
+        return self.client.control
 
     # -- ServerHandle ------------------------------------------------------------------
 
@@ -175,7 +195,3 @@ class OverlappedClient:
         self._job = threading.Thread(target=run, name="distkeras-exchange", daemon=True)
         self._job.start()
         self.exchanges_overlapped += 1
-
-
-ExchangeClient = AnyClient | OverlappedClient
-"""What the worker's loop talks to: a connection, or one that exchanges in the background."""

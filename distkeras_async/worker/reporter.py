@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 
-from distkeras_async.worker.exchange import StepRecord
-from distkeras_async.worker.overlap import ExchangeClient
+from distkeras_async.worker.exchange import SessionHooks, StepRecord
+from distkeras_async.worker.protocols import ExchangeClient
 
 
 def attach_progress(client: ExchangeClient, steps: int, records: Sequence[StepRecord]) -> None:
@@ -15,13 +15,19 @@ def attach_progress(client: ExchangeClient, steps: int, records: Sequence[StepRe
     client.history.extend((r.iteration, r.timestamp, r.metrics) for r in records)
 
 
-class Reporter:
-    """Reports the latest metrics (and samples seen) to the server for its progress bar.
+class Reporter(SessionHooks):
+    """A session's hooks that tell the server how far the worker got.
 
-    A report is a round trip (0.27 ms measured on loopback); after every exchange that is a
-    few percent of a small model's step time for a progress bar that refreshes twice a
-    second, so it is sent at most every ``REPORT_INTERVAL`` seconds. (The step records
-    travel with the commits, not here.)
+    Before each exchange the step count and the step records go with the commit
+    (:func:`attach_progress`); after it, the latest metrics (and samples seen) go to the
+    server for its progress bar. A report is a round trip (0.27 ms measured on loopback);
+    after every exchange that is a few percent of a small model's step time for a progress
+    bar that refreshes twice a second, so it is sent at most every ``REPORT_INTERVAL``
+    seconds, and :meth:`flush` sends the last one.
+
+    Args:
+        client: the worker's connection.
+        batch_size: rows per local step (samples seen are steps times this).
     """
 
     REPORT_INTERVAL = 0.5
@@ -32,7 +38,11 @@ class Reporter:
         self.latest: dict[str, float] = {}
         self.sent_at = 0.0
 
-    def __call__(self, metrics: Mapping[str, float]) -> None:
+    def on_progress(self, steps: int, records: Sequence[StepRecord]) -> None:
+        """Hand the step count and the new step records to the next commit."""
+        attach_progress(self.client, steps, records)
+
+    def on_exchange(self, metrics: Mapping[str, float]) -> None:
         """Keep ``metrics`` as the latest; send them if the last report is old enough."""
         self.latest = dict(metrics)
         now = time.monotonic()

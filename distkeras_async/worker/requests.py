@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from distkeras_async.errors import TrainingDivergedError
-from distkeras_async.worker.overlap import ExchangeClient
+from distkeras_async.worker.exchange import SessionHooks
+from distkeras_async.worker.protocols import ExchangeClient
 
 logger = logging.getLogger(__name__)
 
@@ -21,13 +22,24 @@ logger = logging.getLogger(__name__)
 DIVERGED_METRIC = "diverged_at_step"
 
 
-class DriverRequests:
-    """Acts on what the driver asks through the server's replies: a learning rate, a stop.
+class DriverRequests(SessionHooks):
+    """A session's hooks between a worker and the driver, through the server.
 
     The driver's callbacks (a schedule, ``ReduceLROnPlateau``, ``EarlyStopping``) run on the
     Spark driver; their decisions reach the workers on every reply of the server, and a worker
-    applies them after its next exchange (:meth:`after_exchange`).
+    applies them after its next exchange (:meth:`after_exchange`). The other way, it reports
+    each finished pass over the partition (:meth:`on_epoch`) and a diverged loss
+    (:meth:`on_diverged`): it closes epochs and checks divergence.
+
+    Args:
+        client: the worker's connection.
+        model: the worker's Keras model (its optimizer's learning rate).
+        terminate_on_nan: the driver runs ``TerminateOnNaN``: a diverged loss stops the run
+            instead of failing it.
     """
+
+    checks_divergence = True
+    closes_epochs = True
 
     def __init__(self, client: ExchangeClient, model: Any, terminate_on_nan: bool = False) -> None:
         self.client = client
@@ -52,7 +64,7 @@ class DriverRequests:
             return metrics
         return {**metrics, "learning_rate": self.rate}
 
-    def diverged(self, step: int, loss: float) -> None:
+    def on_diverged(self, step: int, loss: float) -> None:
         """The loss of local ``step`` is not finite: fail the run, or ask the driver to stop it.
 
         Raises:
@@ -69,7 +81,7 @@ class DriverRequests:
         logger.warning("worker %d: loss %s at step %d; stopping", client.worker_id, loss, step)
         client.report({DIVERGED_METRIC: float(step)})
 
-    def epoch_done(self, epoch: int, logs: Mapping[str, float]) -> None:
+    def on_epoch(self, epoch: int, logs: Mapping[str, float]) -> None:
         """Send the logs of a finished pass over the partition, with the current rate."""
         rate = learning_rate(self.model)
         extra = {} if rate is None else {"learning_rate": rate}

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import ssl
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 
@@ -26,10 +25,14 @@ from distkeras_async.layout import FLAT_DTYPE, Layout
 from distkeras_async.shards import split
 from distkeras_async.wire.messages import Control
 from distkeras_async.worker.client import _FROM_THE_CONNECTION, ParameterServerClient
+from distkeras_async.worker.welcome import WelcomeSettings
 
 
-class ShardedClient:
+class ShardedClient(WelcomeSettings):
     """A worker's connections to every shard of a sharded parameter server.
+
+    Like :class:`ParameterServerClient`, it is a
+    :class:`~distkeras_async.worker.protocols.Connection`.
 
     Args:
         host: the server's address.
@@ -95,14 +98,10 @@ class ShardedClient:
             for client in self.clients:
                 client.close()
             raise
-        first = self.clients[0]
-        self.algorithm_name = first.algorithm_name
-        self.hyperparameters: dict[str, Any] = first.hyperparameters
-        self.num_workers = first.num_workers
-        self.round_timeout = first.round_timeout
-        self.synchronous_rounds = first.synchronous_rounds
-        self.commit_dtype = first.commit_dtype
-        self.pull_dtype = first.pull_dtype
+        # The run's settings, as every shard has them (WelcomeSettings reads them). The
+        # welcome's layout, version and progress are the first shard's alone: this client
+        # has its own (the whole layout, the smallest version and progress of all shards).
+        self.welcome = self.clients[0].welcome
         # A retried task resumes after the steps every shard applied.
         self.progress = min(c.progress for c in self.clients)
 
@@ -248,7 +247,3 @@ class ShardedClient:
         for shard, client in zip(self.shards, self.clients, strict=True):
             client.receive_center(out[shard.start : shard.stop])
         return out
-
-
-AnyClient = ParameterServerClient | ShardedClient
-"""A worker's connection: to one parameter server, or to every shard of a sharded one."""
