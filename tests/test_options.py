@@ -179,6 +179,19 @@ def test_aliases_are_the_same_classes():
     assert issubclass(EASGD, SynchronizedDistributedTrainer)
 
 
+def test_a_user_subclass_keeps_its_own_signature(model):
+    class Mine(DOWNPOUR):
+        def __init__(self, keras_model, *, window: int = 3) -> None:
+            super().__init__(keras_model, "adam", "mse", communication_window=window)
+
+    class Configured(DOWNPOUR):
+        """Only a docstring: the generated signature still applies."""
+
+    assert list(inspect.signature(Mine).parameters) == ["keras_model", "window"]
+    assert Mine(model, window=4).hyperparameters == {"communication_window": 4}
+    assert inspect.signature(Configured) == inspect.signature(DOWNPOUR)
+
+
 def test_a_positional_classic_call_binds_by_the_classic_order(model):
     trainer = DOWNPOUR(
         model, "adam", "categorical_crossentropy", ["accuracy"], 3, 64, "f", "l", 7, 0, 2

@@ -76,7 +76,9 @@ class DistributedTrainer:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.__signature__ = signature(cls.spec)  # type: ignore[attr-defined]
+        # A subclass with its own __init__ shows that one (None: inspect reads __init__).
+        own = "__init__" in cls.__dict__
+        cls.__signature__ = None if own else signature(cls.spec)  # type: ignore[attr-defined]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         given = bind_call(type(self).spec, type(self).__name__, args, kwargs)
