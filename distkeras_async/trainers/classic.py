@@ -40,6 +40,8 @@ __all__ = [
 ]
 
 _HEAD = ("keras_model", "worker_optimizer", "loss", "metrics")
+# What most classic trainers take next, in this order.
+_DATA = ("num_workers", "batch_size", "features_col", "label_col")
 
 
 @dataclass(frozen=True)
@@ -92,10 +94,7 @@ CLASSIC: dict[str, Classic] = {
         TrainerSpec(
             positional=(
                 *_HEAD,
-                "num_workers",
-                "batch_size",
-                "features_col",
-                "label_col",
+                *_DATA,
                 "communication_window",
                 "rho",
                 "learning_rate",
@@ -121,10 +120,7 @@ CLASSIC: dict[str, Classic] = {
         TrainerSpec(
             positional=(
                 *_HEAD,
-                "num_workers",
-                "batch_size",
-                "features_col",
-                "label_col",
+                *_DATA,
                 "communication_window",
                 "rho",
                 "learning_rate",
@@ -153,10 +149,7 @@ CLASSIC: dict[str, Classic] = {
         TrainerSpec(
             positional=(
                 *_HEAD,
-                "num_workers",
-                "batch_size",
-                "features_col",
-                "label_col",
+                *_DATA,
                 "communication_window",
                 "master_port",
                 "num_epoch",
@@ -179,10 +172,7 @@ CLASSIC: dict[str, Classic] = {
         TrainerSpec(
             positional=(
                 *_HEAD,
-                "num_workers",
-                "batch_size",
-                "features_col",
-                "label_col",
+                *_DATA,
                 "num_epoch",
                 "communication_window",
                 "master_port",
@@ -203,10 +193,7 @@ CLASSIC: dict[str, Classic] = {
         TrainerSpec(
             positional=(
                 *_HEAD,
-                "num_workers",
-                "batch_size",
-                "features_col",
-                "label_col",
+                *_DATA,
                 "num_epoch",
                 "communication_window",
                 "master_port",
