@@ -214,6 +214,35 @@ def test_classic_defaults_differ_where_the_table_says(model):
     assert single.hyperparameters == {"communication_window": 100}
 
 
+def test_a_named_trainer_is_its_algorithm(model):
+    with pytest.raises(TypeError, match="DOWNPOUR sets algorithm='downpour'"):
+        DOWNPOUR(model, "adam", "mse", algorithm="dynsgd")
+    assert "algorithm" not in inspect.signature(ADAG).parameters
+
+
+def test_a_grandchild_without_init_shows_its_parent_s_init():
+    class Parent(DistributedTrainer):
+        def __init__(self, keras_model, *, window: int = 3) -> None:
+            super().__init__(keras_model, "adam", "mse", communication_window=window)
+
+    class Child(Parent):
+        pass
+
+    assert list(inspect.signature(Child).parameters) == ["keras_model", "window"]
+
+
+def test_a_hand_made_plan_takes_only_what_a_plan_carries():
+    from distkeras_async.worker.plan import Endpoint
+
+    endpoint = Endpoint("127.0.0.1", (5000,), bytes(32))
+    plan = WorkerPlan.create("{}", "downpour", endpoint, epochs=3, batch_size=16)
+    assert plan.epochs == 3 and plan.run.num_epoch == 3 and plan.run.batch_size == 16
+    with pytest.raises(TypeError, match=r"\['num_epoch'\].*epochs="):
+        WorkerPlan.create("{}", "downpour", endpoint, num_epoch=3)
+    with pytest.raises(TypeError, match="round_timeout"):
+        WorkerPlan.create("{}", "downpour", endpoint, round_timeout=3.0)
+
+
 def test_a_class_s_own_settings_cannot_be_passed(model):
     with pytest.raises(TypeError, match="SingleTrainer sets num_workers=1"):
         SingleTrainer(model, "adam", "mse", num_workers=3)

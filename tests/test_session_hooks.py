@@ -38,6 +38,10 @@ class Losses:
 class Recorder(SessionHooks):
     """Records every call, under ``name``; stops after ``stop_after`` exchanges."""
 
+    # Declared: it defines every method, but asks for no epochs and no divergence check.
+    closes_epochs = False
+    checks_divergence = False
+
     def __init__(self, calls: list[tuple[Any, ...]], name: str = "", stop_after: int = 0):
         self.calls, self.name, self.stop_after = calls, name, stop_after
         self.asked = 0
@@ -166,3 +170,20 @@ def test_run_worker_takes_a_function_and_hooks_together():
     )
     assert [m["steps"] for m in reported] == [2.0, 4.0]
     assert [c[2] for c in calls if c[1] == "exchange"] == [2.0, 4.0]
+
+
+def test_a_hook_that_defines_a_method_and_declares_nothing_gets_its_behaviour():
+    class EpochLogger(SessionHooks):
+        def on_epoch(self, epoch: int, logs: Mapping[str, float]) -> None:
+            pass
+
+    class Mixin:
+        def on_diverged(self, step: int, loss: float) -> None:
+            raise AssertionError("diverged")
+
+    class Guard(Mixin, SessionHooks):
+        pass
+
+    assert EpochLogger.closes_epochs and not EpochLogger.checks_divergence
+    assert Guard.checks_divergence and not Guard.closes_epochs
+    assert not Recorder.closes_epochs and Epochs.closes_epochs  # an explicit word wins

@@ -94,3 +94,18 @@ def test_prepare_turns_off_the_column_checks_unless_declared_otherwise():
     assert OwnPrepare.prepares_columns and OwnPrepare.transforms_columns()
     assert not ScaledPrepare.prepares_columns and not ScaledPrepare.transforms_columns()
     assert instance(OwnPrepare).uses_fit(DOWNPOUR)  # preparing the data keeps fit
+
+
+def test_a_hook_from_a_mixin_counts_as_the_class_s_own():
+    class StepMixin:
+        def train_step(self, model: Any, batch: Any) -> Any:
+            return {}
+
+    class Mixed(StepMixin, KerasWorker):
+        pass
+
+    class MixedChild(Mixed):
+        pass
+
+    assert Mixed.steps_itself and MixedChild.steps_itself
+    assert not instance(Mixed).uses_fit(DOWNPOUR)

@@ -1,4 +1,4 @@
-"""Every run option, declared once, in six frozen groups a reader can take in at once.
+"""Every run option, declared once, in seven frozen groups a reader can take in at once.
 
 A group validates itself on construction (:func:`~distkeras_async.options.declare.validate`
 runs each field's check, then the group checks what spans fields), so a group instance
@@ -22,6 +22,7 @@ from distkeras_async.options.values import (
     FRAME_TIMEOUT,
     IDLE_TIMEOUT,
     IN_MEMORY_LIMIT,
+    REPLY_MARGIN,
     ROUND_TIMEOUT,
     backend_name,
     boolean,
@@ -178,7 +179,7 @@ class Timeouts:
     @property
     def client(self) -> float:
         """Seconds a worker's call to the server may take: a whole round, and some margin."""
-        return max(120.0, self.round_timeout + 30.0)
+        return max(120.0, self.round_timeout + REPLY_MARGIN)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import importlib.util
 import math
 import os
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from distkeras_async import checks
@@ -38,6 +38,9 @@ IDLE_TIMEOUT = 3600.0
 # Seconds a frame has, from its first byte, to arrive whole: a 100M-parameter commit (400 MB)
 # takes a few seconds even on a slow link; a peer that stalls mid-frame holds a receive buffer.
 FRAME_TIMEOUT = 60.0
+# Seconds a worker of a synchronous run waits for a commit's reply beyond the round's own
+# timeout, before it gives up by itself: the server's timeout error should arrive first.
+REPLY_MARGIN = 30.0
 # The Keras backends and the package each needs.
 BACKENDS = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 RETRY_MODES = ("resume", "restart")
@@ -103,14 +106,15 @@ def device_name(value: Any, name: str) -> str:
 
 def columns(value: Any, name: str) -> tuple[str, ...]:
     """A column name or a non-empty list of them, as a tuple."""
-    names = (value,) if isinstance(value, str) else tuple(value) if _listlike(value) else ()
+    names = (value,) if isinstance(value, str) else tuple(value) if _iterable(value) else ()
     if not names or not all(isinstance(c, str) and c for c in names):
         raise ValueError(f"{name} must be a column name or a non-empty list of names")
     return names
 
 
-def _listlike(value: Any) -> bool:
-    return isinstance(value, Sequence) and not isinstance(value, bytes)
+def _iterable(value: Any) -> bool:
+    """A list, tuple, array or index of names (not bytes, not a mapping)."""
+    return isinstance(value, Iterable) and not isinstance(value, bytes | Mapping)
 
 
 def class_weights(value: Any, name: str) -> dict[int, float] | None:

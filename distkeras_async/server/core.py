@@ -35,6 +35,7 @@ from distkeras_async.errors import (
     RunEndedError,
 )
 from distkeras_async.layout import Layout
+from distkeras_async.options.values import REPLY_MARGIN
 from distkeras_async.server.apply import CenterUpdater, describe_failure, finite_norm
 from distkeras_async.server.buffers import BufferPool, CenterStore, Lease
 from distkeras_async.server.checkpoint import Checkpointer
@@ -67,11 +68,6 @@ class Failure:
     reason: str
     # When it failed: a sharded server reports the shard that failed first.
     at: float = dataclasses.field(default_factory=time.time, compare=False)
-
-
-# Seconds a worker of a synchronous run waits for a commit's reply beyond the round's own
-# timeout, before it gives up by itself: the server's timeout error should arrive first.
-REPLY_MARGIN = 30.0
 
 
 class ServerCore:

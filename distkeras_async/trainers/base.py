@@ -77,7 +77,7 @@ class DistributedTrainer:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         # A subclass with its own __init__ shows that one (None: inspect reads __init__).
-        own = "__init__" in cls.__dict__
+        own = cls.__init__ is not DistributedTrainer.__init__
         cls.__signature__ = None if own else signature(cls.spec)  # type: ignore[attr-defined]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

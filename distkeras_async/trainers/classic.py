@@ -233,8 +233,9 @@ def _named(name: str, row: Classic) -> type[DistributedTrainer]:
     )
     spec = TrainerSpec(
         positional=row.spec.positional,
-        defaults={"algorithm": row.algorithm, **row.spec.defaults},
-        fixed=row.spec.fixed,
+        defaults=row.spec.defaults,
+        # A named trainer is its algorithm: DOWNPOUR(..., algorithm="dynsgd") is refused.
+        fixed={"algorithm": row.algorithm, **row.spec.fixed},
         follows=row.spec.follows,
         ignored=row.spec.ignored,
         synchronous=row.spec.synchronous,

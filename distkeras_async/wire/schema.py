@@ -20,7 +20,7 @@ from distkeras_async.errors import ErrorCode, LocalProtocolError, RemoteProtocol
 
 # Version 2: error frames carry a machine-readable `code`; commits carry the worker's step count
 # and the records of the steps they include, the welcome the steps already applied.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 PREFIX = struct.Struct("<I")
 

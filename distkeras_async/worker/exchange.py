@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from distkeras_async.algorithm import Algorithm, ServerHandle
+from distkeras_async.worker.declarations import fill_declarations
 
 
 class LocalModel(Protocol):
@@ -54,9 +55,10 @@ class SessionHooks:
     object; :class:`HookList` combines several. Every method does nothing by default:
     subclass this and define the ones you need.
 
-    Two declarations say what the session does besides calling the methods; a subclass sets
-    them where it wants that behaviour (the session never looks at which methods a class
-    defines):
+    Two declarations say what the session does besides calling the methods. A subclass may
+    set them; one it leaves unset is True when the subclass defines the matching method
+    (:mod:`distkeras_async.worker.declarations`), so defining :meth:`on_diverged` is enough
+    to have divergence checked:
 
     Attributes:
         checks_divergence: the session checks every step's ``loss``; when it is NaN or
@@ -69,6 +71,14 @@ class SessionHooks:
 
     checks_divergence: bool = False
     closes_epochs: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        fill_declarations(
+            cls,
+            SessionHooks,
+            {"checks_divergence": ("on_diverged",), "closes_epochs": ("on_epoch",)},
+        )
 
     def on_progress(self, steps: int, records: Sequence[StepRecord]) -> None:
         """Right before each exchange: the steps so far and the records since the last one.

@@ -30,6 +30,7 @@ from distkeras_async.worker.backend import current_backend, limit_threads
 from distkeras_async.worker.batches import batch_weight, epoch_batches
 from distkeras_async.worker.columns import column_to_numpy
 from distkeras_async.worker.connection import connect
+from distkeras_async.worker.declarations import fill_declarations
 from distkeras_async.worker.devices import model_device
 from distkeras_async.worker.exchange import StepRecord
 from distkeras_async.worker.inputs import shape_inputs
@@ -102,9 +103,7 @@ class KerasWorker:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        for declaration, hooks in KerasWorker._DECLARED_BY.items():
-            if declaration not in cls.__dict__ and any(hook in cls.__dict__ for hook in hooks):
-                setattr(cls, declaration, True)
+        fill_declarations(cls, KerasWorker, KerasWorker._DECLARED_BY)
 
     @classmethod
     def transforms_columns(cls) -> bool:

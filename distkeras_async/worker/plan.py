@@ -12,8 +12,8 @@ from distkeras_async.options import (
     DataOptions,
     DeviceOptions,
     FailureOptions,
-    Options,
     RunOptions,
+    bind,
 )
 
 
@@ -118,11 +118,15 @@ class WorkerPlan:
         builds its plans from the groups it already holds.
 
         Raises:
-            TypeError: for a keyword that is not a run option.
+            TypeError: for a keyword that is not an option of the groups a plan carries
+                (``num_epoch`` included: the passes a worker makes are ``epochs``).
         """
-        groups, rest = Options.from_keywords(options)
-        if rest:
-            raise TypeError(f"not run options: {sorted(rest)}")
+        carried = (RunOptions, DataOptions, FailureOptions, DeviceOptions)
+        groups, rest = bind({k: v for k, v in options.items() if k != "num_epoch"}, carried)
+        if rest or "num_epoch" in options:
+            wrong = sorted([*rest, *(["num_epoch"] if "num_epoch" in options else [])])
+            raise TypeError(f"a worker plan does not take {wrong} (passes: epochs=)")
+        devices = groups[DeviceOptions]
         return cls(
             model_spec,
             algorithm,
@@ -130,10 +134,10 @@ class WorkerPlan:
             endpoint,
             epochs=epochs,
             shuffle=shuffle,
-            run=groups.run,
-            data=groups.data,
-            failures=groups.failures,
-            devices=replace(groups.devices, backend=groups.devices.backend or "tensorflow"),
+            run=replace(groups[RunOptions], num_epoch=epochs),
+            data=groups[DataOptions],
+            failures=groups[FailureOptions],
+            devices=replace(devices, backend=devices.backend or "tensorflow"),
         )
 
     def make_algorithm(self) -> Algorithm:

@@ -9,49 +9,40 @@ it for every local step and the driver for validation.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 
-def check_class_weight(class_weight: Any, num_classes: int | None) -> dict[int, float] | None:
-    """``class_weight`` as ``{class index: weight}``, checked against the model's classes.
+def check_class_weight(
+    class_weight: Mapping[int, float] | None, num_classes: int | None
+) -> dict[int, float] | None:
+    """``class_weight`` checked against the model's classes.
+
+    Its form (a dict of class index to a finite weight >= 0) is the option's own check
+    (:mod:`distkeras_async.options`); what only the model knows is checked here.
 
     Args:
-        class_weight: the mapping, or None.
+        class_weight: the checked mapping, or None.
         num_classes: the model's number of classes (output units; 2 for a single sigmoid
             unit), or None for a model with several outputs (which Keras refuses too).
 
     Raises:
-        ValueError: for a key that is not a class index of the model, a negative or
-            non-finite weight, or a model with several outputs.
+        ValueError: for a key that is not a class index of the model, or a model with
+            several outputs.
     """
     if class_weight is None:
         return None
-    if not isinstance(class_weight, Mapping):
-        raise ValueError(
-            f"class_weight must be a dict {{class index: weight}}, got {class_weight!r}"
-        )
     if num_classes is None:
         raise ValueError("class_weight needs a model with one output; use sample_weight_col")
-    checked: dict[int, float] = {}
-    for key, value in class_weight.items():
-        index = int(key) if isinstance(key, np.integer) else key
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < num_classes:
+    for index in class_weight:
+        if not 0 <= index < num_classes:
             raise ValueError(
-                f"class_weight key {key!r} is not a class index of this model "
+                f"class_weight key {index!r} is not a class index of this model "
                 f"(0 .. {num_classes - 1})"
             )
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not (math.isfinite(value) and value >= 0)
-        ):
-            raise ValueError(f"class_weight[{key!r}] must be a finite number >= 0, got {value!r}")
-        checked[index] = float(value)
-    return checked
+    return dict(class_weight)
 
 
 def num_classes(model: Any) -> int | None:
