@@ -29,8 +29,10 @@ class ModelAveraging(Algorithm):
 
     name = "averaging"
     synchronous = True
-    # The mean of the round's weights (a = 0, each b_i = 1/p): a bounded linear update.
+    # The mean of the round's weights (a = 0, each b_i = 1/p): a bounded linear update that
+    # does not read the center, so it writes all of `out` without a copy first.
     linear_update = True
+    writes_all = True
 
     _center: np.ndarray
 
@@ -44,18 +46,12 @@ class ModelAveraging(Algorithm):
         server.commit_pull(weights, out=self._center)
         return self._center.copy()
 
-    def server_apply_round(
-        self, center: np.ndarray, updates: Sequence[np.ndarray], metas: Sequence[UpdateMeta]
-    ) -> None:
-        """The center becomes the mean of the round's weights."""
-        mean_into(center, updates)
-
-    def server_update_round(
+    def server_update(
         self,
         out: np.ndarray,
         center: np.ndarray,
         updates: Sequence[np.ndarray],
         metas: Sequence[UpdateMeta],
     ) -> None:
-        """The same without copying the center first (the mean does not read it)."""
+        """The center becomes the mean of the round's weights."""
         mean_into(out, updates)

@@ -18,10 +18,10 @@ committed weight change is scaled, which is the same for SGD and lets any local 
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Sequence
 
-from distkeras_async.algorithm import UpdateMeta
-from distkeras_async.rules import DeltaAlgorithm, add_scaled, add_scaled_into, staleness_scale
+from distkeras_async.rules import DeltaAlgorithm
+from distkeras_async.transforms import Transform, staleness_divide
 
 
 class DynSGD(DeltaAlgorithm):
@@ -29,15 +29,7 @@ class DynSGD(DeltaAlgorithm):
 
     name = "dynsgd"
     synchronous = False
-    # center + update / (staleness + 1): a bounded linear update (the factor is at most 1).
-    linear_update = True
 
-    def server_apply(self, center: np.ndarray, update: np.ndarray, meta: UpdateMeta) -> None:
-        """Add the commit scaled by ``1 / (staleness + 1)``."""
-        add_scaled(center, update, staleness_scale(meta))
-
-    def server_update(
-        self, out: np.ndarray, center: np.ndarray, update: np.ndarray, meta: UpdateMeta
-    ) -> None:
-        """The same in one pass: ``out = center + update / (staleness + 1)``."""
-        add_scaled_into(out, center, update, staleness_scale(meta))
+    def server_transforms(self) -> Sequence[Transform]:
+        """Each commit divided by ``staleness + 1`` before the center adds it."""
+        return [staleness_divide()]

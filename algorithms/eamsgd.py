@@ -26,12 +26,15 @@ better choice (0.92 against 0.84).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from distkeras_async.algorithm import Hyperparameter, LocalStep, ServerHandle
+from distkeras_async.algorithm import Hyperparameter, LocalStep, ServerHandle, State
 from distkeras_async.rules import AsyncElasticAlgorithm
+
+if TYPE_CHECKING:
+    from distkeras_async.layout import Layout
 
 
 class AsynchronousEAMSGD(AsyncElasticAlgorithm):
@@ -46,16 +49,31 @@ class AsynchronousEAMSGD(AsyncElasticAlgorithm):
     }
 
     momentum: float
-    _velocity: np.ndarray
+
+    _velocity: np.ndarray | None = None
+
+    def initial_worker_state(self, layout: Layout) -> State:
+        """The velocity, zero at first."""
+        return (np.zeros(layout.size, np.float32),)
+
+    def worker_state(self) -> State:
+        """The velocity (it travels with every commit, for a retried task to resume with)."""
+        return () if self._velocity is None else (self._velocity,)
+
+    def restore_worker_state(self, state: State) -> None:
+        """Resume with a previous attempt's velocity."""
+        (self._velocity,) = state
 
     def worker_start(self, weights: np.ndarray, server: ServerHandle) -> np.ndarray:
-        """Pull the center and start with zero velocity."""
+        """Pull the center; start with zero velocity unless resuming with one."""
         start = super().worker_start(weights, server)
-        self._velocity = np.zeros_like(start)
+        if self._velocity is None:
+            (self._velocity,) = self.initial_worker_state(server.layout)
         return start
 
     def worker_step(self, weights: np.ndarray, local_step: LocalStep) -> np.ndarray:
         """``v = delta*v - eta*grad(x + delta*v)``; ``x = x + v``."""
+        assert self._velocity is not None, "worker_start makes the velocity"
         lookahead = weights + np.float32(self.momentum) * self._velocity
         stepped = local_step(lookahead)
         self._velocity *= np.float32(self.momentum)

@@ -25,7 +25,12 @@ from distkeras_async.errors import (
     WorkerReportedError,
 )
 from distkeras_async.layout import Layout
-from distkeras_async.rules import AsyncElasticAlgorithm, DeltaAlgorithm, ElasticAlgorithm
+from distkeras_async.rules import (
+    AsyncElasticAlgorithm,
+    DeltaAlgorithm,
+    ElasticAlgorithm,
+    delta_rule,
+)
 from distkeras_async.server.parameter_server import ParameterServer
 from distkeras_async.server.sharded import ShardedParameterServer
 from distkeras_async.server.stats import ServerStats, WorkerStats
@@ -83,6 +88,7 @@ __all__ = [
     "WorkerSession",
     "WorkerStats",
     "__version__",
+    "delta_rule",
     "new_secret",
     "registry",
     "run_worker",

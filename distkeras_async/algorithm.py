@@ -9,14 +9,15 @@ asyncio, so each rule can be checked against hand-computed numbers.
 The same class is instantiated once on the server and once in every worker; the instances
 share hyperparameters (the server sends them in its welcome) but not state.
 
-Example, a complete asynchronous algorithm::
+Example, a complete asynchronous algorithm (most are shorter still, built from transforms
+with :func:`~distkeras_async.rules.delta_rule`)::
 
     class HalfDownpour(DeltaAlgorithm):
         '''DOWNPOUR that applies half of every worker's change.'''
         name = "half-downpour"
 
-        def server_apply(self, center, update, meta):
-            center += 0.5 * update
+        def server_update(self, out, center, updates, metas):
+            out += 0.5 * updates[0]   # out holds a copy of the center
 """
 
 from __future__ import annotations
@@ -24,11 +25,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
 from distkeras_async.errors import AlgorithmError, HyperparameterError
+
+if TYPE_CHECKING:  # the layout is handed to rules; the contract imports nothing of the wire
+    from distkeras_async.layout import Layout
 
 
 class ServerHandle(Protocol):
@@ -37,6 +41,11 @@ class ServerHandle(Protocol):
     ``pull`` and ``commit_pull`` return the center as one flat float32 vector; when ``out``
     is given, the center is received into it and ``out`` is returned.
     """
+
+    @property
+    def layout(self) -> Layout:
+        """The model's tensors (what a per-tensor transform splits an update by)."""
+        ...
 
     def pull(self, out: np.ndarray | None = None) -> np.ndarray:
         """Fetch the current center variable."""
@@ -54,6 +63,9 @@ class ServerHandle(Protocol):
 # The dtypes a commit may travel in (distkeras_async.wire.compression has their codecs; the
 # contract names them here because a plugin may import nothing of the wire).
 COMMIT_DTYPES = ("float32", "float16", "bfloat16", "int8")
+
+State = tuple[Any, ...]
+"""A rule's or a transform's state: a tuple of numpy arrays, or of such tuples."""
 
 LocalStep = Callable[[np.ndarray], np.ndarray]
 """One local optimizer step from the given flat weights; returns the weights after it as a
@@ -150,22 +162,26 @@ class Algorithm:
     """Base class of every distributed update rule; subclass it to write a new one.
 
     Subclasses set ``name``, ``synchronous`` and any extra ``hyperparameters`` (merged with the
-    base class's, which declares ``communication_window``), and override the rules.
-    Asynchronous algorithms implement :meth:`server_apply`; synchronous ones
-    :meth:`server_apply_round`.
+    base class's, which declares ``communication_window``), and define the worker rule
+    (:meth:`worker_exchange`, optionally :meth:`worker_start`, :meth:`worker_finish`,
+    :meth:`worker_step`) and the server rule (:meth:`server_update`, one form for a round of
+    any size). Most rules need none of this: :func:`distkeras_async.rules.delta_rule` builds
+    one from transforms.
 
     Attributes:
         name: the registry name (short, lower case).
         synchronous: whether the server applies commits in rounds of every live worker.
         allow_nonfinite: whether updates may contain NaN or infinity (the server rejects
             such commits otherwise, before they touch the center).
+        writes_all: the server rule writes every element of ``out`` from the center and the
+            updates, so the server need not copy the center into ``out`` first.
         linear_update: a promise that the server rule is a bounded linear update: the next
             center is ``a * center + sum_i b_i * update_i`` elementwise, with ``|a| <= 1``
-            and every ``|b_i| <= 1``, that its out-of-place form may be called with ``out``
-            being ``center``, and that it cannot raise for finite inputs of the layout's
-            size. The server then applies it in place when it can prove the result finite,
-            saving a pass over the model. A subclass that overrides the server rule below
-            the class that made the promise does not inherit it.
+            and every ``|b_i| <= 1``, that it may be called with ``out`` being ``center``,
+            and that it cannot raise for finite inputs of the layout's size. The server then
+            applies it in place when it can prove the result finite, saving a pass over the
+            model. A class that defines :meth:`server_update` makes its own promises: it
+            inherits neither ``linear_update`` nor ``writes_all``.
         hyperparameters: name -> declaration, including the inherited ones.
     """
 
@@ -173,6 +189,7 @@ class Algorithm:
     synchronous: ClassVar[bool] = False
     allow_nonfinite: ClassVar[bool] = False
     linear_update: ClassVar[bool] = False
+    writes_all: ClassVar[bool] = False
     hyperparameters: ClassVar[Mapping[str, Hyperparameter]] = {
         "communication_window": positive(
             5, "local steps between two exchanges with the parameter server", kind=int
@@ -205,6 +222,11 @@ class Algorithm:
             merged.update(getattr(base, "hyperparameters", {}))
         merged.update(cls.__dict__.get("hyperparameters", {}))
         cls.hyperparameters = merged
+        if "server_update" in cls.__dict__:
+            # A new server rule makes its own promises: a parent's would not hold for it.
+            for promise in ("linear_update", "writes_all"):
+                if promise not in cls.__dict__:
+                    setattr(cls, promise, False)
 
     def __init__(self, **hyperparameters: Any) -> None:
         unknown = sorted(set(hyperparameters) - set(self.hyperparameters))
@@ -283,127 +305,156 @@ class Algorithm:
             "steps pass between exchanges; try a smaller one."
         )
 
+    # -- worker state -------------------------------------------------------------------
+
+    def initial_worker_state(self, layout: Layout) -> State:
+        """The worker rule's state before its first exchange (none by default).
+
+        A rule whose worker keeps state across exchanges (a momentum, a residual) returns it
+        here, as a tuple of numpy arrays (nested tuples allowed), and returns its current
+        value from :meth:`worker_state`. The server computes this too, to know what a
+        worker's state looks like on the wire.
+        """
+        return ()
+
+    def worker_state(self) -> State:
+        """The worker rule's state now, structured as :meth:`initial_worker_state`'s.
+
+        It travels with every commit, for a retried task to resume with
+        (:meth:`restore_worker_state`).
+        """
+        return ()
+
+    def restore_worker_state(self, state: State) -> None:
+        """Continue from ``state``, a previous attempt's at its last accepted commit.
+
+        Called before :meth:`worker_start` on a retried task that resumes. The default has
+        no state to restore.
+        """
+        if flatten_state(state):
+            raise AlgorithmError(f"algorithm {self.name!r} keeps no worker state")
+
     # -- server rule ---------------------------------------------------------------------
 
-    def server_apply(self, center: np.ndarray, update: np.ndarray, meta: UpdateMeta) -> None:
-        """Apply one asynchronous commit to ``center`` in place.
+    def server_start(self, layout: Layout) -> None:
+        """Called once on the server before the first update (to make the rule's state).
 
-        ``center`` is the server's *next* center, already holding a copy of the current one:
-        if the rule raises, or leaves a NaN or an infinity, the server discards it and the
-        published center is unchanged. ``update`` is a received buffer the rule may modify
-        in place during the call (but not keep: the server reuses it).
+        ``layout`` is the center's, or on one shard of a sharded server that shard's pieces.
         """
-        raise NotImplementedError(f"{type(self).__name__} is not asynchronous")
-
-    def server_apply_round(
-        self, center: np.ndarray, updates: Sequence[np.ndarray], metas: Sequence[UpdateMeta]
-    ) -> None:
-        """Apply one synchronous round (one commit per live worker) to ``center`` in place.
-
-        As for :meth:`server_apply`, ``center`` holds a copy that is published only if the
-        rule returns and the result is finite.
-        """
-        raise NotImplementedError(f"{type(self).__name__} is not synchronous")
 
     def server_update(
-        self, out: np.ndarray, center: np.ndarray, update: np.ndarray, meta: UpdateMeta
-    ) -> None:
-        """Out-of-place :meth:`server_apply`: write the next center into ``out``.
-
-        ``center`` is the published center: read it, never write it. The default copies it
-        into ``out`` and calls :meth:`server_apply`; a rule that can compute the result in
-        one pass (``np.add(center, update, out=out)``) overrides this to save that copy. The
-        server uses an override only where it is at least as specific as the class's
-        :meth:`server_apply`, so a subclass that overrides only :meth:`server_apply` is
-        never bypassed.
-        """
-        np.copyto(out, center)
-        self.server_apply(out, update, meta)
-
-    def server_update_round(
         self,
         out: np.ndarray,
         center: np.ndarray,
         updates: Sequence[np.ndarray],
         metas: Sequence[UpdateMeta],
     ) -> None:
-        """Out-of-place :meth:`server_apply_round` (see :meth:`server_update`)."""
-        np.copyto(out, center)
-        self.server_apply_round(out, updates, metas)
+        """Write the next center into ``out``: the one server rule.
 
-    # -- what the server calls -----------------------------------------------------------
-
-    def apply_update(
-        self, out: np.ndarray, center: np.ndarray, update: np.ndarray, meta: UpdateMeta
-    ) -> None:
-        """The server's entry point for an asynchronous commit: the fastest valid form."""
-        if _specific(type(self), "server_update", "server_apply"):
-            self.server_update(out, center, update, meta)
-        else:
-            Algorithm.server_update(self, out, center, update, meta)
-
-    def apply_round(
-        self,
-        out: np.ndarray,
-        center: np.ndarray,
-        updates: Sequence[np.ndarray],
-        metas: Sequence[UpdateMeta],
-    ) -> None:
-        """The server's entry point for a synchronous round: the fastest valid form."""
-        if _specific(type(self), "server_update_round", "server_apply_round"):
-            self.server_update_round(out, center, updates, metas)
-        else:
-            Algorithm.server_update_round(self, out, center, updates, metas)
-
-    @classmethod
-    def declares_linear_update(cls) -> bool:
-        """Whether :attr:`linear_update` holds for this class's own server rules.
-
-        The promise counts only where it was made at or below every server-rule method the
-        class uses, so overriding ``server_apply`` in a subclass withdraws it.
+        ``updates`` is a round: every live worker's commit for a synchronous algorithm, one
+        commit for an asynchronous one; ``metas`` say who committed each and how stale it is.
+        ``center`` is the published center: read it, never write it. ``out`` holds a copy of
+        it on entry unless the class declares :attr:`writes_all` (then the rule writes every
+        element of ``out``, saving that copy). The updates are received buffers the rule may
+        change during the call, but not keep. If the rule raises, or leaves a NaN or an
+        infinity, the server discards ``out`` and the published center is unchanged.
         """
-        if not cls.linear_update:
-            return False
-        names = (
-            ("server_apply_round", "server_update_round")
-            if cls.synchronous
-            else ("server_apply", "server_update")
-        )
-        promise = _owner(cls, "linear_update")
-        return all(issubclass(promise, _owner(cls, name)) for name in names)
+        raise NotImplementedError(f"{type(self).__name__} does not define server_update")
+
+    def server_state(self) -> State:
+        """The server rule's state (saved in checkpoints); none by default."""
+        return ()
+
+    def restore_server_state(self, state: State) -> None:
+        """Continue from ``state`` (a checkpoint's), after :meth:`server_start`."""
+        if flatten_state(state):
+            raise AlgorithmError(f"algorithm {self.name!r} keeps no server state")
+
+    def promises_linear_update(self) -> bool:
+        """Whether this instance's server rule keeps the :attr:`linear_update` promise."""
+        return self.linear_update
+
+    def elementwise_server(self) -> bool:
+        """Whether each element of the next center depends only on the same elements.
+
+        Only such a rule runs on a sharded server, where each shard applies it to its own
+        slice of the center. A rule that overrides :meth:`server_update` is taken at its
+        word (the docs say that a shard's rule sees its slice); chains of transforms answer
+        exactly.
+        """
+        return True
 
     @classmethod
     def check_contract(cls) -> None:
         """Check that the class can serve as an algorithm; raise AlgorithmError naming it.
 
-        ``synchronous`` must be a bool, and the class must define the server rule of its
-        kind (``server_apply`` or ``server_update`` for asynchronous algorithms, the
-        ``_round`` forms for synchronous ones).
+        The registry runs this when a class is registered or loaded, and the test kit
+        (:func:`distkeras_async.testing.check_algorithm`) runs it first: ``name`` a
+        non-empty string, ``synchronous``, ``writes_all`` and ``linear_update`` bools, a
+        server rule and a worker rule defined.
         """
         label = f"algorithm {cls.name!r} ({cls.__module__}.{cls.__qualname__})"
-        if not isinstance(cls.synchronous, bool):
-            raise AlgorithmError(f"{label}: 'synchronous' must be True or False")
-        names = (
-            ("server_apply_round", "server_update_round")
-            if cls.synchronous
-            else ("server_apply", "server_update")
-        )
-        if all(_owner(cls, name) is Algorithm for name in names):
-            kind = "synchronous" if cls.synchronous else "asynchronous"
-            raise AlgorithmError(f"{label} is {kind} but defines neither {' nor '.join(names)}")
+        if not isinstance(cls.name, str) or not cls.name:
+            raise AlgorithmError(f"{label}: set a non-empty class attribute 'name'")
+        for flag in ("synchronous", "writes_all", "linear_update", "allow_nonfinite"):
+            if not isinstance(getattr(cls, flag), bool):
+                raise AlgorithmError(f"{label}: {flag!r} must be True or False")
+        old = [name for name in _VERSION_2_RULES if hasattr(cls, name)]
+        if old:
+            raise AlgorithmError(
+                f"{label} defines {old[0]}, a server rule of contract version 2 that the "
+                "server no longer calls: define server_update(out, center, updates, metas), "
+                "which takes a round (an asynchronous commit is a round of one)"
+            )
+        if cls.server_update is Algorithm.server_update:
+            raise AlgorithmError(f"{label} does not define server_update (the server rule)")
+        if cls.worker_exchange is Algorithm.worker_exchange:
+            raise AlgorithmError(f"{label} does not define worker_exchange (the worker rule)")
 
 
-def _owner(cls: type, name: str) -> type:
-    return next(klass for klass in cls.__mro__ if name in vars(klass))
+# The server rule's forms before contract version 3, refused with a pointer to the new one.
+_VERSION_2_RULES = ("server_apply", "server_apply_round", "server_update_round")
 
 
-_SPECIFIC: dict[tuple[type, str], bool] = {}
+def flatten_state(state: State) -> list[np.ndarray]:
+    """The arrays of a (nested) state, in order."""
+    arrays: list[np.ndarray] = []
+    for item in state:
+        if isinstance(item, tuple):
+            arrays.extend(flatten_state(item))
+        elif isinstance(item, np.ndarray):
+            arrays.append(item)
+        else:
+            raise AlgorithmError(f"a rule's state holds numpy arrays, got {type(item).__name__}")
+    return arrays
 
 
-def _specific(cls: type, fused: str, in_place: str) -> bool:
-    """Whether ``cls``'s ``fused`` method is defined at or below its ``in_place`` method."""
-    key = (cls, fused)
-    found = _SPECIFIC.get(key)
-    if found is None:
-        found = _SPECIFIC[key] = issubclass(_owner(cls, fused), _owner(cls, in_place))
-    return found
+def unflatten_state(template: State, arrays: Sequence[np.ndarray]) -> State:
+    """``arrays`` in the structure of ``template``, each checked against its template's.
+
+    Raises:
+        AlgorithmError: if the count, a dtype or a shape differs.
+    """
+    supply = iter(arrays)
+
+    def build(node: State) -> State:
+        items: list[Any] = []
+        for item in node:
+            if isinstance(item, tuple):
+                items.append(build(item))
+                continue
+            array = next(supply, None)
+            if array is None:
+                raise AlgorithmError("a state has fewer arrays than the rule's")
+            if array.dtype != item.dtype or array.shape != item.shape:
+                raise AlgorithmError(
+                    f"a state array is {array.dtype}{list(array.shape)}, the rule's is "
+                    f"{item.dtype}{list(item.shape)}"
+                )
+            items.append(array)
+        return tuple(items)
+
+    state = build(template)
+    if next(supply, None) is not None:
+        raise AlgorithmError("a state has more arrays than the rule's")
+    return state

@@ -13,8 +13,10 @@ per call, because they run every exchange on the worker and every commit on the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import ClassVar
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -22,11 +24,15 @@ from distkeras_async.algorithm import (
     Algorithm,
     Hyperparameter,
     ServerHandle,
+    State,
     UpdateMeta,
     positive,
 )
-from distkeras_async.errors import HyperparameterError
-from distkeras_async.transforms import Transform, apply_all, check_chain
+from distkeras_async.errors import AlgorithmError, HyperparameterError
+from distkeras_async.transforms import Context, Transform, check_chain, run_chain
+
+if TYPE_CHECKING:
+    from distkeras_async.layout import Layout
 
 
 def add_scaled(center: np.ndarray, update: np.ndarray, scale: float) -> None:
@@ -82,35 +88,74 @@ def staleness_scale(meta: UpdateMeta) -> float:
 class DeltaAlgorithm(Algorithm):
     """Worker rule: commit ``scale * (weights - last_pulled)``, then adopt the new center.
 
-    Subclasses choose the scale (:meth:`delta_scale`) and the server rule, or chain update
-    transforms (:mod:`distkeras_async.transforms`): ``worker_transforms`` change each delta
-    before it is committed, ``server_transforms`` each received update before the center
-    adds it. At the end the worker commits whatever it learned since its last exchange, so
-    no local step is lost.
+    The server adds the round's commits to the center. Both sides chain transforms
+    (:mod:`distkeras_async.transforms`), built from the rule's hyperparameters:
+    :meth:`worker_transforms` change each delta before it is committed (their state is the
+    worker's, and travels with its commits), :meth:`server_transforms` the sum of a round's
+    commits (one commit, for an asynchronous rule) before the center adds it (their state is
+    the server's, saved in checkpoints). At the end the worker commits whatever it learned
+    since its last exchange, so no local step is lost. :func:`delta_rule` builds one.
     """
 
-    worker_transforms: ClassVar[Sequence[Transform]] = ()
-    server_transforms: ClassVar[Sequence[Transform]] = ()
+    # center + the sum of the round: a bounded linear update (see Algorithm.linear_update),
+    # written in one pass from the center.
+    linear_update = True
+    writes_all = True
 
     _last: np.ndarray
+    _layout: Layout
+    _worker_chain: tuple[Transform, ...]
+    _server_chain: tuple[Transform, ...]
+    _worker_states: list[Any] | None = None
+    _server_states: list[Any]
 
-    # center + update: a bounded linear update (see Algorithm.linear_update).
-    linear_update = True
+    def __init__(self, **hyperparameters: Any) -> None:
+        super().__init__(**hyperparameters)
+        self._worker_chain = check_chain(self.worker_transforms())
+        self._server_chain = check_chain(self.server_transforms())
+        for transform in self._worker_chain:
+            if transform.server_only:
+                raise AlgorithmError(
+                    f"algorithm {self.name!r}: {transform!r} needs the server's commits; "
+                    "put it among the server transforms"
+                )
+        if self.synchronous and any(t.server_only for t in self._server_chain):
+            raise AlgorithmError(
+                f"algorithm {self.name!r}: a synchronous round has no single staleness; "
+                f"{[t for t in self._server_chain if t.server_only]} work on asynchronous commits"
+            )
 
-    def __init_subclass__(cls, **kwargs: object) -> None:
-        super().__init_subclass__(**kwargs)
-        cls.worker_transforms = check_chain(cls.worker_transforms, "worker")
-        cls.server_transforms = check_chain(cls.server_transforms, "server")
-        if cls.__dict__.get("server_transforms"):
-            # Clipping or taking the sign is not the linear update the fast path relies on.
-            cls.linear_update = False
+    def worker_transforms(self) -> Sequence[Transform]:
+        """What each delta goes through before it is committed (none by default)."""
+        return ()
+
+    def server_transforms(self) -> Sequence[Transform]:
+        """What a round's sum goes through before the center adds it (none by default)."""
+        return ()
 
     def delta_scale(self) -> float:
         """Factor applied to the local change before it is committed."""
         return 1.0
 
+    # -- worker side ---------------------------------------------------------------------
+
+    def initial_worker_state(self, layout: Layout) -> State:
+        """The worker transforms' initial states."""
+        return tuple(t.init(layout) for t in self._worker_chain)
+
+    def worker_state(self) -> State:
+        """The worker transforms' states now."""
+        return () if self._worker_states is None else tuple(self._worker_states)
+
+    def restore_worker_state(self, state: State) -> None:
+        """Continue the worker transforms from a previous attempt's states."""
+        self._worker_states = list(state)
+
     def worker_start(self, weights: np.ndarray, server: ServerHandle) -> np.ndarray:
         """Pull the center and remember it as the reference for the first delta."""
+        self._layout = server.layout
+        if self._worker_states is None:
+            self._worker_states = list(self.initial_worker_state(self._layout))
         self._last = server.pull()
         return self._last.copy()
 
@@ -119,7 +164,10 @@ class DeltaAlgorithm(Algorithm):
         scale = self.delta_scale()
         if scale != 1.0:
             delta *= np.float32(scale)
-        apply_all(self.worker_transforms, delta)
+        if self._worker_chain:
+            assert self._worker_states is not None
+            context = Context(self._layout, weights=self._last)
+            delta = run_chain(self._worker_chain, delta, self._worker_states, context)
         return delta
 
     def worker_exchange(self, weights: np.ndarray, server: ServerHandle) -> np.ndarray:
@@ -136,17 +184,110 @@ class DeltaAlgorithm(Algorithm):
         server.commit(self._delta(weights))
         return weights
 
-    def server_apply(self, center: np.ndarray, update: np.ndarray, meta: UpdateMeta) -> None:
-        """The center adds the committed change (after the server transforms)."""
-        apply_all(self.server_transforms, update, meta)
-        np.add(center, update, out=center)
+    # -- server side ---------------------------------------------------------------------
+
+    def server_start(self, layout: Layout) -> None:
+        """Make the server transforms' states."""
+        self._layout = layout
+        self._server_states = [t.init(layout) for t in self._server_chain]
+
+    def server_state(self) -> State:
+        """The server transforms' states."""
+        return tuple(self._server_states)
+
+    def restore_server_state(self, state: State) -> None:
+        """Continue the server transforms from a checkpoint's states."""
+        self._server_states = list(state)
+
+    def promises_linear_update(self) -> bool:
+        """Adding the round is linear; clipping or taking a sign first is not."""
+        return self.linear_update and all(t.bounded_linear for t in self._server_chain)
+
+    def elementwise_server(self) -> bool:
+        """Whether every server transform works element by element."""
+        return all(t.elementwise for t in self._server_chain)
 
     def server_update(
-        self, out: np.ndarray, center: np.ndarray, update: np.ndarray, meta: UpdateMeta
+        self,
+        out: np.ndarray,
+        center: np.ndarray,
+        updates: Sequence[np.ndarray],
+        metas: Sequence[UpdateMeta],
     ) -> None:
-        """``out = center + update`` in one pass (after the server transforms)."""
-        apply_all(self.server_transforms, update, meta)
-        np.add(center, update, out=out)
+        """``out = center + chain(sum of the round)``."""
+        if not self._server_chain:
+            sum_onto(out, center, updates)
+            return
+        total = updates[0]
+        sum_into(total, updates[1:])
+        context = Context(self._layout, weights=center, metas=tuple(metas))
+        total = run_chain(self._server_chain, total, self._server_states, context)
+        np.add(center, total, out=out)
+
+
+def delta_rule(
+    name: str,
+    doc: str,
+    *,
+    worker: Chain = (),
+    server: Chain = (),
+    synchronous: bool = False,
+    hyperparameters: Mapping[str, Hyperparameter] | None = None,
+) -> type[DeltaAlgorithm]:
+    """A :class:`DeltaAlgorithm` made of transforms: the shortest way to write a rule.
+
+    Args:
+        name: the registry name (short, lower case).
+        doc: the rule's docstring (what it does, where it comes from).
+        worker: what each delta goes through before it is committed: a transform, a
+            sequence of them, or a function of the rule (read its hyperparameters as
+            attributes) returning them.
+        server: what the sum of a round (one commit, for an asynchronous rule) goes through
+            before the center adds it, in the same forms.
+        synchronous: whether the server waits for every worker's commit (a round).
+        hyperparameters: the rule's own, by name (``communication_window``,
+            ``commit_dtype`` and ``pull_dtype`` come with every rule).
+
+    Returns:
+        The class, ready to register (or to name in an entry point: assign it to a module
+        attribute).
+
+    Example::
+
+        ClippedDownpour = delta_rule(
+            "clipped-downpour", "DOWNPOUR whose server clips each tensor of a commit.",
+            server=lambda rule: clip_tensor_norm(rule.max_norm),
+            hyperparameters={"max_norm": Hyperparameter(1.0, float, "largest tensor norm")},
+        )
+    """
+    words = [word for word in re.split(r"[^0-9A-Za-z]+", name) if word]
+    class_name = "".join(word[:1].upper() + word[1:] for word in words) or "Rule"
+    caller = sys._getframe(1).f_globals.get("__name__", __name__)
+    body: dict[str, Any] = {
+        "__doc__": doc,
+        "__module__": caller,
+        "__qualname__": class_name,
+        "name": name,
+        "synchronous": synchronous,
+        "hyperparameters": dict(hyperparameters or {}),
+        "worker_transforms": _chain_method(worker, "worker"),
+        "server_transforms": _chain_method(server, "server"),
+    }
+    return type(class_name, (DeltaAlgorithm,), body)
+
+
+Chain = Transform | Sequence[Transform] | Callable[[Any], Transform | Sequence[Transform]]
+"""What :func:`delta_rule` takes for a side: transforms, or a function of the rule that
+returns them."""
+
+
+def _chain_method(chain: Chain, side: str) -> Callable[[DeltaAlgorithm], Sequence[Transform]]:
+    def transforms(self: DeltaAlgorithm) -> Sequence[Transform]:
+        made = chain(self) if callable(chain) and not isinstance(chain, Transform) else chain
+        return check_chain(made)
+
+    transforms.__doc__ = f"The {side} transforms."
+    return transforms
 
 
 class ElasticAlgorithm(Algorithm):
@@ -166,8 +307,9 @@ class ElasticAlgorithm(Algorithm):
     learning_rate: float
     _center: np.ndarray
 
-    # center + e (or + the sum of a round's e_i): a bounded linear update.
+    # center + e (or + the sum of a round's e_i): a bounded linear update, in one pass.
     linear_update = True
+    writes_all = True
 
     @property
     def alpha(self) -> float:
@@ -203,30 +345,14 @@ class ElasticAlgorithm(Algorithm):
         weights -= elastic
         return elastic
 
-    def server_apply(self, center: np.ndarray, update: np.ndarray, meta: UpdateMeta) -> None:
-        """The center moves by the elastic difference: ``center += e``."""
-        np.add(center, update, out=center)
-
     def server_update(
-        self, out: np.ndarray, center: np.ndarray, update: np.ndarray, meta: UpdateMeta
-    ) -> None:
-        """``out = center + e`` in one pass."""
-        np.add(center, update, out=out)
-
-    def server_apply_round(
-        self, center: np.ndarray, updates: Sequence[np.ndarray], metas: Sequence[UpdateMeta]
-    ) -> None:
-        """Synchronous form: ``center += sum_i e_i`` (the paper's beta = p * alpha)."""
-        sum_into(center, updates)
-
-    def server_update_round(
         self,
         out: np.ndarray,
         center: np.ndarray,
         updates: Sequence[np.ndarray],
         metas: Sequence[UpdateMeta],
     ) -> None:
-        """``out = center + sum_i e_i``, with no copy of the center first."""
+        """``out = center + sum_i e_i`` (synchronously, the paper's beta = p * alpha)."""
         sum_onto(out, center, updates)
 
 

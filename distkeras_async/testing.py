@@ -19,13 +19,22 @@ Keras or a socket.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
 
 import msgpack
 import numpy as np
 
-from distkeras_async.algorithm import Algorithm, Hyperparameter, UpdateMeta
-from distkeras_async.errors import HyperparameterError
+from distkeras_async.algorithm import (
+    Algorithm,
+    Hyperparameter,
+    State,
+    UpdateMeta,
+    flatten_state,
+    unflatten_state,
+)
+from distkeras_async.errors import AlgorithmError, HyperparameterError
+from distkeras_async.layout import Layout
 
 
 class FakeServer:
@@ -39,14 +48,25 @@ class FakeServer:
         algorithm: the server's instance of the algorithm (not the worker's: they share no
             state).
         center: the initial center (copied, as float32).
+        layout: the model's tensors (default: one tensor, the whole center).
     """
 
-    def __init__(self, algorithm: Algorithm, center: np.ndarray) -> None:
+    def __init__(
+        self, algorithm: Algorithm, center: np.ndarray, layout: Layout | None = None
+    ) -> None:
         self.algorithm = algorithm
         self.center = np.asarray(center, np.float32).copy()
+        self._layout = Layout.of([self.center]) if layout is None else layout
+        assert self._layout.size == self.center.size, "the layout must cover the center"
+        algorithm.server_start(self._layout)
         self.version = 0
         self.pulled_version = 0
         self.updates: list[np.ndarray] = []
+
+    @property
+    def layout(self) -> Layout:
+        """The model's tensors."""
+        return self._layout
 
     def pull(self, out: np.ndarray | None = None) -> np.ndarray:
         """The center (into ``out`` when given)."""
@@ -68,10 +88,7 @@ class FakeServer:
         )
         self.updates.append(update.copy())
         meta = UpdateMeta(0, self.pulled_version, self.version)
-        if self.algorithm.synchronous:
-            self.algorithm.server_apply_round(self.center, [update.copy()], [meta])
-        else:
-            self.algorithm.server_apply(self.center, update.copy(), meta)
+        self.center = next_center(self.algorithm, self.center, [update], [meta])
         self.version += 1
 
     def commit_pull(self, update: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -85,18 +102,52 @@ def f32(*values: float) -> np.ndarray:
     return np.array(values, dtype=np.float32)
 
 
+def next_center(
+    algorithm: Algorithm,
+    center: np.ndarray,
+    updates: Sequence[np.ndarray],
+    metas: Sequence[UpdateMeta],
+) -> np.ndarray:
+    """What the server publishes after ``algorithm.server_update`` on one round.
+
+    ``out`` is a copy of ``center``, or (for a rule that declares ``writes_all``) a buffer
+    full of NaN, so a rule that breaks that promise leaves a NaN behind. The updates are
+    copied (the rule may change them).
+    """
+    out = np.full_like(center, np.nan) if algorithm.writes_all else center.copy()
+    algorithm.server_update(out, center, [u.copy() for u in updates], metas)
+    return out
+
+
 def apply_updates(
     algorithm: Algorithm, center: np.ndarray, updates: Sequence[np.ndarray]
 ) -> np.ndarray:
-    """``updates`` applied to a copy of ``center``: one round if synchronous, else in turn."""
-    result = center.copy()
+    """``updates`` applied to ``center``: one round if synchronous, else in turn.
+
+    The rule is started first (:meth:`~distkeras_async.algorithm.Algorithm.server_start`,
+    with ``center`` as one tensor), so its server state begins afresh.
+    """
+    algorithm.server_start(Layout.of([center]))
     if algorithm.synchronous:
         metas = [UpdateMeta(w, 0, 0) for w in range(len(updates))]
-        algorithm.server_apply_round(result, [u.copy() for u in updates], metas)
-    else:
-        for version, update in enumerate(updates):
-            algorithm.server_apply(result, update.copy(), UpdateMeta(0, version, version))
-    return result
+        return next_center(algorithm, center, updates, metas)
+    for version, update in enumerate(updates):
+        center = next_center(algorithm, center, [update], [UpdateMeta(0, version, version)])
+    return center
+
+
+def state_round_trip(state: State, template: State) -> State:
+    """``state`` through the form checkpoints and the wire keep it in.
+
+    That is flat arrays in an ``.npz`` file, rebuilt in ``template``'s structure.
+    """
+    stream = io.BytesIO()
+    arrays = flatten_state(state)
+    np.savez(stream, *arrays)
+    stream.seek(0)
+    with np.load(stream, allow_pickle=False) as loaded:
+        restored = [loaded[f"arr_{i}"] for i in range(len(arrays))]
+    return unflatten_state(template, restored)
 
 
 # -- the checks ------------------------------------------------------------------------------
@@ -138,61 +189,107 @@ def check_declarations(cls: type[Algorithm]) -> None:
         pass
     else:
         raise AssertionError("an unknown hyperparameter must be refused")
-    rule = "server_apply_round" if cls.synchronous else "server_apply"
-    assert getattr(cls, rule) is not getattr(Algorithm, rule), f"{cls.__name__} lacks {rule}"
-    assert cls.worker_exchange is not Algorithm.worker_exchange, "worker_exchange is missing"
+    try:
+        cls.check_contract()  # what the registry checks when it loads or registers a class
+    except AlgorithmError as exc:
+        raise AssertionError(str(exc)) from exc
 
 
 def check_server_rule(cls: type[Algorithm]) -> None:
-    """The server rule works in place, keeps dtype and shape, and its forms agree.
+    """The server rule keeps dtype and shape, keeps its promises, and is deterministic.
 
-    ``apply_update``/``apply_round`` (what the server calls) must give the in-place rule's
-    result exactly; a rule that promises a bounded linear update must give the same result
-    with ``out`` being ``center`` and stay within ``max|center| + sum max|update|``.
+    ``out`` is given as a copy of the center, or full of NaN for a rule that declares
+    ``writes_all`` (which must then write every element); a rule that promises a bounded
+    linear update must give the same result with ``out`` being ``center`` and stay within
+    ``max|center| + sum max|update|``.
     """
-    algorithm = cls()
-    center = np.linspace(-1, 1, 6, dtype=np.float32)
-    original = center
-    updates = [np.full(6, 0.5, np.float32), np.arange(6, dtype=np.float32)]
-    if algorithm.synchronous:
-        metas = [UpdateMeta(0, 0, 0), UpdateMeta(1, 0, 0)]
-        algorithm.server_apply_round(center, [u.copy() for u in updates], metas)
-    else:
-        for update in updates:
-            algorithm.server_apply(center, update.copy(), UpdateMeta(0, 0, 0))
-    assert center is original, "the server rule must work in place"
-    assert center.dtype == np.float32 and center.shape == (6,) and center.flags.c_contiguous, (
-        "the server rule must keep the center a contiguous float32 vector"
-    )
     rng = np.random.default_rng(7)
+    layout = Layout.of([np.zeros((8, 6), np.float32), np.zeros(16, np.float32)])
     center = rng.normal(size=64).astype(np.float32)
     updates = [rng.normal(size=64).astype(np.float32) for _ in range(3 if cls.synchronous else 1)]
-    in_place = center.copy()
-    out = np.full_like(center, np.nan)
-    aliased = center.copy()
-    if cls.synchronous:
-        metas = [UpdateMeta(w, 0, 0) for w in range(len(updates))]
-        algorithm.server_apply_round(in_place, [u.copy() for u in updates], metas)
-        algorithm.apply_round(out, center.copy(), [u.copy() for u in updates], metas)
-        if cls.declares_linear_update():
-            algorithm.apply_round(aliased, aliased, [u.copy() for u in updates], metas)
-    else:
-        meta = UpdateMeta(0, 0, 0)
-        algorithm.server_apply(in_place, updates[0].copy(), meta)
-        algorithm.apply_update(out, center.copy(), updates[0].copy(), meta)
-        if cls.declares_linear_update():
-            algorithm.apply_update(aliased, aliased, updates[0].copy(), meta)
-    np.testing.assert_array_equal(
-        out, in_place, err_msg="server_update disagrees with server_apply"
+    metas = [UpdateMeta(w, 0, 0) for w in range(len(updates))]
+    results = []
+    for _ in range(2):
+        algorithm = cls()
+        algorithm.server_start(layout)
+        published = center.copy()
+        result = next_center(algorithm, published, updates, metas)
+        np.testing.assert_array_equal(published, center, err_msg="the rule wrote the center")
+        results.append(result)
+    result = results[0]
+    assert result.dtype == np.float32 and result.shape == (64,), (
+        "the server rule must keep the center a float32 vector"
     )
-    if cls.declares_linear_update():
+    assert np.all(np.isfinite(result)), (
+        "the server rule left NaN in out (a rule that declares writes_all must write all)"
+    )
+    np.testing.assert_array_equal(results[1], result, err_msg="the server rule is not repeatable")
+    algorithm = cls()
+    algorithm.server_start(layout)
+    if algorithm.promises_linear_update():
+        aliased = center.copy()
+        algorithm.server_update(aliased, aliased, [u.copy() for u in updates], metas)
         np.testing.assert_array_equal(
-            aliased, in_place, err_msg="a linear update must allow out to be the center"
+            aliased, result, err_msg="a linear update must allow out to be the center"
         )
         bound = np.max(np.abs(center)) + sum(np.max(np.abs(u)) for u in updates)
-        assert np.max(np.abs(in_place)) <= bound * (1 + 1e-6), (
+        assert np.max(np.abs(result)) <= bound * (1 + 1e-6), (
             "the rule promises a bounded linear update but left the bound"
         )
+
+
+def check_state(cls: type[Algorithm]) -> None:
+    """Rule state survives the round trip through a checkpoint (or a commit, to a retry).
+
+    A worker restored from another's state commits what that worker would have committed
+    next, and a server restored from another's state publishes what it would have.
+    """
+    layout = Layout.of([np.zeros((2, 2), np.float32)])
+    rng = np.random.default_rng(11)
+    moves = [rng.normal(size=4).astype(np.float32) for _ in range(3)]
+    identity: Callable[[np.ndarray], np.ndarray] = lambda w: w.copy()  # noqa: E731
+    first = cls(communication_window=1)
+    server = FakeServer(cls(communication_window=1), f32(0.5, -1, 2, 0.25), layout)
+    weights = first.worker_start(np.zeros(4, np.float32), server)
+    for move in moves[:2]:
+        if first.acts_every_step():
+            weights = first.worker_step(weights + move, identity)
+        weights = first.worker_exchange(weights + move, server)
+    saved = state_round_trip(first.worker_state(), cls().initial_worker_state(layout))
+    second = cls(communication_window=1)
+    second.restore_worker_state(saved)
+    twin = FakeServer(cls(communication_window=1), server.center, layout)
+    second.worker_start(np.zeros(4, np.float32), twin)
+    trained = weights + moves[2]
+    if first.acts_every_step():
+        np.testing.assert_array_equal(
+            second.worker_step(trained.copy(), identity),
+            first.worker_step(trained.copy(), identity),
+            err_msg="a worker restored from the saved state stepped differently",
+        )
+    first.worker_exchange(trained.copy(), server)
+    second.worker_exchange(trained.copy(), twin)
+    np.testing.assert_array_equal(
+        twin.updates[-1],
+        server.updates[-1],
+        err_msg="a worker restored from the saved state committed something else",
+    )
+
+    updates = [rng.normal(size=4).astype(np.float32) for _ in range(2 if cls.synchronous else 1)]
+    metas = [UpdateMeta(w, 0, 0) for w in range(len(updates))]
+    original = cls()
+    original.server_start(layout)
+    center = next_center(original, f32(1, 2, 3, 4), updates, metas)
+    restored = cls()
+    restored.server_start(layout)
+    restored.restore_server_state(
+        state_round_trip(original.server_state(), restored.server_state())
+    )
+    np.testing.assert_array_equal(
+        next_center(restored, center, updates, metas),
+        next_center(original, center, updates, metas),
+        err_msg="a server restored from the saved state published another center",
+    )
 
 
 def check_worker_rule(cls: type[Algorithm]) -> None:
@@ -232,3 +329,4 @@ def check_algorithm(cls: type[Algorithm]) -> None:
     check_declarations(cls)
     check_server_rule(cls)
     check_worker_rule(cls)
+    check_state(cls)

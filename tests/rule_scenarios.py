@@ -45,21 +45,21 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
 
 def _sign_downpour() -> Any:
     """DOWNPOUR committing half the sign of the change, damped by staleness on the server."""
-    from distkeras_async.rules import DeltaAlgorithm
-    from distkeras_async.transforms import Scale, Sign, StalenessDivide
+    from distkeras_async import delta_rule
+    from distkeras_async.transforms import scale, sign, staleness_divide
 
-    class SignDownpour(DeltaAlgorithm):
-        """Half the sign of the change; stale commits damped."""
-
-        name = "scenario-sign-downpour"
-        worker_transforms = (Sign(), Scale(0.5))
-        server_transforms = (StalenessDivide(),)
-
-    return SignDownpour
+    return delta_rule(
+        "scenario-sign-downpour",
+        "Half the sign of the change; stale commits damped.",
+        worker=[sign(), scale(0.5)],
+        server=staleness_divide(),
+    )
 
 
 def _clipped_downpour() -> Any:
-    """The example plugin's rule (``examples/plugin``)."""
+    """The example plugin's rule (``examples/plugin``). Its recording was made with version
+    2's built-in ``ClipNorm`` transform on the server (norm in float64), which the plugin now
+    uses; the version 2 plugin computed its own norm in float32."""
     sys.path.insert(0, str(Path(__file__).parents[1] / "examples" / "plugin"))
     from distkeras_clipped import ClippedDownpour
 
@@ -125,9 +125,7 @@ def server_rule(algorithm: Any, hyper: Mapping[str, Any]) -> np.ndarray:
         if synchronous:
             for round_ in range(2):
                 threads = [
-                    threading.Thread(
-                        target=clients[w].commit_pull, args=(updates[3 * round_ + w],)
-                    )
+                    threading.Thread(target=clients[w].commit_pull, args=(updates[3 * round_ + w],))
                     for w in range(workers)
                 ]
                 for thread in threads:

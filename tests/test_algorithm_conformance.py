@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from distkeras_async import registry
-from distkeras_async.algorithm import Algorithm, UpdateMeta
+from distkeras_async.algorithm import Algorithm
 from distkeras_async.errors import (
     AlgorithmError,
     HyperparameterError,
@@ -31,6 +31,7 @@ from distkeras_async.testing import (
     apply_updates,
     check_declarations,
     check_server_rule,
+    check_state,
     check_worker_rule,
 )
 
@@ -71,8 +72,13 @@ def test_declarations(cls: type[Algorithm]) -> None:
 
 
 def test_server_rule(cls: type[Algorithm]) -> None:
-    """In place, dtype and shape kept, its forms agree, a linear promise holds."""
+    """Dtype and shape kept, the center never written, writes_all and linear promises held."""
     check_server_rule(cls)
+
+
+def test_rule_state_survives_a_checkpoint_round_trip(cls: type[Algorithm]) -> None:
+    """A worker or server restored from saved state continues exactly (the kit's check)."""
+    check_state(cls)
 
 
 def test_worker_rule(cls: type[Algorithm]) -> None:
@@ -138,8 +144,7 @@ def test_zero_update_rules(cls: type[Algorithm]) -> None:
 
 
 def test_downpour_zero_delta_keeps_center() -> None:
-    center = f32(1, 2, 3)
-    registry.get("downpour")().server_apply(center, f32(0, 0, 0), UpdateMeta(0, 0, 3))
+    center = apply_updates(registry.get("downpour")(), f32(1, 2, 3), [f32(0, 0, 0)])
     np.testing.assert_array_equal(center, f32(1, 2, 3))
 
 
@@ -147,9 +152,8 @@ def test_averaging_identical_weights_gives_those_weights() -> None:
     averaging = registry.get("averaging")()
     weights = f32(0.1, -7.3, 1e6, 3.25)
     for count in (1, 2, 3, 5):
-        center = np.zeros(4, dtype=np.float32)
-        metas = [UpdateMeta(w, 0, 0) for w in range(count)]
-        averaging.server_apply_round(center, [weights.copy() for _ in range(count)], metas)
+        zeros = np.zeros(4, dtype=np.float32)
+        center = apply_updates(averaging, zeros, [weights.copy() for _ in range(count)])
         np.testing.assert_allclose(center, weights, rtol=1e-6)
 
 
@@ -173,8 +177,8 @@ class HalfDownpour(DeltaAlgorithm):
     name = "test-half-downpour"
     synchronous = False
 
-    def server_apply(self, center: np.ndarray, update: np.ndarray, meta: UpdateMeta) -> None:
-        center += np.float32(0.5) * update
+    def server_update(self, out, center, updates, metas) -> None:
+        out += np.float32(0.5) * updates[0]
 
 
 def test_register_runtime_class() -> None:
@@ -185,8 +189,7 @@ def test_register_runtime_class() -> None:
         algorithm = registry.resolve("test-half-downpour", communication_window=2)
         assert isinstance(algorithm, HalfDownpour)
         assert algorithm.communication_window == 2
-        center = f32(1, 1)
-        algorithm.server_apply(center, f32(2, -4), UpdateMeta(0, 0, 0))
+        center = apply_updates(algorithm, f32(1, 1), [f32(2, -4)])
         np.testing.assert_array_equal(center, f32(2, -1))
         with pytest.raises(PluginError, match="test-half-downpour"):
             registry.register(HalfDownpour)
@@ -406,4 +409,4 @@ def test_plugin_reusing_a_name_with_another_target(plugin_dir: tuple[Path, list[
 
 def test_every_builtin_promises_a_bounded_linear_update():
     for name in BUILTINS:
-        assert registry.get(name).declares_linear_update(), name
+        assert registry.get(name)().promises_linear_update(), name

@@ -25,12 +25,22 @@ from distkeras_async.algorithms.dynsgd import DynSGD
 from distkeras_async.algorithms.eamsgd import AsynchronousEAMSGD
 from distkeras_async.algorithms.easgd import EASGD
 from distkeras_async.errors import HyperparameterError
+from distkeras_async.layout import Layout
 from distkeras_async.rules import add_scaled, mean_into, staleness_scale, sum_into
+from distkeras_async.testing import next_center
 from distkeras_async.worker.exchange import StepRecord, run_worker
 
 
 def f32(*values: float) -> np.ndarray:
     return np.array(values, dtype=np.float32)
+
+
+def served(
+    rule: Algorithm, center: np.ndarray, updates: Sequence[np.ndarray], metas: Sequence[UpdateMeta]
+) -> np.ndarray:
+    """The center the server publishes after ``rule``'s one round (started afresh)."""
+    rule.server_start(Layout.of([center]))
+    return next_center(rule, center, updates, metas)
 
 
 def assert_exact(actual: np.ndarray, expected: np.ndarray) -> None:
@@ -42,7 +52,7 @@ def assert_exact(actual: np.ndarray, expected: np.ndarray) -> None:
 
 
 class FakeServer:
-    """In-memory asynchronous parameter server applying ``algorithm.server_apply``.
+    """In-memory asynchronous parameter server applying ``algorithm.server_update``.
 
     The server object itself is worker 0's handle; :meth:`handle` gives other workers theirs.
     """
@@ -50,6 +60,8 @@ class FakeServer:
     def __init__(self, algorithm: Algorithm, center: Sequence[float]) -> None:
         self.algorithm = algorithm
         self.center = np.array(center, dtype=np.float32)
+        self.layout = Layout.of([self.center])
+        algorithm.server_start(self.layout)
         self.version = 0
         self.pulled: dict[int, int] = {}
         self.log: list[tuple[int, str]] = []
@@ -86,13 +98,14 @@ class FakeServer:
         received = update.copy()  # the server hands the rule its own receive buffer
         meta = UpdateMeta(worker, self.pulled[worker], self.version)
         self.commits.append((meta, received.copy()))
-        self.algorithm.server_apply(self.center, received, meta)
+        self.center = next_center(self.algorithm, self.center, [received], [meta])
         self.version += 1
 
 
 class _Handle:
     def __init__(self, server: FakeServer, worker: int) -> None:
         self.server, self.worker = server, worker
+        self.layout = server.layout
 
     def pull(self, out: np.ndarray | None = None) -> np.ndarray:
         self.server.log.append((self.worker, "pull"))
@@ -111,13 +124,15 @@ class _Handle:
 class FakeSyncServer:
     """In-memory synchronous server: a round completes when every worker has committed.
 
-    Workers run in threads; a barrier applies ``algorithm.server_apply_round`` once all
+    Workers run in threads; a barrier applies ``algorithm.server_update`` once all
     ``num_workers`` commits of a round are in, then releases them with the new center.
     """
 
     def __init__(self, algorithm: Algorithm, center: Sequence[float], num_workers: int) -> None:
         self.algorithm = algorithm
         self.center = np.array(center, dtype=np.float32)
+        self.layout = Layout.of([self.center])
+        algorithm.server_start(self.layout)
         self.version = 0
         self.rounds: list[dict[int, np.ndarray]] = []
         self._pending: dict[int, np.ndarray] = {}
@@ -132,7 +147,7 @@ class FakeSyncServer:
         self.rounds.append({w: self._pending[w].copy() for w in workers})
         updates = [self._pending[w] for w in workers]
         metas = [UpdateMeta(w, self.version, self.version) for w in workers]
-        self.algorithm.server_apply_round(self.center, updates, metas)
+        self.center = next_center(self.algorithm, self.center, updates, metas)
         self._pending = {}
         self.version += 1
 
@@ -153,6 +168,7 @@ class FakeSyncServer:
 class _SyncHandle:
     def __init__(self, server: FakeSyncServer, worker: int) -> None:
         self.server, self.worker = server, worker
+        self.layout = server.layout
 
     def pull(self, out: np.ndarray | None = None) -> np.ndarray:
         return self.server._send_center(out)
@@ -289,9 +305,8 @@ def test_downpour_returned_weights_are_not_the_reference() -> None:
     assert_exact(server.center, f32(3, 4, 5))
 
 
-def test_downpour_server_apply_adds_update() -> None:
-    center = f32(1, 2, 3, 4)
-    Downpour().server_apply(center, f32(0.5, -1, 0, 2), UpdateMeta(0, 0, 7))
+def test_downpour_server_update_adds_update() -> None:
+    center = served(Downpour(), f32(1, 2, 3, 4), [f32(0.5, -1, 0, 2)], [UpdateMeta(0, 0, 7)])
     assert_exact(center, f32(1.5, 1, 3, 6))  # staleness plays no role
 
 
@@ -333,9 +348,8 @@ def test_adag_window_one_is_downpour() -> None:
     ],
 )
 def test_dynsgd_scales_by_staleness(pulled: int, version: int, expected: tuple[float, ...]) -> None:
-    center = f32(1, 1, 1, 1)
     meta = UpdateMeta(worker=2, pulled_version=pulled, version=version)
-    DynSGD().server_apply(center, f32(4, -8, 2, 0), meta)
+    center = served(DynSGD(), f32(1, 1, 1, 1), [f32(4, -8, 2, 0)], [meta])
     assert_exact(center, f32(*expected))
 
 
@@ -368,11 +382,10 @@ def test_easgd_alpha_is_learning_rate_times_rho() -> None:
     assert EASGD().alpha == pytest.approx(0.05)
 
 
-def test_easgd_server_apply_round_sums_elastic_differences() -> None:
-    center = f32(1, 2, 3)
+def test_easgd_server_update_sums_elastic_differences() -> None:
     metas = [UpdateMeta(w, 0, 0) for w in range(3)]
-    EASGD().server_apply_round(center, [f32(1, 0, 0), f32(0, 1, -1), f32(-1, 0, 1)], metas)
-    assert_exact(center, f32(1, 3, 3))
+    updates = [f32(1, 0, 0), f32(0, 1, -1), f32(-1, 0, 1)]
+    assert_exact(served(EASGD(), f32(1, 2, 3), updates, metas), f32(1, 3, 3))
 
 
 def test_easgd_round_of_three_workers() -> None:
@@ -577,9 +590,8 @@ def test_eamsgd_exchange_is_elastic_and_keeps_velocity() -> None:
 
 
 def test_averaging_server_round_is_the_mean() -> None:
-    center = f32(7, 7, 7)
     metas = [UpdateMeta(w, 0, 0) for w in range(2)]
-    ModelAveraging().server_apply_round(center, [f32(1, 2, 3), f32(3, 6, -1)], metas)
+    center = served(ModelAveraging(), f32(7, 7, 7), [f32(1, 2, 3), f32(3, 6, -1)], metas)
     assert_exact(center, f32(2, 4, 1))
 
 

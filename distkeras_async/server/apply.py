@@ -89,7 +89,7 @@ class CenterUpdater:
         self.algorithm = algorithm
         self._outcome = outcome
         self._version = version
-        self._linear = algorithm.declares_linear_update()
+        self._linear = algorithm.promises_linear_update()
         self._check = not algorithm.allow_nonfinite
         self._bound = self._measure_bound()
         self._queue: deque[Sequence[Update]] = deque()
@@ -162,14 +162,11 @@ class CenterUpdater:
             try:
                 # Non-finite results are found by the check below, not by warnings.
                 with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                    if self.algorithm.synchronous:
-                        rule = "server_apply_round"
-                        self.algorithm.apply_round(target, center, updates, metas)
-                    else:
-                        rule = "server_apply"
-                        self.algorithm.apply_update(target, center, updates[0], metas[0])
+                    if spare is not None and not self.algorithm.writes_all:
+                        np.copyto(target, center)
+                    self.algorithm.server_update(target, center, updates, metas)
             except Exception as exc:
-                self._outcome.rule_failed(rule, exc, spare is None)
+                self._outcome.rule_failed("server_update", exc, spare is None)
                 return
             if spare is not None:
                 # The bound's proof makes the check redundant (it costs a pass over the model).

@@ -123,6 +123,7 @@ class ServerCore:
         # the steps of an attempt that was killed stay in the run's history.
         self.step_records: dict[tuple[int, int], list[StepRecord]] = {}
         self.finished_attempts: set[tuple[int, int]] = set()
+        algorithm.server_start(layout)
         self.updater = CenterUpdater(self.center, algorithm, self, lambda: self.version)
         self.rounds = Rounds(
             num_workers,

@@ -44,7 +44,7 @@ import numpy as np
 
 from distkeras_async import checks
 from distkeras_async.algorithm import Algorithm
-from distkeras_async.errors import ErrorCode
+from distkeras_async.errors import AlgorithmError, ErrorCode
 from distkeras_async.options import CheckpointOptions, Timeouts
 from distkeras_async.server.core import Failure
 from distkeras_async.server.limits import Capacity
@@ -123,6 +123,12 @@ class ShardedParameterServer(FailureReporting):
         self._initial, self._initial_version = setup.initial, setup.initial_version
         self.checkpointer = setup.checkpointer
         self._algorithm_spec = algorithm_spec(self.algorithm)
+        if shards > 1 and not self.algorithm.elementwise_server():
+            raise AlgorithmError(
+                f"algorithm {self.algorithm.name!r}: its server rule is not elementwise (a "
+                "norm, a layer-wise scale), and each shard holds only a slice of the center; "
+                "run it with one shard"
+            )
         self.shards = split(self.layout, shards)
         if tls_files is not None:
             for path in tls_files:

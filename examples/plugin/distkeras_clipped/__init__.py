@@ -7,38 +7,30 @@ commit can do:
 .. math::
 
     \Delta_i = x_i - \tilde x_{\text{pulled}}, \qquad
-    \tilde x \leftarrow \tilde x + \Delta_i \cdot \min\left(1, \frac{c}{\lVert\Delta_i\rVert_2}\right)
+    \tilde x \leftarrow \tilde x
+        + \Delta_i \cdot \min\left(1, \frac{c}{\lVert\Delta_i\rVert_2}\right)
 
 with ``max_norm`` = :math:`c`. The worker side is DOWNPOUR's (commit the change since the last
-pull, adopt the new center), reused from ``distkeras_async.DeltaAlgorithm``.
+pull, adopt the new center); the server side is one built-in transform, ``clip_norm``, made
+from the rule's own hyperparameter.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from distkeras_async import Hyperparameter, delta_rule
+from distkeras_async.transforms import clip_norm
 
-import numpy as np
-
-from distkeras_async import DeltaAlgorithm, Hyperparameter, UpdateMeta
-
-
-class ClippedDownpour(DeltaAlgorithm):
-    """DOWNPOUR whose server scales each commit down to at most ``max_norm`` (L2)."""
-
-    name = "clipped-downpour"
-    synchronous = False
-    hyperparameters: ClassVar[dict[str, Hyperparameter]] = {
+ClippedDownpour = delta_rule(
+    "clipped-downpour",
+    "DOWNPOUR whose server scales each commit down to at most ``max_norm`` (L2).",
+    server=lambda rule: clip_norm(rule.max_norm),
+    hyperparameters={
         "max_norm": Hyperparameter(
-            1.0, float, "largest L2 norm one commit may move the center by", minimum=0.0,
+            1.0,
+            float,
+            "largest L2 norm one commit may move the center by",
+            minimum=0.0,
             exclusive_minimum=True,
         ),
-    }
-
-    max_norm: float
-
-    def server_apply(self, center: np.ndarray, update: np.ndarray, meta: UpdateMeta) -> None:
-        """Add the commit, scaled down to ``max_norm`` if it is longer."""
-        norm = float(np.sqrt(np.dot(update, update)))
-        if norm > self.max_norm:
-            update *= np.float32(self.max_norm / norm)
-        center += update
+    },
+)
