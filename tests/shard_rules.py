@@ -24,14 +24,10 @@ class FailingAverage(ModelAveraging):
     """Model averaging whose round raises on a poisoned slice."""
 
     name = "test-failing-average"
+    linear_update = True
+    writes_all = True
 
-    def server_apply_round(
-        self, center: np.ndarray, updates: Sequence[np.ndarray], metas: Sequence[UpdateMeta]
-    ) -> None:
-        _check(updates)
-        super().server_apply_round(center, updates, metas)
-
-    def server_update_round(
+    def server_update(
         self,
         out: np.ndarray,
         center: np.ndarray,
@@ -39,20 +35,22 @@ class FailingAverage(ModelAveraging):
         metas: Sequence[UpdateMeta],
     ) -> None:
         _check(updates)
-        super().server_update_round(out, center, updates, metas)
+        super().server_update(out, center, updates, metas)
 
 
 class FailingDownpour(Downpour):
     """DOWNPOUR whose rule raises on a poisoned slice."""
 
     name = "test-failing-downpour"
-
-    def server_apply(self, center: np.ndarray, update: np.ndarray, meta: UpdateMeta) -> None:
-        _check([update])
-        super().server_apply(center, update, meta)
+    linear_update = True
+    writes_all = True
 
     def server_update(
-        self, out: np.ndarray, center: np.ndarray, update: np.ndarray, meta: UpdateMeta
+        self,
+        out: np.ndarray,
+        center: np.ndarray,
+        updates: Sequence[np.ndarray],
+        metas: Sequence[UpdateMeta],
     ) -> None:
-        _check([update])
-        super().server_update(out, center, update, meta)
+        _check(updates)
+        super().server_update(out, center, updates, metas)

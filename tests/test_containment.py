@@ -27,8 +27,8 @@ from distkeras_async import (
     UpdateMeta,
 )
 from distkeras_async.algorithm import Algorithm
+from distkeras_async.algorithms.easgd import EASGD
 from distkeras_async.errors import ErrorCode
-from distkeras_async.rules import ElasticAlgorithm
 from distkeras_async.wire.frames import Frame, encode_bytes
 from distkeras_async.wire.schema import Op
 
@@ -48,22 +48,26 @@ class RaisesOnThirdCommit(DeltaAlgorithm):
         super().__init__(**kwargs)
         self.calls = 0
 
-    def server_apply(self, center: np.ndarray, update: np.ndarray, meta: UpdateMeta) -> None:
+    def server_update(self, out, center, updates, metas) -> None:
         self.calls += 1
-        center[: N // 2] += update[: N // 2]  # a half-done update must never be published
+        out[: N // 2] += updates[0][: N // 2]  # a half-done update must never be published
         if self.calls == 3:
             raise RuntimeError("boom in the rule")
-        center[N // 2 :] += update[N // 2 :]
+        out[N // 2 :] += updates[0][N // 2 :]
 
 
-class RoundRaises(ElasticAlgorithm):
+class RoundRaises(EASGD):
     name = "round-raises"
     synchronous = True
 
-    def server_apply_round(
-        self, center: np.ndarray, updates: Sequence[np.ndarray], metas: Sequence[UpdateMeta]
+    def server_update(
+        self,
+        out: np.ndarray,
+        center: np.ndarray,
+        updates: Sequence[np.ndarray],
+        metas: Sequence[UpdateMeta],
     ) -> None:
-        center += 1.0
+        out += 1.0
         raise ZeroDivisionError("round rule divided by zero")
 
 
@@ -94,7 +98,7 @@ def test_a_raising_rule_fails_the_run_everywhere_at_once(make_server, connect, r
     with pytest.raises(RuleFailedError, match="boom in the rule") as caught:
         client.commit(ones(5.0))
     # The worker's error names the algorithm and the rule, and carries the traceback.
-    assert "algorithm 'raises-on-third': server_apply raised RuntimeError" in str(caught.value)
+    assert "algorithm 'raises-on-third': server_update raised RuntimeError" in str(caught.value)
     assert "Traceback" in str(caught.value)
     # The idle worker was sent the error without asking (no request of its own).
     pushed = watcher.receive()
@@ -102,7 +106,7 @@ def test_a_raising_rule_fails_the_run_everywhere_at_once(make_server, connect, r
     assert pushed.fields["code"] == ErrorCode.RULE_FAILED
     assert "boom in the rule" in pushed.fields["message"]
     # The driver raises the same failure, traceback included, with the rule's own line.
-    with pytest.raises(RuleFailedError, match="server_apply raised RuntimeError") as driver:
+    with pytest.raises(RuleFailedError, match="server_update raised RuntimeError") as driver:
         server.raise_for_failure()
     assert 'raise RuntimeError("boom in the rule")' in str(driver.value)
     assert server.failure_code is ErrorCode.RULE_FAILED
@@ -122,7 +126,7 @@ def test_a_raising_round_rule_fails_every_worker_of_the_round(make_server, conne
     errors = _commit_pull_in_threads([connect(server, 0), connect(server, 1)], ones())
     assert len(errors) == 2
     assert all(isinstance(e, RuleFailedError) for e in errors), errors
-    assert all("server_apply_round raised ZeroDivisionError" in str(e) for e in errors)
+    assert all("server_update raised ZeroDivisionError" in str(e) for e in errors)
     np.testing.assert_array_equal(server.center_flat, np.zeros(N))
     assert server.version == 0
     quiet(server)
@@ -152,9 +156,12 @@ def test_validate_workers_that_raises_is_a_rule_failure_before_anything_starts(s
 @pytest.mark.parametrize(
     ("attributes", "message"),
     [
-        ({"synchronous": "yes", "server_apply": DeltaAlgorithm.server_apply}, "must be True"),
-        ({"synchronous": True, "server_apply": DeltaAlgorithm.server_apply}, "is synchronous"),
-        ({"synchronous": False}, "is asynchronous but defines neither"),
+        ({"synchronous": "yes", "server_update": DeltaAlgorithm.server_update}, "must be True"),
+        ({"synchronous": False}, "does not define server_update"),
+        (
+            {"server_update": DeltaAlgorithm.server_update, "server_apply": lambda *a: None},
+            "contract version 2",
+        ),
     ],
 )
 def test_a_wrong_synchronous_flag_is_refused_before_the_server_starts(attributes, message, secret):
@@ -163,14 +170,15 @@ def test_a_wrong_synchronous_flag_is_refused_before_the_server_starts(attributes
         ParameterServer([np.zeros(N, np.float32)], broken, num_workers=1, secret=secret)
 
 
-def test_a_subclass_overriding_only_server_apply_is_never_bypassed(make_server, connect):
-    """DeltaAlgorithm has a one-pass server_update; a subclass's server_apply must win."""
+def test_a_subclass_that_redefines_the_server_rule_is_what_runs(make_server, connect):
+    """DeltaAlgorithm's rule is linear and writes all of out; a subclass's own rule, without
+    either promise, runs on a copy of the center (no in-place path)."""
 
     class Halves(DeltaAlgorithm):
         name = "halves"
 
-        def server_apply(self, center: np.ndarray, update: np.ndarray, meta: UpdateMeta) -> None:
-            center += 0.5 * update
+        def server_update(self, out, center, updates, metas) -> None:
+            out += 0.5 * updates[0]
 
     server = make_server(algorithm=Halves)
     client = connect(server)
@@ -229,8 +237,8 @@ def test_a_rule_that_produces_nan_from_finite_updates_is_refused(make_server, co
     class Divides(DeltaAlgorithm):
         name = "divides"
 
-        def server_apply(self, center: np.ndarray, update: np.ndarray, meta: UpdateMeta) -> None:
-            center += update / (update - update)  # 0/0 on every element
+        def server_update(self, out, center, updates, metas) -> None:
+            out += updates[0] / (updates[0] - updates[0])  # 0/0 on every element
 
     server = make_server(algorithm=Divides)
     client = connect(server)
@@ -262,20 +270,20 @@ def test_large_finite_values_fall_back_to_a_spare_buffer_and_are_accepted(make_s
 
 
 def test_only_the_class_that_promises_a_linear_update_keeps_the_promise():
-    class Scaled(DeltaAlgorithm):  # overrides the rule DeltaAlgorithm promised about
+    class Scaled(DeltaAlgorithm):  # redefines the rule DeltaAlgorithm promised about
         name = "scaled"
 
-        def server_apply(self, center: np.ndarray, update: np.ndarray, meta: UpdateMeta) -> None:
-            center *= 10.0
+        def server_update(self, out, center, updates, metas) -> None:
+            np.multiply(center, 10.0, out=out)
 
     class Promised(Scaled):
         name = "promised"
         linear_update = True
 
-    assert DeltaAlgorithm.declares_linear_update()
-    assert not Scaled.declares_linear_update()
-    assert Promised.declares_linear_update()
-    assert not Algorithm.declares_linear_update()
+    assert DeltaAlgorithm().promises_linear_update()
+    assert not Scaled().promises_linear_update() and not Scaled.writes_all
+    assert Promised().promises_linear_update()
+    assert not Algorithm().promises_linear_update()
 
 
 def test_a_linear_rule_that_raises_in_place_says_so(make_server, connect):
@@ -283,10 +291,7 @@ def test_a_linear_rule_that_raises_in_place_says_so(make_server, connect):
         name = "broken-promise"
         linear_update = True
 
-        def server_apply(self, center: np.ndarray, update: np.ndarray, meta: UpdateMeta) -> None:
-            raise RuntimeError("broke its promise")
-
-        def server_update(self, out, center, update, meta) -> None:
+        def server_update(self, out, center, updates, metas) -> None:
             raise RuntimeError("broke its promise")
 
     server = make_server(algorithm=BrokenPromise)

@@ -99,10 +99,10 @@ class FailingServerRule(DeltaAlgorithm):
 
     name = "failing-server-rule"
 
-    def server_apply(self, center, update, meta):
-        if meta.version >= 3:
+    def server_update(self, out, center, updates, metas):
+        if metas[0].version >= 3:
             raise RuntimeError("plugin rule bug at version 3")
-        center += update
+        out += updates[0]
 
 
 class FailingRoundRule(registry.get("averaging")):  # type: ignore[misc]
@@ -110,10 +110,10 @@ class FailingRoundRule(registry.get("averaging")):  # type: ignore[misc]
 
     name = "failing-round-rule"
 
-    def server_apply_round(self, center, updates, metas):
+    def server_update(self, out, center, updates, metas):
         if metas[0].version >= 2:
             raise KeyError("round rule bug")
-        center[:] = sum(updates) / len(updates)
+        out[:] = sum(updates) / len(updates)
 
 
 @pytest.mark.parametrize(
@@ -122,12 +122,12 @@ class FailingRoundRule(registry.get("averaging")):  # type: ignore[misc]
         (
             "AsynchronousDistributedTrainer",
             FailingServerRule,
-            r"'failing-server-rule': server_apply raised RuntimeError: plugin rule bug",
+            r"'failing-server-rule': server_update raised RuntimeError: plugin rule bug",
         ),
         (
             "SynchronizedDistributedTrainer",
             FailingRoundRule,
-            r"'failing-round-rule': server_apply_round raised KeyError: 'round rule bug'",
+            r"'failing-round-rule': server_update raised KeyError: 'round rule bug'",
         ),
     ],
 )
