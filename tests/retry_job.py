@@ -1,13 +1,22 @@
-"""A DOWNPOUR run whose worker 1 may be killed mid-run, for ``tests/test_retries.py``.
+"""Runs whose worker may be killed mid-run, for ``tests/test_retries.py``.
 
-Run as ``python retry_job.py RESULT.json KILL:ON_RETRY ...`` (KILL: ``kill`` or ``none``), the
-runs one after the other in one Spark session (its start and the Python workers' Keras
-imports are paid once). Spark runs on ``local[2,3]``: two cores, and every task may be
-retried (3 attempts). With ``kill``,
-a driver thread waits until worker 1 has 20 commits applied, then sends SIGKILL to the Python
-process running it (it wrote its pid to a file when it started); Spark retries the task.
-The result JSON holds, per run, what the test compares: commits applied per worker, the steps and
-attempts in the history, whether steps were marked retried, and the accuracy.
+Run as ``python retry_job.py RESULT.json KILL:ON_RETRY[:RULE] ...`` (KILL: ``kill`` or
+``none``), the runs one after the other in one Spark session (its start and the Python
+workers' Keras imports are paid once). Spark runs on ``local[2,3]``: two cores, and every
+task may be retried (3 attempts). With ``kill``, a driver thread waits until the last worker
+has 20 commits applied, then sends SIGKILL to the Python process running it (it wrote its
+pid to a file when it started); Spark retries the task.
+
+Without RULE, a run is DOWNPOUR with two workers and Adam. With RULE ``momentum`` it is one
+worker under a rule whose worker keeps state (a momentum of its deltas, carried to the server
+with each commit and back to the retry), plain SGD (no optimizer state), no shuffle and the
+same initial weights: deterministic, so a resumed run must end bit for bit where an
+undisturbed one does; ``momentum-lost`` is the same with the rule's state not carried (the
+control that shows the state matters).
+
+The result JSON holds, per run, what the test compares: commits applied per worker, the steps
+and attempts in the history, whether steps were marked retried, the accuracy, and for the
+rule runs the final center's bytes (hex).
 
 Not collected by pytest (the name does not start with ``test_``).
 """
@@ -30,9 +39,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from pyspark.sql import SparkSession
 
+from distkeras_async import delta_rule
 from distkeras_async.datasets import digits, digits_mlp
-from distkeras_async.trainers import DOWNPOUR
+from distkeras_async.trainers import DOWNPOUR, AsynchronousDistributedTrainer
 from distkeras_async.trainers import run as training
+from distkeras_async.transforms import momentum
 from distkeras_async.worker import KerasWorker
 
 KILL_AFTER_COMMITS = 20
@@ -51,16 +62,33 @@ class PidWorker(KerasWorker):
         return super().run(x, y)
 
 
-def killer(servers: list[Any], pids: Path, killed: dict[str, Any]) -> None:
-    """Wait for worker 1's 20th commit, SIGKILL its Python process, record what was applied."""
+class StateLostWorker(PidWorker):
+    """A worker that neither sends its rule's state nor resumes with it (the control)."""
+
+    def run(self, x: Any, y: Any) -> Any:
+        from distkeras_async.worker import training as worker_training
+
+        worker_training.carry_rule_state = lambda algorithm, client: None  # type: ignore[assignment]
+        return super().run(x, y)
+
+
+MomentumDownpour = delta_rule(
+    "retry-momentum-downpour",
+    "DOWNPOUR whose worker commits a momentum of its changes (state on the worker).",
+    worker=momentum(0.9),
+)
+
+
+def killer(servers: list[Any], pids: Path, killed: dict[str, Any], worker_id: int = 1) -> None:
+    """Wait for the worker's 20th commit, SIGKILL its Python process, record what was applied."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         time.sleep(0.02)  # ok: polling another thread's server, bounded
         if not servers or not servers[0].running:
             continue
         stats = servers[0].stats()
-        worker = stats.workers.get(1)
-        pid_file = pids / "worker-1-attempt-0.pid"
+        worker = stats.workers.get(worker_id)
+        pid_file = pids / f"worker-{worker_id}-attempt-0.pid"
         if worker and worker.commits >= KILL_AFTER_COMMITS and pid_file.exists():
             pid = int(pid_file.read_text())
             os.kill(pid, signal.SIGKILL)
@@ -74,21 +102,53 @@ def killer(servers: list[Any], pids: Path, killed: dict[str, Any]) -> None:
                     break
                 time.sleep(0.01)  # ok: waiting for the killed process, bounded
             time.sleep(0.3)  # ok: let the server apply what had reached its socket
-            applied = servers[0].stats().workers[1].commits
-            killed.update(commits_at_kill=applied, steps_at_kill=servers[0].progress(1))
+            applied = servers[0].stats().workers[worker_id].commits
+            killed.update(commits_at_kill=applied, steps_at_kill=servers[0].progress(worker_id))
             return
 
 
-def guarded(servers: list[Any], pids: Path, killed: dict[str, Any]) -> None:
+def guarded(servers: list[Any], pids: Path, killed: dict[str, Any], worker_id: int) -> None:
     """Run :func:`killer`; record why it failed instead of dying silently with its thread."""
     try:
-        killer(servers, pids, killed)
+        killer(servers, pids, killed, worker_id)
     except Exception as exc:  # reported in the result JSON, asserted absent by the test
         killed["killer_error"] = repr(exc)
 
 
-def run(data: Any, kill: str, on_retry: str) -> dict[str, Any]:
-    """One DOWNPOUR run (worker 1 killed midway when ``kill == "kill"``); what it applied."""
+def make_trainer(rule: str, on_retry: str, worker_class: type[PidWorker]) -> Any:
+    """The run's trainer: DOWNPOUR with two workers, or one worker under a stateful rule."""
+    if not rule:
+        return DOWNPOUR(
+            digits_mlp(),
+            "adam",
+            "categorical_crossentropy",
+            num_workers=2,
+            batch_size=16,
+            communication_window=3,
+            num_epoch=6,
+            master_port=0,
+            progress=False,
+            worker_class=worker_class,
+            on_retry=on_retry,
+        )
+    return AsynchronousDistributedTrainer(
+        digits_mlp(seed=0),  # the same initial weights in every run
+        "sgd",
+        "categorical_crossentropy",
+        num_workers=1,
+        batch_size=16,
+        num_epoch=3,
+        master_port=0,
+        progress=False,
+        worker_class=StateLostWorker if rule == "momentum-lost" else worker_class,
+        on_retry=on_retry,
+        algorithm=MomentumDownpour,
+        communication_window=3,
+    )
+
+
+def run(data: Any, kill: str, on_retry: str, rule: str = "") -> dict[str, Any]:
+    """One run (its last worker killed midway when ``kill == "kill"``); what it applied."""
     servers: list[Any] = []
     original = training.make_server
 
@@ -102,21 +162,12 @@ def run(data: Any, kill: str, on_retry: str) -> dict[str, Any]:
     killed: dict[str, Any] = {}
     training.make_server = record  # type: ignore[assignment]
     try:
+        trainer = make_trainer(rule, on_retry, PidWorker)
+        victim = 0 if rule else 1
         if kill == "kill":
-            threading.Thread(target=guarded, args=(servers, pids, killed), daemon=True).start()
-        trainer = DOWNPOUR(
-            digits_mlp(),
-            "adam",
-            "categorical_crossentropy",
-            num_workers=2,
-            batch_size=16,
-            communication_window=3,
-            num_epoch=6,
-            master_port=0,
-            progress=False,
-            worker_class=PidWorker,
-            on_retry=on_retry,
-        )
+            threading.Thread(
+                target=guarded, args=(servers, pids, killed, victim), daemon=True
+            ).start()
         trained = trainer.train(data.train)
     finally:
         training.make_server = original  # type: ignore[assignment]
@@ -130,11 +181,12 @@ def run(data: Any, kill: str, on_retry: str) -> dict[str, Any]:
             str(w): sorted(
                 h["iteration"] for h in history if h["worker"] == w and not h.get("retried")
             )
-            for w in (0, 1)
+            for w in stats.workers
         },
         "retried_steps": sorted(h["iteration"] for h in history if h.get("retried")),
         "retried_attempts": sorted({h["attempt"] for h in history if h.get("retried")}),
         "accuracy": data.accuracy(trained),
+        "center": servers[0].center_flat.tobytes().hex() if rule else "",
         **killed,
     }
 
@@ -154,8 +206,8 @@ def main(result_path: str, *runs: str) -> None:
     results = {}
     try:
         for spec in runs:
-            kill, on_retry = spec.split(":")
-            results[spec] = run(data, kill, on_retry)
+            kill, on_retry, *rule = spec.split(":")
+            results[spec] = run(data, kill, on_retry, *rule)
     finally:
         Path(result_path).write_text(json.dumps(results))
         spark.stop()

@@ -23,6 +23,7 @@ from distkeras_async.wire.messages import (
     Message,
     Pull,
     Report,
+    RuleState,
     Welcome,
     encode_message_bytes,
     from_frame,
@@ -60,6 +61,11 @@ EXAMPLES: list[Message] = [
     Center(np.ones(5, np.float32), 13, control=Control(stop=True, learning_rate=0.0005)),
     Ack(4, control=Control(learning_rate=0.01)),
     Ack(5, control=Control(stop=True)),
+    # A rule's state: any number of arrays, of any wire dtype; a welcome that announces one.
+    RuleState((np.arange(5, dtype=np.float32), np.zeros((2, 2), np.int64)), **IDS),
+    Welcome(
+        NONCE, (TensorSpec("float32", (5,)),), "eamsgd", {}, 7, 2, False, 9, 0.0, 4, None, True
+    ),
 ]
 
 
@@ -86,6 +92,11 @@ def test_round_trip_through_bytes(message):
         if isinstance(expected, np.ndarray):
             np.testing.assert_array_equal(actual, expected)
             assert actual.dtype == expected.dtype
+        elif isinstance(expected, tuple) and expected and isinstance(expected[0], np.ndarray):
+            assert len(actual) == len(expected), name
+            for got_array, want in zip(actual, expected, strict=True):
+                np.testing.assert_array_equal(got_array, want)
+                assert got_array.dtype == want.dtype
         else:
             assert actual == expected, name
 

@@ -61,6 +61,7 @@ VALID_FIELDS: dict[Op, dict[str, Any]] = {
     Op.BYE: {},
     Op.CENTER: {"version": 7},
     Op.ACK: {"version": 3, "duplicate": True},
+    Op.STATE: {},
 }
 
 NON_TENSOR_OPS = [op for op in Op if op not in TENSOR_OPS]
@@ -1276,6 +1277,7 @@ FIELD_STRATEGIES: dict[Op, st.SearchStrategy[dict[str, Any]]] = {
     Op.BYE: st.just({}),
     Op.CENTER: st.fixed_dictionaries({"version": ids}),
     Op.ACK: st.fixed_dictionaries({"version": ids}, optional={"duplicate": st.booleans()}),
+    Op.STATE: st.just({}),
 }
 
 tensor_arrays = hnp.arrays(

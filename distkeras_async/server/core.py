@@ -42,6 +42,7 @@ from distkeras_async.server.checkpoint import Checkpointer
 from distkeras_async.server.epochs import EpochCenters
 from distkeras_async.server.limits import Limits
 from distkeras_async.server.rounds import Rounds
+from distkeras_async.server.rule_states import WorkerStates
 from distkeras_async.server.stats import ServerStats
 from distkeras_async.server.update import Peer, StepRecord, Update
 from distkeras_async.wire import auth, compression
@@ -124,6 +125,7 @@ class ServerCore:
         self.step_records: dict[tuple[int, int], list[StepRecord]] = {}
         self.finished_attempts: set[tuple[int, int]] = set()
         algorithm.server_start(layout)
+        self.worker_states = WorkerStates(algorithm, layout)
         self.updater = CenterUpdater(self.center, algorithm, self, lambda: self.version)
         self.rounds = Rounds(
             num_workers,
@@ -158,6 +160,7 @@ class ServerCore:
         """A connection closed; a synchronous worker that left without goodbye fails the run."""
         self.peers.discard(peer)
         self.stats.connections = len(self.peers)
+        self.worker_states.discard(peer)
         worker = peer.worker
         if worker is None or self._active.get(worker) is not peer:
             return
@@ -215,6 +218,7 @@ class ServerCore:
         stats = self.stats.worker(worker)
         stats.attempt, stats.last_seen = attempt, time.time()
         stats.connected, stats.disconnected_at = True, 0.0
+        resumes = not self.algorithm.synchronous
         return Welcome(
             auth.server_proof(self._secret, hello.nonce, server_nonce),
             self.layout.specs,
@@ -227,8 +231,9 @@ class ServerCore:
             # commits are not mistaken for resends of its predecessor's.
             self._last_seq.get((worker, attempt), -1) + 1,
             self.reply_timeout,
-            0 if self.algorithm.synchronous else self.progress.get(worker, 0),
+            self.progress.get(worker, 0) if resumes else 0,
             self.shard,
+            resumes and self.worker_states.kept(worker) is not None,
         )
 
     @property
@@ -316,6 +321,7 @@ class ServerCore:
         with lease:  # released on every path unless handed to an Update below
             key = (message.worker, message.attempt)
             if message.seq <= self._last_seq.get(key, -1):
+                self.worker_states.discard(peer)
                 self.stats.worker(message.worker).duplicates += 1
                 self._reply(peer, message, duplicate=True)
                 return
@@ -328,6 +334,7 @@ class ServerCore:
                     )
                 norm = measured
             self._last_seq[key] = message.seq
+            self.worker_states.accepted(peer, message.worker)
             if message.history:
                 records = self.step_records.setdefault(key, [])
                 records.extend((i, t, dict(m)) for i, t, m in message.history)

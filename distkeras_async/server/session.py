@@ -48,6 +48,7 @@ from distkeras_async.wire.messages import (
     Message,
     Pull,
     Report,
+    RuleState,
     encode_message,
     from_frame,
 )
@@ -72,11 +73,11 @@ class State(Enum):
 # state -> the message types a peer may send in it.
 ALLOWED: dict[State, tuple[type[Message], ...]] = {
     State.HANDSHAKE: (Hello,),
-    State.READY: (Pull, Commit, Report, Bye, Error),  # Commit includes CommitPull
+    State.READY: (Pull, Commit, Report, RuleState, Bye, Error),  # Commit: CommitPull too
     State.CLOSED: (),
 }
 
-_PAYLOAD_OPS = frozenset({Op.COMMIT, Op.COMMIT_PULL})
+_PAYLOAD_OPS = frozenset({Op.COMMIT, Op.COMMIT_PULL, Op.STATE})
 
 # Messages that get a reply; the session waits for it before handling the next request.
 _REPLIED = (Pull, Commit, Report)
@@ -162,7 +163,7 @@ class Session:
         self._replies = CenterReplies(core)
         self._replied = False
         self.decoder = FrameDecoder(
-            max_payload_bytes=max(core.layout.nbytes, core.commit_bytes),
+            max_payload_bytes=max(core.layout.nbytes, core.commit_bytes, core.worker_states.nbytes),
             allocate=self._allocate_payload,
         )
 
@@ -247,6 +248,11 @@ class Session:
             raise RemoteProtocolError("tensors sent before the handshake completed")
         if header.op not in _PAYLOAD_OPS:
             raise RemoteProtocolError(f"a worker may not send tensors with {header.op.value!r}")
+        if header.op is Op.STATE:
+            # A rule's state lands in its own buffer: the server keeps it until the worker's
+            # next accepted commit brings another.
+            self.core.worker_states.check(header.specs)
+            return memoryview(bytearray(header.payload_size))
         expected = self.core.commit_specs
         if header.specs != expected:
             got = [spec.to_wire() for spec in header.specs][:3]
@@ -286,7 +292,7 @@ class Session:
             collected = True
             self.frame_started = None
             lease = None
-            if frame.tensors:
+            if frame.tensors and frame.op is not Op.STATE:
                 lease, self._receiving = self._receiving, None
                 assert lease is not None
                 frame = self.core.decoded(frame, lease)
@@ -341,6 +347,9 @@ class Session:
         worker = message.worker
         self.core.seen(worker)
         self._replied = False
+        if isinstance(message, RuleState):  # held for the next commit; no reply
+            self.core.worker_states.hold(self, message.arrays)
+            return
         if isinstance(message, Pull):
             self.core.pull(self, worker)
         elif isinstance(message, Commit):
@@ -374,7 +383,8 @@ class Session:
         self._worker_stats = self.core.stats.worker(hello.worker)
         self.pulled_version = welcome.version
         self.state = State.READY
-        self._write([welcome])
+        kept = self.core.worker_states.kept(hello.worker) if welcome.state else None
+        self._write([welcome] if kept is None else [welcome, RuleState(kept)])
 
     # -- replying (the core calls these) -----------------------------------------------
 

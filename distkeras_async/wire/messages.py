@@ -23,7 +23,14 @@ import numpy as np
 
 from distkeras_async.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from distkeras_async.wire.frames import Frame, encode
-from distkeras_async.wire.schema import MAX_TEXT, Op, TensorSpec, check_fields, is_int
+from distkeras_async.wire.schema import (
+    MAX_TENSORS,
+    MAX_TEXT,
+    Op,
+    TensorSpec,
+    check_fields,
+    is_int,
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,6 +130,8 @@ class Welcome(Message):
             attempts (a retried task resumes after them).
         shard: ``(index, count)`` when this server holds one shard of a sharded center
             (:mod:`distkeras_async.shards`); None for a whole center.
+        state: a :class:`RuleState` follows, the worker rule's state when the server
+            accepted this worker's last commit (a retried attempt resumes with it).
     """
 
     op: ClassVar[Op] = Op.WELCOME
@@ -137,9 +146,10 @@ class Welcome(Message):
     reply_timeout: float
     progress: int = 0
     shard: tuple[int, int] | None = None
+    state: bool = False
 
     def wire_fields(self) -> dict[str, Any]:
-        """Every attribute, the layout as ``[[dtype, shape], ...]`` (``shard`` when set)."""
+        """Every attribute, the layout as ``[[dtype, shape], ...]``; the optional ones when set."""
         fields: dict[str, Any] = {
             "proof": self.proof,
             "layout": [spec.to_wire() for spec in self.layout],
@@ -154,6 +164,8 @@ class Welcome(Message):
         }
         if self.shard is not None:
             fields["shard"] = list(self.shard)
+        if self.state:
+            fields["state"] = True
         return fields
 
     @classmethod
@@ -173,6 +185,7 @@ class Welcome(Message):
             float(f["reply_timeout"]),
             f["progress"],
             None if shard is None else (shard[0], shard[1]),
+            bool(f.get("state", False)),
             **_ids(frame),
         )
 
@@ -260,6 +273,32 @@ class CommitPull(Commit):
     """Client -> server: apply ``update``, then reply with the new center (one round trip)."""
 
     op: ClassVar[Op] = Op.COMMIT_PULL
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RuleState(Message):
+    """A worker rule's state, as arrays (``Algorithm.worker_state``, flattened).
+
+    Client -> server, just before a commit: the state after that commit, which the server
+    keeps if it accepts the commit. Server -> client, right after a welcome that says so:
+    the state to resume with. It needs no reply.
+    """
+
+    op: ClassVar[Op] = Op.STATE
+    arrays: tuple[np.ndarray, ...]
+
+    def __post_init__(self) -> None:
+        for array in self.arrays:
+            _check_vector(array)
+        Message.__post_init__(self)
+
+    def wire_tensors(self) -> tuple[np.ndarray, ...]:
+        """The arrays, in order."""
+        return self.arrays
+
+    @classmethod
+    def _from_frame(cls, frame: Frame) -> Message:
+        return cls(tuple(frame.tensors), **_ids(frame))
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,6 +495,7 @@ MESSAGE_TYPES: Mapping[Op, type[Message]] = {
         Bye,
         Center,
         Ack,
+        RuleState,
     )
 }
 
@@ -468,8 +508,9 @@ def from_frame(frame: Frame) -> Message:
             fields were checked when the frame was decoded).
     """
     cls = MESSAGE_TYPES[frame.op]
-    # An int8 commit, or an int8 change of the center, carries its scales.
-    most = 2 if issubclass(cls, Commit | Center) else 1
+    # An int8 commit, or an int8 change of the center, carries its scales; a rule's state
+    # as many arrays as the rule keeps (the frame's limits bound them).
+    most = 2 if issubclass(cls, Commit | Center) else MAX_TENSORS
     if frame.tensors and len(frame.tensors) > most:
         raise RemoteProtocolError(
             f"{frame.op.value!r} message must carry one flat vector, got {len(frame.tensors)}"
@@ -502,6 +543,7 @@ __all__ = [
     "Message",
     "Pull",
     "Report",
+    "RuleState",
     "Welcome",
     "encode_message",
     "encode_message_bytes",

@@ -20,7 +20,9 @@ from distkeras_async.errors import ErrorCode, LocalProtocolError, RemoteProtocol
 
 # Version 2: error frames carry a machine-readable `code`; commits carry the worker's step count
 # and the records of the steps they include, the welcome the steps already applied.
-PROTOCOL_VERSION = 3
+# Version 3: the welcome says how long a reply may wait (reply_timeout). Version 4: the
+# `state` op carries a worker rule's state with its commits and back to a resumed attempt.
+PROTOCOL_VERSION = 4
 
 PREFIX = struct.Struct("<I")
 
@@ -75,11 +77,12 @@ class Op(StrEnum):
     BYE = "bye"  # client -> server: orderly goodbye
     CENTER = "center"  # server -> client: the center variable
     ACK = "ack"  # server -> client: commit/report accepted
+    STATE = "state"  # client -> server: the rule's state after the next commit; back on resume
 
 
-# Ops whose frames carry tensors. A frame may carry several; the typed messages of this
-# protocol version carry exactly one flat vector (the server's allocator refuses others).
-TENSOR_OPS = frozenset({Op.COMMIT, Op.COMMIT_PULL, Op.CENTER})
+# Ops whose frames carry tensors. A commit or a center carries one flat vector (and an int8
+# one its scales); a rule's state as many arrays as the rule keeps.
+TENSOR_OPS = frozenset({Op.COMMIT, Op.COMMIT_PULL, Op.CENTER, Op.STATE})
 
 
 # --------------------------------------------------------------------------- field checks
@@ -193,6 +196,7 @@ FIELDS: Mapping[Op, Mapping[str, tuple[Check, bool]]] = {
         "reply_timeout": (is_number, True),
         "progress": (is_int, True),
         "shard": (_is_shard, False),
+        "state": (_is_bool, False),
     },
     Op.PULL: {},
     Op.COMMIT: {
@@ -219,6 +223,7 @@ FIELDS: Mapping[Op, Mapping[str, tuple[Check, bool]]] = {
         **_CONTROL,
     },
     Op.ACK: {"version": (is_int, True), "duplicate": (_is_bool, False), **_CONTROL},
+    Op.STATE: {},
 }
 
 

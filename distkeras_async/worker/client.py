@@ -18,11 +18,12 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 import numpy as np
 
+from distkeras_async.algorithm import State, flatten_state
 from distkeras_async.errors import (
     AuthenticationError,
     ConnectionClosedError,
@@ -53,6 +54,7 @@ from distkeras_async.wire.messages import (
     Message,
     Pull,
     Report,
+    RuleState,
     Welcome,
     encode_message,
     from_frame,
@@ -162,6 +164,12 @@ class ParameterServerClient(WelcomeSettings):
         self.version: int = welcome.version
         self._seq = max(self._seq, welcome.next_seq)
         self.progress: int = welcome.progress
+        # The rule's state when the server accepted this worker's last commit (a retried
+        # attempt resumes with it), and where the state each commit leaves comes from.
+        self.restored_state: tuple[np.ndarray, ...] | None = (
+            self._receive(RuleState).arrays if welcome.state else None
+        )
+        self.state_source: Callable[[], State] | None = None
         # (index, count) when this server holds one shard of a sharded center.
         self.shard: tuple[int, int] | None = welcome.shard
         # The worker's local steps so far, and the records of the steps the next commit
@@ -182,6 +190,11 @@ class ParameterServerClient(WelcomeSettings):
         )
         # A compressed pull dtype keeps the center as the replies built it.
         self._centers = CenterReceiver(self.layout, self.pull_dtype)
+
+    @property
+    def carries_state(self) -> bool:
+        """A rule's state travels with this connection's commits (``state`` messages)."""
+        return True
 
     @property
     def versions(self) -> tuple[int, ...]:
@@ -227,8 +240,15 @@ class ParameterServerClient(WelcomeSettings):
         self._send(Pull(**self._ids()))
 
     def send_commit(self, update: np.ndarray, *, pull: bool) -> None:
-        """Send a commit (a commit_pull when ``pull``); receive_ack/receive_center follows."""
-        self._send(self._commit_message(CommitPull if pull else Commit, update))
+        """Send a commit (a commit_pull when ``pull``); receive_ack/receive_center follows.
+
+        With a :attr:`state_source`, the rule's state goes just ahead of the commit, for
+        the server to keep if it accepts the commit.
+        """
+        message = self._commit_message(CommitPull if pull else Commit, update)
+        if self.state_source is not None:
+            self._send(RuleState(tuple(flatten_state(self.state_source())), **self._ids()))
+        self._send(message)
 
     def receive_ack(self) -> None:
         """Wait for the acknowledgement of a commit."""
@@ -371,6 +391,8 @@ class ParameterServerClient(WelcomeSettings):
             raise
 
     def _allocate(self, header: FrameHeader) -> memoryview:
+        if header.op is Op.STATE and not hasattr(self, "_centers"):  # right after the welcome
+            return memoryview(bytearray(header.payload_size))
         if header.op is not Op.CENTER or not hasattr(self, "_centers"):
             raise RemoteProtocolError(f"unexpected tensors in a {header.op.value!r} message")
         return self._centers.allocate(header)

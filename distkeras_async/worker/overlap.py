@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from distkeras_async.algorithm import State, flatten_state
 from distkeras_async.layout import FLAT_DTYPE, Layout
 from distkeras_async.wire.messages import Control
 from distkeras_async.worker.protocols import Connection, Record
@@ -57,6 +58,9 @@ class OverlappedClient:
         # Progress for the next commit, kept here while an exchange is in flight.
         self.steps: int | None = None
         self.history: list[Record] = []
+        # The rule's state after each commit: copied when the rule commits, since the rule
+        # goes on changing it while the commit travels.
+        self.state_source: Callable[[], State] | None = None
         self._job: threading.Thread | None = None
         self._error: BaseException | None = None
         self.exchanges_overlapped = 0
@@ -82,6 +86,16 @@ class OverlappedClient:
     def progress(self) -> int:
         """Local steps of this worker the server had applied when it connected."""
         return self.client.progress
+
+    @property
+    def carries_state(self) -> bool:
+        """Whether the connection beneath carries a rule's state."""
+        return self.client.carries_state
+
+    @property
+    def restored_state(self) -> tuple[np.ndarray, ...] | None:
+        """The rule's state the server sent this attempt to resume with."""
+        return self.client.restored_state
 
     @property
     def control(self) -> Control:
@@ -184,6 +198,9 @@ class OverlappedClient:
         self.history = []
         # The update was computed from the center the rule was given last.
         self.client.bases = self._given
+        if self.state_source is not None:
+            snapshot = tuple(array.copy() for array in flatten_state(self.state_source()))
+            self.client.state_source = lambda: snapshot
 
     def _launch(self, exchange: Callable[[], None]) -> None:
         def run() -> None:

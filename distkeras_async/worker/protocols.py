@@ -10,10 +10,12 @@ fails ``mypy`` where the three meet (:mod:`distkeras_async.worker.connection`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
-from distkeras_async.algorithm import ServerHandle
+import numpy as np
+
+from distkeras_async.algorithm import ServerHandle, State
 from distkeras_async.layout import Layout
 from distkeras_async.wire.messages import Control
 
@@ -36,6 +38,19 @@ class ExchangeClient(ServerHandle, Protocol):
     """Local steps so far, sent with the next commit (None: not known yet)."""
     history: list[Record]
     """Records of the steps since the previous commit, sent with the next one."""
+    state_source: Callable[[], State] | None
+    """Where the rule's state after each commit comes from, to travel ahead of it (set only
+    where :attr:`carries_state`)."""
+
+    @property
+    def carries_state(self) -> bool:
+        """Whether a rule's state can travel with the commits and back to a retry."""
+        ...
+
+    @property
+    def restored_state(self) -> tuple[np.ndarray, ...] | None:
+        """The rule's state at this worker's last accepted commit, sent by the server."""
+        ...
 
     @property
     def layout(self) -> Layout:

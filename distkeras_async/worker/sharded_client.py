@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from distkeras_async.algorithm import State
 from distkeras_async.errors import LayoutMismatchError, RemoteProtocolError
 from distkeras_async.layout import FLAT_DTYPE, Layout
 from distkeras_async.shards import split
@@ -104,8 +105,18 @@ class ShardedClient(WelcomeSettings):
         self.welcome = self.clients[0].welcome
         # A retried task resumes after the steps every shard applied.
         self.progress = min(c.progress for c in self.clients)
+        # A rule's state does not travel to a sharded server (each shard would need the whole
+        # model's state, and the shards' progress may differ): a retried attempt starts its
+        # rule's state afresh (docs/reliability.md).
+        self.state_source: Callable[[], State] | None = None
+        self.restored_state: tuple[np.ndarray, ...] | None = None
 
     # -- what the worker reads ---------------------------------------------------------
+
+    @property
+    def carries_state(self) -> bool:
+        """No: see ``state_source``."""
+        return False
 
     @property
     def num_params(self) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from distkeras_async.algorithm import Algorithm
+from distkeras_async.algorithm import Algorithm, flatten_state, unflatten_state
 from distkeras_async.worker.exchange import HookList, StepRecord, WorkerSession, run_session
 from distkeras_async.worker.local_model import KerasLocalModel, fit_callback
 from distkeras_async.worker.plan import WorkerPlan
@@ -26,6 +26,22 @@ from distkeras_async.worker.sources import ArraySource, StreamSource
 
 TrainStep = Callable[[Any], Mapping[str, float]]
 """A worker's own local step on one batch (``KerasWorker.train_step`` bound to its model)."""
+
+
+def carry_rule_state(algorithm: Algorithm, client: ExchangeClient) -> None:
+    """Resume the rule's state from the server, and send it ahead of every commit.
+
+    Only for a rule that keeps worker state (``Algorithm.initial_worker_state``) and a
+    connection that carries it: the state after each commit then reaches the server with
+    it, and a retried attempt continues from the state at its predecessor's last accepted
+    commit, as it continues after that commit's local steps.
+    """
+    template = algorithm.initial_worker_state(client.layout)
+    if not client.carries_state or not flatten_state(template):
+        return
+    if client.restored_state is not None:
+        algorithm.restore_worker_state(unflatten_state(template, client.restored_state))
+    client.state_source = algorithm.worker_state
 
 
 def train_session(
@@ -61,6 +77,8 @@ def train_session(
     # already applied (from any attempt): no row's update is applied twice.
     resume = plan.failures.on_retry == "resume" and not algorithm.synchronous
     skip = client.progress if resume else 0
+    if resume:
+        carry_rule_state(algorithm, client)
     report = Reporter(client, batch_size)
     per_epoch = -(-rows // batch_size)
     session = WorkerSession(
