@@ -14,9 +14,7 @@ from distkeras_async.wire.schema import Op
 from distkeras_async.worker.overlap import OverlappedClient
 from distkeras_async.worker.training import carry_rule_state
 
-Momentum = delta_rule(
-    "test-state-momentum", "DOWNPOUR with a worker momentum.", worker=lambda rule: []
-)
+Stateless = delta_rule("test-stateless", "DOWNPOUR, no worker state.", worker=lambda rule: [])
 
 
 def momentum_rule():
@@ -126,7 +124,7 @@ def test_carry_rule_state_restores_the_rule_and_wires_the_source(make_server, co
     np.testing.assert_array_equal(velocity, [2, 0, 0])
     # A rule without worker state sends none.
     plain = connect(server, 0, attempt=2)
-    carry_rule_state(Momentum(), plain)
+    carry_rule_state(Stateless(), plain)
     assert plain.state_source is None
 
 
@@ -137,3 +135,91 @@ def test_a_synchronous_welcome_never_offers_a_state(make_server, connect):
     with pytest.raises(ServerError, match="keeps no worker state"):
         client.state_source = lambda: (f32(1, 1, 1),)
         client.commit_pull(f32(1, 1, 1))
+
+
+# --------------------------------------------------------------------------- server state
+
+
+def server_momentum():
+    from distkeras_async.transforms import momentum
+
+    return delta_rule(
+        "test-server-momentum", "DOWNPOUR whose server adds a momentum.", server=momentum(0.5)
+    )
+
+
+UPDATES = (f32(1, 0, 2), f32(0, 4, 1), f32(3, 1, 0))
+
+
+def commit_all(server, connect, updates, worker: int = 0, attempt: int = 0) -> None:
+    client = connect(server, worker, attempt=attempt)
+    for update in updates:
+        client.commit(update)
+    client.close()
+
+
+def test_a_resumed_server_continues_the_rules_state_bit_for_bit(make_server, connect, tmp_path):
+    rule = server_momentum()
+    whole = make_server(weights=WEIGHTS, algorithm=rule, num_workers=1)
+    commit_all(whole, connect, UPDATES)
+    path = tmp_path / "momentum.npz"
+    first = make_server(weights=WEIGHTS, algorithm=rule, num_workers=1)
+    commit_all(first, connect, UPDATES[:2])
+    first.checkpoint(path)
+    first.stop()
+    from distkeras_async.server.checkpoint import load_checkpoint
+
+    ((velocity,),) = (load_checkpoint(path).rule_state,)
+    np.testing.assert_array_equal(velocity, 0.5 * UPDATES[0] + UPDATES[1])
+    resumed = make_server(weights=WEIGHTS, algorithm=rule, num_workers=1, resume_from=path)
+    commit_all(resumed, connect, UPDATES[2:])
+    assert resumed.center_flat.tobytes() == whole.center_flat.tobytes()
+    # Resuming without the state (as before rules kept one) ends elsewhere.
+    plain = make_server(weights=[first.center_flat], algorithm=rule, num_workers=1)
+    commit_all(plain, connect, UPDATES[2:])
+    assert plain.center_flat.tobytes() != whole.center_flat.tobytes()
+
+
+def test_a_checkpoint_with_another_rules_state_is_refused(secret, tmp_path):
+    from distkeras_async.errors import CheckpointError
+    from distkeras_async.layout import Layout
+    from distkeras_async.server.checkpoint import Checkpoint, save_checkpoint
+    from distkeras_async.server.parameter_server import ParameterServer
+
+    rule = server_momentum()
+    path = tmp_path / "wrong.npz"
+    settings = rule().settings
+    layout = Layout.of(WEIGHTS)
+    save_checkpoint(path, Checkpoint(f32(0, 0, 0), 4, layout, rule.name, settings, (f32(1, 2),)))
+    with pytest.raises(CheckpointError, match="not algorithm 'test-server-momentum'"):
+        ParameterServer(WEIGHTS, rule, num_workers=1, secret=secret, resume_from=path)
+
+
+def test_a_refused_center_leaves_the_server_state_as_it_was(make_server, connect):
+    rule = server_momentum()
+    server = make_server(weights=WEIGHTS, algorithm=rule, num_workers=1)
+    client = connect(server)
+    client.commit(f32(1e38, 0, 0))
+    with pytest.raises(ServerError, match="not be finite"):
+        client.commit(f32(3e38, 0, 0))  # velocity 0.5e38 + 3e38 overflows float32
+    survivor = connect(server, 0, attempt=1)
+    survivor.commit(f32(0, 1, 0))
+    # The refused commit left no trace in the velocity: 0.5 * (1e38, 0, 0) + (0, 1, 0).
+    expected = f32(1e38, 0, 0) + (np.float32(0.5) * f32(1e38, 0, 0) + f32(0, 1, 0))
+    np.testing.assert_array_equal(server.center_flat, expected)
+
+
+def test_a_sharded_server_refuses_to_checkpoint_a_rules_server_state(secret, tmp_path):
+    from distkeras_async.errors import CheckpointError
+    from distkeras_async.server.sharded import ShardedParameterServer
+
+    with pytest.raises(CheckpointError, match="keeps server state"):
+        ShardedParameterServer(
+            [np.zeros(8, np.float32)],
+            server_momentum(),
+            shards=2,
+            num_workers=1,
+            secret=secret,
+            checkpoint_path=tmp_path / "c.npz",
+            checkpoint_interval=60,
+        )

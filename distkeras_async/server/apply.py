@@ -5,7 +5,8 @@ A commit (or a synchronous round of them) becomes the next center in one of two 
 * **Into a spare buffer**, always safe: the rule computes the next center into a buffer that
   no one reads, and it is published only if the rule returned and the result is finite (the
   check is skipped when the bound below already proves it). A rule that raises, or a
-  non-finite result, leaves the published center as it was.
+  non-finite result, leaves the published center as it was (and a refused result leaves
+  the server rule's state as it was: it is copied first, only for rules that keep one).
 * **In place**, when that is proven safe beforehand, which saves a pass over the model (an
   out-of-place add costs about twice an in-place one on memory-bound machines: measured 4.8
   against 10.9 ms for 10M float32 here). It needs a rule that declares itself a *bounded
@@ -28,7 +29,7 @@ from typing import Protocol
 
 import numpy as np
 
-from distkeras_async.algorithm import Algorithm, UpdateMeta
+from distkeras_async.algorithm import Algorithm, UpdateMeta, flatten_state, unflatten_state
 from distkeras_async.server.buffers import CenterStore, Lease
 from distkeras_async.server.update import Update, all_finite
 
@@ -90,6 +91,9 @@ class CenterUpdater:
         self._outcome = outcome
         self._version = version
         self._linear = algorithm.promises_linear_update()
+        # A rule that keeps server state (a server momentum) changes it as it computes the
+        # next center: a copy taken before puts it back if that center is refused.
+        self._stateful = bool(flatten_state(algorithm.server_state()))
         self._check = not algorithm.allow_nonfinite
         self._bound = self._measure_bound()
         self._queue: deque[Sequence[Update]] = deque()
@@ -159,6 +163,7 @@ class CenterUpdater:
             center = self.center.array
             target = center if spare is None else spare.array
             updates = [m.message.update for m in members]
+            before = self._save_state()
             try:
                 # Non-finite results are found by the check below, not by warnings.
                 with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -171,6 +176,7 @@ class CenterUpdater:
             if spare is not None:
                 # The bound's proof makes the check redundant (it costs a pass over the model).
                 if self._check and not proven and not all_finite(target):
+                    self._restore_state(before)
                     self._outcome.refused(members, "the center would not be finite (overflow)")
                     return
                 self.center.publish(spare)
@@ -182,6 +188,17 @@ class CenterUpdater:
         finally:
             for m in members:
                 m.release()
+
+
+    def _save_state(self) -> list[np.ndarray] | None:
+        if not self._stateful:
+            return None
+        return [array.copy() for array in flatten_state(self.algorithm.server_state())]
+
+    def _restore_state(self, saved: list[np.ndarray] | None) -> None:
+        if saved is not None:
+            template = self.algorithm.server_state()
+            self.algorithm.restore_server_state(unflatten_state(template, saved))
 
 
 def describe_failure(algorithm: Algorithm, rule: str, error: Exception, in_place: bool) -> str:

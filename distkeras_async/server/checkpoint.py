@@ -1,7 +1,9 @@
 """Checkpoints of the center variable: atomic on disk, no pickle, and checked on resume.
 
 A checkpoint is a ``.npz`` file holding the flat float32 center, the server version, the
-layout and the algorithm's name and hyperparameters (as JSON text). It is written to a
+layout, the algorithm's name and hyperparameters (as JSON text), and the server rule's state
+(its transforms' arrays, ``Algorithm.server_state`` flattened), which a resumed server
+continues from. It is written to a
 temporary file in the same folder, flushed and fsync'ed, then renamed over the old one (and
 the folder fsync'ed), so a crash at any moment leaves either the previous checkpoint or the
 new one, never a torn file. It is read back with ``allow_pickle=False``.
@@ -64,6 +66,7 @@ class Checkpoint:
     layout: Layout
     algorithm: str
     hyperparameters: dict[str, Any]
+    rule_state: tuple[np.ndarray, ...] = ()
 
 
 def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> None:
@@ -76,12 +79,15 @@ def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> Non
             "layout": checkpoint.layout.to_wire(),
             "algorithm": checkpoint.algorithm,
             "hyperparameters": checkpoint.hyperparameters,
+            "rule_state": len(checkpoint.rule_state),
         }
     )
+    arrays: dict[str, Any] = {"center": checkpoint.center, "meta": np.array(meta)}
+    arrays.update({f"rule_state_{i}": array for i, array in enumerate(checkpoint.rule_state)})
     handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, center=checkpoint.center, meta=np.array(meta))
+            np.savez(stream, **arrays)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, target)
@@ -105,12 +111,17 @@ def load_checkpoint(path: str | os.PathLike[str], layout: Layout | None = None) 
         with np.load(path, allow_pickle=False) as data:
             center = np.array(data["center"], dtype=FLAT_DTYPE)
             meta = json.loads(str(data["meta"]))
+            # Checkpoints written before rules kept state have none.
+            rule_state = tuple(
+                np.array(data[f"rule_state_{i}"]) for i in range(int(meta.get("rule_state", 0)))
+            )
         checkpoint = Checkpoint(
             center=center,
             version=int(meta["version"]),
             layout=Layout.from_wire(meta["layout"]),
             algorithm=str(meta["algorithm"]),
             hyperparameters=dict(meta["hyperparameters"]),
+            rule_state=rule_state,
         )
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
@@ -204,9 +215,13 @@ class Checkpointer:
         self._last_time = 0.0
         self._busy = False
 
-    def checkpoint(self, center: np.ndarray, version: int) -> Checkpoint:
-        """The checkpoint of a center copy at ``version``."""
-        return Checkpoint(center, version, self.layout, self.algorithm, self.hyperparameters)
+    def checkpoint(
+        self, center: np.ndarray, version: int, rule_state: tuple[np.ndarray, ...] = ()
+    ) -> Checkpoint:
+        """The checkpoint of a center copy at ``version`` (and of the rule's state then)."""
+        return Checkpoint(
+            center, version, self.layout, self.algorithm, self.hyperparameters, rule_state
+        )
 
     def due(self, version: int, now: float) -> bool:
         """Whether a checkpoint is due (and none is being written)."""
@@ -221,14 +236,16 @@ class Checkpointer:
         self._busy = True
         self._last_version, self._last_time = version, now
 
-    def write(self, center: np.ndarray, version: int) -> None:
-        """Write a center copy now (in the calling thread).
+    def write(
+        self, center: np.ndarray, version: int, rule_state: tuple[np.ndarray, ...] = ()
+    ) -> None:
+        """Write a center copy (and copies of the rule's state) now, in the calling thread.
 
         A failure is logged at once as a warning and counted (:attr:`failed_for_good` after
         several in a row).
         """
         try:
-            save_checkpoint(self.path, self.checkpoint(center, version))
+            save_checkpoint(self.path, self.checkpoint(center, version, rule_state))
             self.written += 1
             self.written_version = version
             self.failures = 0

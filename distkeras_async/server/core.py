@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from distkeras_async.algorithm import Algorithm, UpdateMeta
+from distkeras_async.algorithm import Algorithm, UpdateMeta, flatten_state, unflatten_state
 from distkeras_async.errors import (
     AuthenticationError,
     BadUpdateError,
@@ -87,6 +87,7 @@ class ServerCore:
         version: int = 0,
         checkpointer: Checkpointer | None = None,
         shard: tuple[int, int] | None = None,
+        rule_state: tuple[np.ndarray, ...] = (),
     ) -> None:
         self.layout = layout
         self.shard = shard
@@ -125,6 +126,8 @@ class ServerCore:
         self.step_records: dict[tuple[int, int], list[StepRecord]] = {}
         self.finished_attempts: set[tuple[int, int]] = set()
         algorithm.server_start(layout)
+        if rule_state:  # checked against the rule's when the checkpoint was loaded
+            algorithm.restore_server_state(unflatten_state(algorithm.server_state(), rule_state))
         self.worker_states = WorkerStates(algorithm, layout)
         self.updater = CenterUpdater(self.center, algorithm, self, lambda: self.version)
         self.rounds = Rounds(
@@ -430,9 +433,13 @@ class ServerCore:
             return
         checkpointer.start(self.version, time.monotonic())
         written = self.loop.run_in_executor(
-            None, checkpointer.write, self.center.array.copy(), self.version
+            None, checkpointer.write, self.center.array.copy(), self.version, self.rule_state()
         )
         written.add_done_callback(lambda _: self._checkpoint_written(checkpointer))
+
+    def rule_state(self) -> tuple[np.ndarray, ...]:
+        """Copies of the server rule's state arrays, as a checkpoint keeps them."""
+        return tuple(array.copy() for array in flatten_state(self.algorithm.server_state()))
 
     def _checkpoint_written(self, checkpointer: Checkpointer) -> None:
         reason = checkpointer.failed_for_good

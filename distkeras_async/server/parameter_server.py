@@ -136,6 +136,7 @@ class ParameterServer(FailureReporting):
         )
         self.algorithm, self.layout = setup.algorithm, setup.layout
         self._initial, self._initial_version = setup.initial, setup.initial_version
+        self._rule_state = setup.rule_state
         self.checkpointer = setup.checkpointer
         self.shard = shard
         self.num_workers = num_workers
@@ -204,6 +205,7 @@ class ParameterServer(FailureReporting):
                 version=self._initial_version,
                 checkpointer=self.checkpointer,
                 shard=self.shard,
+                rule_state=self._rule_state,
             )
             self._state = state
             try:
@@ -334,12 +336,16 @@ class ParameterServer(FailureReporting):
         return self.layout.unflatten(self.center_flat)
 
     def _snapshot(self) -> tuple[np.ndarray, int]:
+        center, version, _ = self._snapshot_with_rule_state()
+        return center, version
+
+    def _snapshot_with_rule_state(self) -> tuple[np.ndarray, int, tuple[np.ndarray, ...]]:
         state = self._state
 
-        def snapshot() -> tuple[np.ndarray, int]:
+        def snapshot() -> tuple[np.ndarray, int, tuple[np.ndarray, ...]]:
             if state is None:
-                return self._initial.copy(), self._initial_version
-            return state.center.array.copy(), state.version
+                return self._initial.copy(), self._initial_version, self._rule_state
+            return state.center.array.copy(), state.version, state.rule_state()
 
         return self._call(snapshot)
 

@@ -19,8 +19,14 @@ from typing import Any, TypeVar
 import numpy as np
 
 from distkeras_async import checks, registry
-from distkeras_async.algorithm import Algorithm
-from distkeras_async.errors import DistKerasError, ErrorCode, from_code
+from distkeras_async.algorithm import Algorithm, unflatten_state
+from distkeras_async.errors import (
+    AlgorithmError,
+    CheckpointError,
+    DistKerasError,
+    ErrorCode,
+    from_code,
+)
 from distkeras_async.layout import Layout
 from distkeras_async.options import (
     CheckpointOptions,
@@ -52,6 +58,7 @@ class RunSetup:
     initial: np.ndarray  # the flat center to start from (the checkpoint's when resuming)
     initial_version: int
     checkpointer: Checkpointer | None
+    rule_state: tuple[np.ndarray, ...] = ()  # the server rule's, from the checkpoint resumed
 
 
 SERVER_GROUPS: dict[str, type[Any]] = {
@@ -174,10 +181,12 @@ def prepare_run(
     if layout.size == 0:
         raise ValueError("the model has no weights to train")
     initial = layout.flatten(weights)
+    rule_state: tuple[np.ndarray, ...] = ()
     if resume_from is not None:
         resumed = load_checkpoint(resume_from, layout)
         check_resumable(resumed, resume_from, resolved.name, resolved.settings)
         initial, version = resumed.center, resumed.version
+        rule_state = check_rule_state(resolved, layout, resumed.rule_state, resume_from)
         logger.info("resuming from %s at version %d", resume_from, resumed.version)
     checkpointer = None
     if checkpoints.checkpoint_path is not None:
@@ -190,7 +199,25 @@ def prepare_run(
             every=checkpoints.checkpoint_every,
             interval=checkpoints.checkpoint_interval,
         )
-    return RunSetup(resolved, layout, initial, version, checkpointer)
+    return RunSetup(resolved, layout, initial, version, checkpointer, rule_state)
+
+
+def check_rule_state(
+    algorithm: Algorithm, layout: Layout, arrays: tuple[np.ndarray, ...], path: object
+) -> tuple[np.ndarray, ...]:
+    """``arrays``, a checkpoint's server rule state, if they are ``algorithm``'s.
+
+    Raises:
+        CheckpointError: naming the checkpoint and how its state differs.
+    """
+    algorithm.server_start(layout)
+    try:
+        unflatten_state(algorithm.server_state(), arrays)
+    except AlgorithmError as exc:
+        raise CheckpointError(
+            f"{path} holds a server rule state that is not algorithm {algorithm.name!r}'s: {exc}"
+        ) from None
+    return arrays
 
 
 class FailureReporting:
@@ -209,6 +236,10 @@ class FailureReporting:
 
     def _snapshot(self) -> tuple[np.ndarray, int]:
         """A copy of the center and its version, consistent with each other."""
+        raise NotImplementedError
+
+    def _snapshot_with_rule_state(self) -> tuple[np.ndarray, int, tuple[np.ndarray, ...]]:
+        """:meth:`_snapshot` and copies of the server rule's state at that version."""
         raise NotImplementedError
 
     @property
@@ -256,9 +287,16 @@ class FailureReporting:
             target = self.checkpointer.path
         if target is None:
             raise ValueError("no checkpoint path: pass one, or construct with checkpoint_path")
-        center, version = self._snapshot()
+        center, version, rule_state = self._snapshot_with_rule_state()
         save_checkpoint(
             target,
-            Checkpoint(center, version, self.layout, self.algorithm.name, self.algorithm.settings),
+            Checkpoint(
+                center,
+                version,
+                self.layout,
+                self.algorithm.name,
+                self.algorithm.settings,
+                rule_state,
+            ),
         )
         return version

@@ -43,8 +43,8 @@ from typing import Any
 import numpy as np
 
 from distkeras_async import checks
-from distkeras_async.algorithm import Algorithm
-from distkeras_async.errors import AlgorithmError, ErrorCode
+from distkeras_async.algorithm import Algorithm, flatten_state
+from distkeras_async.errors import AlgorithmError, CheckpointError, ErrorCode
 from distkeras_async.options import CheckpointOptions, Timeouts
 from distkeras_async.server.core import Failure
 from distkeras_async.server.limits import Capacity
@@ -123,6 +123,7 @@ class ShardedParameterServer(FailureReporting):
         self._initial, self._initial_version = setup.initial, setup.initial_version
         self.checkpointer = setup.checkpointer
         self._algorithm_spec = algorithm_spec(self.algorithm)
+        self._refuse_unsaved_rule_state(setup.rule_state)
         if shards > 1 and not self.algorithm.elementwise_server():
             raise AlgorithmError(
                 f"algorithm {self.algorithm.name!r}: its server rule is not elementwise (a "
@@ -345,6 +346,30 @@ class ShardedParameterServer(FailureReporting):
         if not self._processes:
             return self._initial_version if self._final is None else self._final[1]
         return min(self._versions())
+
+    def _refuse_unsaved_rule_state(self, resumed: tuple[np.ndarray, ...]) -> None:
+        """A rule whose server keeps state cannot be checkpointed here (yet): refuse it.
+
+        Each shard holds its slice of that state, and the driver's checkpoints gather only
+        the center's slices.
+        """
+        self.algorithm.server_start(self.layout)
+        self._keeps_rule_state = bool(flatten_state(self.algorithm.server_state()))
+        if (self._keeps_rule_state or resumed) and (self.checkpointer is not None or resumed):
+            raise CheckpointError(self._unsaved_rule_state())
+
+    def _unsaved_rule_state(self) -> str:
+        return (
+            f"algorithm {self.algorithm.name!r} keeps server state, which the checkpoints of "
+            "a sharded server do not hold yet: checkpoint it with one shard"
+        )
+
+    def _snapshot_with_rule_state(self) -> tuple[np.ndarray, int, tuple[np.ndarray, ...]]:
+        """The center and its version (a rule's server state is refused: see above)."""
+        if self._keeps_rule_state:
+            raise CheckpointError(self._unsaved_rule_state())
+        center, version = self._snapshot()
+        return center, version, ()
 
     def _snapshot(self) -> tuple[np.ndarray, int]:
         """The center at one round (the final one once stopped), and its version."""
