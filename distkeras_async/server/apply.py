@@ -189,7 +189,6 @@ class CenterUpdater:
             for m in members:
                 m.release()
 
-
     def _save_state(self) -> list[np.ndarray] | None:
         if not self._stateful:
             return None

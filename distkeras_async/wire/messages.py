@@ -1,11 +1,14 @@
-"""Typed messages: one small frozen dataclass per op, validated when it is made.
+"""Typed messages: one small frozen dataclass per op, each described once.
 
 The server and the client speak in these, never in string-keyed mappings: a
 :class:`Commit` has an ``update``, a :class:`Welcome` a ``layout`` and a ``version``, an
-:class:`Error` a machine-readable :class:`~distkeras_async.errors.ErrorCode`. A message is
-checked against the op's schema (:mod:`~distkeras_async.wire.schema`) when it is built, so
-an invalid one fails where it is made (``LocalProtocolError``); one decoded from a peer was
-checked before it was built (``RemoteProtocolError``).
+:class:`Error` a machine-readable :class:`~distkeras_async.errors.ErrorCode`. Each header
+field is declared once, on its dataclass attribute (:func:`header`: its check, whether it may
+be left out, and its wire form); the op's schema (``schema.FIELDS``, which the decoder checks
+before it builds a message), the encoding and the decoding all derive from those
+declarations. A message is checked against its schema when it is built, so an invalid one
+fails where it is made (``LocalProtocolError``); one decoded from a peer was checked before
+it was built (``RemoteProtocolError``).
 
 Example::
 
@@ -15,22 +18,104 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
 from distkeras_async.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from distkeras_async.wire.frames import Frame, encode
 from distkeras_async.wire.schema import (
+    CONTROL_FIELDS,
+    FIELDS,
     MAX_TENSORS,
     MAX_TEXT,
+    Check,
     Op,
     TensorSpec,
     check_fields,
+    is_bool,
+    is_code,
+    is_history,
     is_int,
+    is_layout,
+    is_metrics,
+    is_nonce,
+    is_number,
+    is_settings,
+    is_shard,
+    is_text,
 )
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """How one attribute travels in a frame's header.
+
+    Attributes:
+        check: what a value must satisfy on the wire (both when sent and when received).
+        optional: the attribute is left out of the header when it has its default.
+        out: the attribute's value -> its wire value.
+        into: a wire value -> the attribute's value.
+        spread: the attribute travels as several header fields (``schema``), not one:
+            ``out`` returns them, ``into`` reads them from the whole header.
+        schema: the fields of a spread attribute.
+    """
+
+    check: Check
+    optional: bool = False
+    out: Callable[[Any], Any] = _same
+    into: Callable[[Any], Any] = _same
+    spread: bool = False
+    schema: Mapping[str, tuple[Check, bool]] = dataclasses.field(default_factory=dict)
+
+
+def header(
+    check: Check,
+    *,
+    default: Any = dataclasses.MISSING,
+    always: bool = False,
+    out: Callable[[Any], Any] = _same,
+    into: Callable[[Any], Any] = _same,
+) -> Any:
+    """A dataclass field that travels in the header.
+
+    It is optional on the wire (left out when it has its default) when it has a ``default``,
+    unless ``always``.
+    """
+    wire = Header(check, default is not dataclasses.MISSING and not always, out, into)
+    return dataclasses.field(default=default, metadata={"header": wire})
+
+
+M = TypeVar("M", bound="Message")
+
+MESSAGE_TYPES: dict[Op, type[Message]] = {}
+"""op -> its message class (filled by :func:`message` as each class is defined)."""
+
+
+def message(cls: type[M]) -> type[M]:
+    """Register a message class: its header declarations become the op's schema."""
+    headers = {
+        f.name: f.metadata["header"] for f in dataclasses.fields(cls) if "header" in f.metadata
+    }
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    schema: dict[str, tuple[Check, bool]] = {}
+    for name, wire in headers.items():
+        if wire.spread:
+            schema.update(wire.schema)
+        else:
+            schema[name] = (wire.check, not wire.optional)
+    cls._headers = headers
+    cls._defaults = defaults
+    FIELDS[cls.op] = schema
+    MESSAGE_TYPES[cls.op] = cls
+    return cls
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,6 +129,8 @@ class Message:
     """
 
     op: ClassVar[Op]
+    _headers: ClassVar[Mapping[str, Header]] = {}
+    _defaults: ClassVar[Mapping[str, Any]] = {}
     worker: int = 0
     attempt: int = 0
     seq: int = 0
@@ -55,12 +142,24 @@ class Message:
         check_fields(self.op, self.wire_fields(), LocalProtocolError)
 
     def wire_fields(self) -> dict[str, Any]:
-        """The op-specific header fields."""
-        return {}
+        """The op-specific header fields, from the declarations (defaults left out)."""
+        fields: dict[str, Any] = {}
+        for name, wire in self._headers.items():
+            value = getattr(self, name)
+            if wire.spread:
+                fields.update(wire.out(value))
+            elif not (wire.optional and _is_default(value, self._defaults[name])):
+                fields[name] = wire.out(value)
+        return fields
 
     def wire_tensors(self) -> tuple[np.ndarray, ...]:
         """The tensors that follow the header."""
         return ()
+
+    @classmethod
+    def tensor_attributes(cls, tensors: tuple[np.ndarray, ...]) -> dict[str, Any]:
+        """The attributes a frame's tensors become (the inverse of :meth:`wire_tensors`)."""
+        return {}
 
     def to_frame(self) -> Frame:
         """The frame that carries this message."""
@@ -69,47 +168,62 @@ class Message:
         )
 
     @classmethod
-    def _from_frame(cls, frame: Frame) -> Message:
-        return cls(worker=frame.worker, attempt=frame.attempt, seq=frame.seq)
+    def from_wire(cls, frame: Frame) -> Message:
+        """The message a checked frame carries (its fields were validated when decoded)."""
+        attributes: dict[str, Any] = {}
+        for name, wire in cls._headers.items():
+            if wire.spread:
+                attributes[name] = wire.into(frame.fields)
+            elif name in frame.fields:
+                attributes[name] = wire.into(frame.fields[name])
+        attributes.update(cls.tensor_attributes(frame.tensors))
+        return cls(**attributes, worker=frame.worker, attempt=frame.attempt, seq=frame.seq)
 
 
-def _ids(frame: Frame) -> dict[str, int]:
-    return {"worker": frame.worker, "attempt": frame.attempt, "seq": frame.seq}
+def _is_default(value: Any, default: Any) -> bool:
+    return value is default or (not isinstance(value, np.ndarray) and value == default)
 
 
+def _check_vector(update: object) -> None:
+    if not isinstance(update, np.ndarray):
+        raise LocalProtocolError(f"a tensor must be a numpy array, got {type(update).__name__}")
+
+
+# -- the handshake -----------------------------------------------------------------------------
+
+
+@message
 @dataclass(frozen=True, slots=True)
 class Challenge(Message):
     """Server -> client, first: a nonce the client must answer with its proof."""
 
     op: ClassVar[Op] = Op.CHALLENGE
-    nonce: bytes
-
-    def wire_fields(self) -> dict[str, Any]:
-        """``nonce``."""
-        return {"nonce": self.nonce}
-
-    @classmethod
-    def _from_frame(cls, frame: Frame) -> Message:
-        return cls(frame.fields["nonce"], **_ids(frame))
+    nonce: bytes = header(is_nonce)
 
 
+@message
 @dataclass(frozen=True, slots=True)
 class Hello(Message):
     """Client -> server: proof of the secret for the challenge, and the client's own nonce."""
 
     op: ClassVar[Op] = Op.HELLO
-    proof: bytes
-    nonce: bytes
-
-    def wire_fields(self) -> dict[str, Any]:
-        """``proof`` and ``nonce``."""
-        return {"proof": self.proof, "nonce": self.nonce}
-
-    @classmethod
-    def _from_frame(cls, frame: Frame) -> Message:
-        return cls(frame.fields["proof"], frame.fields["nonce"], **_ids(frame))
+    proof: bytes = header(is_nonce)
+    nonce: bytes = header(is_nonce)
 
 
+def _layout_out(layout: tuple[TensorSpec, ...]) -> list[Any]:
+    return [spec.to_wire() for spec in layout]
+
+
+def _layout_in(items: Any) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(d, tuple(s)) for d, s in items)
+
+
+def _shard_in(pair: Any) -> tuple[int, int]:
+    return (pair[0], pair[1])
+
+
+@message
 @dataclass(frozen=True, slots=True)
 class Welcome(Message):
     """Server -> client: the server's proof, the layout and the run's settings.
@@ -135,61 +249,24 @@ class Welcome(Message):
     """
 
     op: ClassVar[Op] = Op.WELCOME
-    proof: bytes
-    layout: tuple[TensorSpec, ...]
-    algorithm: str
-    hyperparameters: Mapping[str, Any]
-    version: int
-    num_workers: int
-    synchronous: bool
-    next_seq: int
-    reply_timeout: float
-    progress: int = 0
-    shard: tuple[int, int] | None = None
-    state: bool = False
-
-    def wire_fields(self) -> dict[str, Any]:
-        """Every attribute, the layout as ``[[dtype, shape], ...]``; the optional ones when set."""
-        fields: dict[str, Any] = {
-            "proof": self.proof,
-            "layout": [spec.to_wire() for spec in self.layout],
-            "algorithm": self.algorithm,
-            "hyperparameters": dict(self.hyperparameters),
-            "version": self.version,
-            "num_workers": self.num_workers,
-            "synchronous": self.synchronous,
-            "next_seq": self.next_seq,
-            "reply_timeout": self.reply_timeout,
-            "progress": self.progress,
-        }
-        if self.shard is not None:
-            fields["shard"] = list(self.shard)
-        if self.state:
-            fields["state"] = True
-        return fields
-
-    @classmethod
-    def _from_frame(cls, frame: Frame) -> Message:
-        f = frame.fields
-        layout = tuple(TensorSpec(d, tuple(s)) for d, s in f["layout"])
-        shard = f.get("shard")
-        return cls(
-            f["proof"],
-            layout,
-            f["algorithm"],
-            dict(f["hyperparameters"]),
-            f["version"],
-            f["num_workers"],
-            f["synchronous"],
-            f["next_seq"],
-            float(f["reply_timeout"]),
-            f["progress"],
-            None if shard is None else (shard[0], shard[1]),
-            bool(f.get("state", False)),
-            **_ids(frame),
-        )
+    proof: bytes = header(is_nonce)
+    layout: tuple[TensorSpec, ...] = header(is_layout, out=_layout_out, into=_layout_in)
+    algorithm: str = header(is_text)
+    hyperparameters: Mapping[str, Any] = header(is_settings, out=dict, into=dict)
+    version: int = header(is_int)
+    num_workers: int = header(is_int)
+    synchronous: bool = header(is_bool)
+    next_seq: int = header(is_int)
+    reply_timeout: float = header(is_number, into=float)
+    progress: int = header(is_int, default=0, always=True)
+    shard: tuple[int, int] | None = header(is_shard, default=None, out=list, into=_shard_in)
+    state: bool = header(is_bool, default=False)
 
 
+# -- requests ----------------------------------------------------------------------------------
+
+
+@message
 @dataclass(frozen=True, slots=True)
 class Pull(Message):
     """Client -> server: send me the center."""
@@ -208,11 +285,11 @@ def _history_from_wire(items: Any) -> StepRecords:
     return tuple((i, float(t), {k: float(v) for k, v in m.items()}) for i, t, m in items)
 
 
-def _check_vector(update: object) -> None:
-    if not isinstance(update, np.ndarray):
-        raise LocalProtocolError(f"a tensor must be a numpy array, got {type(update).__name__}")
+def _metrics_in(metrics: Any) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()}
 
 
+@message
 @dataclass(frozen=True, slots=True, eq=False)
 class Commit(Message):
     """Client -> server: apply ``update`` (one flat vector) with the algorithm's rule.
@@ -230,10 +307,12 @@ class Commit(Message):
 
     op: ClassVar[Op] = Op.COMMIT
     update: np.ndarray
-    steps: int | None = None
-    history: StepRecords = ()
+    steps: int | None = header(is_int, default=None)
+    history: StepRecords = header(
+        is_history, default=(), out=_history_to_wire, into=_history_from_wire
+    )
     scales: np.ndarray | None = None
-    base: int | None = None
+    base: int | None = header(is_int, default=None)
 
     def __post_init__(self) -> None:
         _check_vector(self.update)
@@ -241,33 +320,17 @@ class Commit(Message):
             _check_vector(self.scales)
         Message.__post_init__(self)
 
-    def wire_fields(self) -> dict[str, Any]:
-        """``steps``, ``history`` and ``base``, when given."""
-        fields: dict[str, Any] = {}
-        if self.steps is not None:
-            fields["steps"] = self.steps
-        if self.base is not None:
-            fields["base"] = self.base
-        if self.history:
-            fields["history"] = _history_to_wire(self.history)
-        return fields
-
     def wire_tensors(self) -> tuple[np.ndarray, ...]:
         """The update (and its scales, for int8)."""
         return (self.update,) if self.scales is None else (self.update, self.scales)
 
     @classmethod
-    def _from_frame(cls, frame: Frame) -> Message:
-        return cls(
-            frame.tensors[0],
-            frame.fields.get("steps"),
-            _history_from_wire(frame.fields.get("history", ())),
-            frame.tensors[1] if len(frame.tensors) > 1 else None,
-            frame.fields.get("base"),
-            **_ids(frame),
-        )
+    def tensor_attributes(cls, tensors: tuple[np.ndarray, ...]) -> dict[str, Any]:
+        """``update``, and ``scales`` when a second tensor came."""
+        return {"update": tensors[0], "scales": tensors[1] if len(tensors) > 1 else None}
 
 
+@message
 @dataclass(frozen=True, slots=True, eq=False)
 class CommitPull(Commit):
     """Client -> server: apply ``update``, then reply with the new center (one round trip)."""
@@ -275,6 +338,7 @@ class CommitPull(Commit):
     op: ClassVar[Op] = Op.COMMIT_PULL
 
 
+@message
 @dataclass(frozen=True, slots=True, eq=False)
 class RuleState(Message):
     """A worker rule's state, as arrays (``Algorithm.worker_state``, flattened).
@@ -297,10 +361,12 @@ class RuleState(Message):
         return self.arrays
 
     @classmethod
-    def _from_frame(cls, frame: Frame) -> Message:
-        return cls(tuple(frame.tensors), **_ids(frame))
+    def tensor_attributes(cls, tensors: tuple[np.ndarray, ...]) -> dict[str, Any]:
+        """Every tensor, in order."""
+        return {"arrays": tuple(tensors)}
 
 
+@message
 @dataclass(frozen=True, slots=True)
 class Report(Message):
     """Client -> server: the worker's latest metrics, and its step records since the last.
@@ -312,24 +378,11 @@ class Report(Message):
     """
 
     op: ClassVar[Op] = Op.REPORT
-    metrics: Mapping[str, float]
-    history: StepRecords = ()
-    epoch: int | None = None
-
-    def wire_fields(self) -> dict[str, Any]:
-        """``metrics``, ``history`` as ``[[iteration, timestamp, metrics], ...]``, ``epoch``."""
-        fields: dict[str, Any] = {"metrics": dict(self.metrics)}
-        if self.history:
-            fields["history"] = _history_to_wire(self.history)
-        if self.epoch is not None:
-            fields["epoch"] = self.epoch
-        return fields
-
-    @classmethod
-    def _from_frame(cls, frame: Frame) -> Message:
-        metrics = {k: float(v) for k, v in frame.fields["metrics"].items()}
-        history = _history_from_wire(frame.fields.get("history", ()))
-        return cls(metrics, history, frame.fields.get("epoch"), **_ids(frame))
+    metrics: Mapping[str, float] = header(is_metrics, out=dict, into=_metrics_in)
+    history: StepRecords = header(
+        is_history, default=(), out=_history_to_wire, into=_history_from_wire
+    )
+    epoch: int | None = header(is_int, default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,21 +424,25 @@ class Control:
 NO_CONTROL = Control()
 
 
+def _control() -> Any:
+    """The driver's control: spread over the reply's ``stop`` and ``learning_rate`` fields."""
+    wire = Header(
+        is_bool, True, Control.to_wire, Control.from_wire, spread=True, schema=CONTROL_FIELDS
+    )
+    return dataclasses.field(default=NO_CONTROL, metadata={"header": wire})
+
+
+# -- either way --------------------------------------------------------------------------------
+
+
+@message
 @dataclass(frozen=True, slots=True)
 class Error(Message):
     """Either way, last on a connection: what went wrong, as a code and a sentence."""
 
     op: ClassVar[Op] = Op.ERROR
-    code: ErrorCode
-    message: str
-
-    def wire_fields(self) -> dict[str, Any]:
-        """``code`` and ``message``."""
-        return {"code": str(self.code), "message": self.message}
-
-    @classmethod
-    def _from_frame(cls, frame: Frame) -> Message:
-        return cls(ErrorCode(frame.fields["code"]), frame.fields["message"], **_ids(frame))
+    code: ErrorCode = header(is_code, out=str, into=ErrorCode)
+    message: str = header(is_text)
 
     @classmethod
     def of(cls, code: ErrorCode, reason: str, **ids: int) -> Error:
@@ -398,6 +455,7 @@ class Error(Message):
         return cls(code, reason, **ids)
 
 
+@message
 @dataclass(frozen=True, slots=True)
 class Bye(Message):
     """Client -> server: the worker finished; the server closes the connection."""
@@ -405,6 +463,10 @@ class Bye(Message):
     op: ClassVar[Op] = Op.BYE
 
 
+# -- replies -----------------------------------------------------------------------------------
+
+
+@message
 @dataclass(frozen=True, slots=True, eq=False)
 class Center(Message):
     """Server -> client: the center (one flat vector) at ``version``.
@@ -418,11 +480,11 @@ class Center(Message):
 
     op: ClassVar[Op] = Op.CENTER
     center: np.ndarray
-    version: int
-    duplicate: bool = False
-    control: Control = NO_CONTROL
+    version: int = header(is_int)
+    duplicate: bool = header(is_bool, default=False)
+    control: Control = _control()
     scales: np.ndarray | None = None
-    change: bool = False
+    change: bool = header(is_bool, default=False)
 
     def __post_init__(self) -> None:
         _check_vector(self.center)
@@ -430,74 +492,25 @@ class Center(Message):
             _check_vector(self.scales)
         Message.__post_init__(self)
 
-    def wire_fields(self) -> dict[str, Any]:
-        """``version``, and ``duplicate``, ``change`` and the control when set."""
-        fields = _reply_fields(self.version, self.duplicate, self.control)
-        if self.change:
-            fields["change"] = True
-        return fields
-
     def wire_tensors(self) -> tuple[np.ndarray, ...]:
         """The center (or its change, and the change's scales for int8)."""
         return (self.center,) if self.scales is None else (self.center, self.scales)
 
     @classmethod
-    def _from_frame(cls, frame: Frame) -> Message:
-        f = frame.fields
-        return cls(
-            frame.tensors[0],
-            f["version"],
-            f.get("duplicate", False),
-            Control.from_wire(f),
-            frame.tensors[1] if len(frame.tensors) > 1 else None,
-            f.get("change", False),
-            **_ids(frame),
-        )
+    def tensor_attributes(cls, tensors: tuple[np.ndarray, ...]) -> dict[str, Any]:
+        """``center``, and ``scales`` when a second tensor came."""
+        return {"center": tensors[0], "scales": tensors[1] if len(tensors) > 1 else None}
 
 
+@message
 @dataclass(frozen=True, slots=True)
 class Ack(Message):
     """Server -> client: a commit or report was accepted; the center is at ``version``."""
 
     op: ClassVar[Op] = Op.ACK
-    version: int
-    duplicate: bool = False
-    control: Control = NO_CONTROL
-
-    def wire_fields(self) -> dict[str, Any]:
-        """``version``, and ``duplicate`` and the control when set."""
-        return _reply_fields(self.version, self.duplicate, self.control)
-
-    @classmethod
-    def _from_frame(cls, frame: Frame) -> Message:
-        f = frame.fields
-        return cls(f["version"], f.get("duplicate", False), Control.from_wire(f), **_ids(frame))
-
-
-def _reply_fields(version: int, duplicate: bool, control: Control) -> dict[str, Any]:
-    fields: dict[str, Any] = {"version": version, **control.to_wire()}
-    if duplicate:
-        fields["duplicate"] = True
-    return fields
-
-
-MESSAGE_TYPES: Mapping[Op, type[Message]] = {
-    cls.op: cls
-    for cls in (
-        Challenge,
-        Hello,
-        Welcome,
-        Pull,
-        Commit,
-        CommitPull,
-        Report,
-        Error,
-        Bye,
-        Center,
-        Ack,
-        RuleState,
-    )
-}
+    version: int = header(is_int)
+    duplicate: bool = header(is_bool, default=False)
+    control: Control = _control()
 
 
 def from_frame(frame: Frame) -> Message:
@@ -515,7 +528,7 @@ def from_frame(frame: Frame) -> Message:
         raise RemoteProtocolError(
             f"{frame.op.value!r} message must carry one flat vector, got {len(frame.tensors)}"
         )
-    return cls._from_frame(frame)
+    return cls.from_wire(frame)
 
 
 def encode_message(message: Message) -> list[bytes | memoryview]:

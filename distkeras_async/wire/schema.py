@@ -98,27 +98,33 @@ def is_number(value: object) -> bool:
     return type(value) in (int, float) and math.isfinite(value)  # type: ignore[arg-type]
 
 
-def _is_bool(value: object) -> bool:
+def is_bool(value: object) -> bool:
+    """A bool (not an int)."""
     return type(value) is bool
 
 
-def _is_nonce(value: object) -> bool:
+def is_nonce(value: object) -> bool:
+    """32 bytes."""
     return isinstance(value, bytes) and len(value) == 32
 
 
-def _is_text(value: object) -> bool:
+def is_text(value: object) -> bool:
+    """A string of at most MAX_TEXT characters."""
     return isinstance(value, str) and len(value) <= MAX_TEXT
 
 
-def _is_code(value: object) -> bool:
+def is_code(value: object) -> bool:
+    """One of the error codes."""
     return isinstance(value, str) and value in ErrorCode.__members__.values()
 
 
-def _is_scalar(value: object) -> bool:
+def is_scalar(value: object) -> bool:
+    """None, a bool, a string or a finite number (a hyperparameter's value)."""
     return value is None or type(value) in (bool, str) or is_number(value)
 
 
-def _is_metrics(value: object) -> bool:
+def is_metrics(value: object) -> bool:
+    """A map of at most 256 short names to finite numbers."""
     return (
         isinstance(value, dict)
         and len(value) <= 256
@@ -126,7 +132,7 @@ def _is_metrics(value: object) -> bool:
     )
 
 
-def _is_history(value: object) -> bool:
+def is_history(value: object) -> bool:
     """Step records ``[iteration, timestamp, {metric: value}]``, at most MAX_HISTORY."""
     return (
         isinstance(value, list)
@@ -136,21 +142,23 @@ def _is_history(value: object) -> bool:
             and len(r) == 3
             and is_int(r[0])
             and is_number(r[1])
-            and _is_metrics(r[2])
+            and is_metrics(r[2])
             for r in value
         )
     )
 
 
-def _is_settings(value: object) -> bool:
+def is_settings(value: object) -> bool:
+    """A map of at most 256 short names to scalars."""
     return (
         isinstance(value, dict)
         and len(value) <= 256
-        and all(isinstance(k, str) and len(k) <= 128 and _is_scalar(v) for k, v in value.items())
+        and all(isinstance(k, str) and len(k) <= 128 and is_scalar(v) for k, v in value.items())
     )
 
 
-def _is_layout(value: object) -> bool:
+def is_layout(value: object) -> bool:
+    """A list of at most MAX_TENSORS ``[dtype, shape]`` pairs."""
     if not isinstance(value, list) or len(value) > MAX_TENSORS:
         return False
     try:
@@ -164,7 +172,7 @@ def _is_layout(value: object) -> bool:
 Check = Callable[[object], bool]
 
 
-def _is_shard(value: object) -> bool:
+def is_shard(value: object) -> bool:
     """``[index, count]`` of a sharded center's shard: ``0 <= index < count``."""
     return (
         isinstance(value, list)
@@ -175,56 +183,15 @@ def _is_shard(value: object) -> bool:
 
 
 # The driver's requests to the workers, on every reply (see messages.Control).
-_CONTROL: Mapping[str, tuple[Check, bool]] = {
-    "stop": (_is_bool, False),
+CONTROL_FIELDS: Mapping[str, tuple[Check, bool]] = {
+    "stop": (is_bool, False),
     "learning_rate": (is_number, False),
 }
 
 # op -> {field: (check, required)}; unknown fields are rejected, so the schema is the contract.
-FIELDS: Mapping[Op, Mapping[str, tuple[Check, bool]]] = {
-    Op.CHALLENGE: {"nonce": (_is_nonce, True)},
-    Op.HELLO: {"proof": (_is_nonce, True), "nonce": (_is_nonce, True)},
-    Op.WELCOME: {
-        "proof": (_is_nonce, True),
-        "layout": (_is_layout, True),
-        "algorithm": (_is_text, True),
-        "hyperparameters": (_is_settings, True),
-        "version": (is_int, True),
-        "num_workers": (is_int, True),
-        "synchronous": (_is_bool, True),
-        "next_seq": (is_int, True),
-        "reply_timeout": (is_number, True),
-        "progress": (is_int, True),
-        "shard": (_is_shard, False),
-        "state": (_is_bool, False),
-    },
-    Op.PULL: {},
-    Op.COMMIT: {
-        "steps": (is_int, False),
-        "history": (_is_history, False),
-        "base": (is_int, False),
-    },
-    Op.COMMIT_PULL: {
-        "steps": (is_int, False),
-        "history": (_is_history, False),
-        "base": (is_int, False),
-    },
-    Op.REPORT: {
-        "metrics": (_is_metrics, True),
-        "history": (_is_history, False),
-        "epoch": (is_int, False),
-    },
-    Op.ERROR: {"code": (_is_code, True), "message": (_is_text, True)},
-    Op.BYE: {},
-    Op.CENTER: {
-        "version": (is_int, True),
-        "duplicate": (_is_bool, False),
-        "change": (_is_bool, False),
-        **_CONTROL,
-    },
-    Op.ACK: {"version": (is_int, True), "duplicate": (_is_bool, False), **_CONTROL},
-    Op.STATE: {},
-}
+# Each message class of ``wire/messages.py`` declares its fields once and fills its op's entry
+# when it is defined (importing any part of ``distkeras_async.wire`` defines them all).
+FIELDS: dict[Op, Mapping[str, tuple[Check, bool]]] = {}
 
 
 def check_fields(op: Op, fields: Mapping[str, Any], error: type[Exception]) -> None:
