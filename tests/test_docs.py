@@ -88,6 +88,7 @@ def _defined_tests() -> dict[str, set[str]]:
         "algorithms.md",
         "custom-optimizer.md",
         "scaling.md",
+        "protocol.md",
     ],
 )
 def test_every_test_named_next_to_a_guarantee_exists(page):

@@ -99,10 +99,8 @@ class ServerCore:
         self.center = CenterStore(center, limits.center_buffers, loop.call_soon)
         self.receive = BufferPool(layout.size, limits.receive_buffers, loop.call_soon)
         # What a commit looks like on the wire: the algorithm's commit dtype decides.
-        self.commit_dtype: str = algorithm.commit_dtype
         self.tensor_sizes = [spec.size for spec in layout.specs]
-        self.commit_specs = compression.commit_specs(self.commit_dtype, self.tensor_sizes)
-        self.commit_bytes = compression.commit_bytes(self.commit_dtype, self.tensor_sizes)
+        self.commits = compression.CommitCodec(algorithm.commit_dtype, self.tensor_sizes)
         # What a center reply travels in after a connection's first (``wire/deltas.py``).
         self.pull_dtype: str = algorithm.pull_dtype
         self._change_scratch: np.ndarray | None = None
@@ -300,16 +298,11 @@ class ServerCore:
 
     def payload_view(self, lease: Lease) -> memoryview:
         """Where a commit's payload lands: the float32 buffer, or its compressed twin."""
-        if self.commit_dtype == "float32":
-            return lease.buffer.view
-        return lease.buffer.wire_view(self.commit_bytes)
+        return self.commits.payload_view(lease.buffer.view, lease.buffer.wire_view)
 
     def decoded(self, frame: Frame, lease: Lease) -> Frame:
         """``frame`` with its update as float32 in ``lease``'s buffer, so rules see float32."""
-        if self.commit_dtype == "float32":
-            return frame
-        compression.decode(self.commit_dtype, frame.tensors, self.tensor_sizes, lease.array)
-        return dataclasses.replace(frame, tensors=(lease.array,))
+        return dataclasses.replace(frame, tensors=self.commits.decode(frame.tensors, lease.array))
 
     def commit(self, peer: Peer, message: Commit, lease: Lease, pulled_version: int) -> None:
         """Take a commit whose payload arrived whole; ``lease`` (its buffer) becomes ours.

@@ -1,10 +1,10 @@
 """One connection's protocol state: handshake, identity, requests in order, replies.
 
-A :class:`Session` is a small state machine (``HANDSHAKE -> READY -> CLOSED``) with one
-transition table (:data:`ALLOWED`): which typed messages a peer may send in which state, and
-whether a frame may carry a payload at all (only ``commit`` and ``commit_pull``, only after
-the handshake, only of the model's layout, and checked before a payload byte is read or a
-buffer is taken). It owns everything that belongs to its connection: the worker id and
+A :class:`Session` keeps its connection's phase in a
+:class:`~distkeras_async.wire.connection.Connection` (the protocol's one state machine, shared
+with the worker's client): which typed messages a peer may send now, and whether a frame may
+carry a payload at all (a commit in the run's commit codec, or the rule's state, only after
+the handshake, checked before a payload byte is read or a buffer is taken). It owns everything that belongs to its connection: the worker id and
 attempt, the version it last pulled, the decoder and its receive buffer, the requests
 queued behind one that waits, and the center buffers its unsent replies still read.
 
@@ -18,7 +18,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from enum import Enum
 from typing import Protocol
 
 from distkeras_async.errors import (
@@ -34,7 +33,8 @@ from distkeras_async.server.core import ServerCore
 from distkeras_async.server.limits import Limits
 from distkeras_async.server.replies import CenterReplies
 from distkeras_async.server.stats import WorkerStats
-from distkeras_async.wire import auth, compression
+from distkeras_async.wire import auth
+from distkeras_async.wire.connection import Connection, Role
 from distkeras_async.wire.decoder import FrameDecoder
 from distkeras_async.wire.frames import FrameHeader
 from distkeras_async.wire.messages import (
@@ -61,23 +61,6 @@ logger = logging.getLogger("distkeras_async.server")
 # growing the queue without limit.
 MAX_QUEUED_REQUESTS = 64
 
-
-class State(Enum):
-    """Where a session is in its life."""
-
-    HANDSHAKE = "handshake"  # challenge sent, waiting for hello
-    READY = "ready"  # authenticated
-    CLOSED = "closed"  # failed, said goodbye, or lost
-
-
-# state -> the message types a peer may send in it.
-ALLOWED: dict[State, tuple[type[Message], ...]] = {
-    State.HANDSHAKE: (Hello,),
-    State.READY: (Pull, Commit, Report, RuleState, Bye, Error),  # Commit: CommitPull too
-    State.CLOSED: (),
-}
-
-_PAYLOAD_OPS = frozenset({Op.COMMIT, Op.COMMIT_PULL, Op.STATE})
 
 # Messages that get a reply; the session waits for it before handling the next request.
 _REPLIED = (Pull, Commit, Report)
@@ -146,7 +129,8 @@ class Session:
         self.core = core
         self.link = link
         self._schedule = schedule
-        self.state = State.HANDSHAKE
+        # The protocol's order, checked on every message either way (wire/connection.py).
+        self.conn = Connection(Role.SERVER)
         self.nonce = auth.new_nonce()
         self._worker: int | None = None
         self._worker_stats: WorkerStats | None = None
@@ -163,7 +147,9 @@ class Session:
         self._replies = CenterReplies(core)
         self._replied = False
         self.decoder = FrameDecoder(
-            max_payload_bytes=max(core.layout.nbytes, core.commit_bytes, core.worker_states.nbytes),
+            max_payload_bytes=max(
+                core.layout.nbytes, core.commits.nbytes, core.worker_states.nbytes
+            ),
             allocate=self._allocate_payload,
         )
 
@@ -175,7 +161,7 @@ class Session:
     @property
     def closed(self) -> bool:
         """Whether the session has ended (nothing more is read or handled)."""
-        return self.state is State.CLOSED
+        return self.conn.closed
 
     # -- the transport calls these ------------------------------------------------------
 
@@ -196,7 +182,7 @@ class Session:
 
     def buffer(self) -> memoryview:
         """Where the next incoming bytes go."""
-        if self.state is State.CLOSED:
+        if self.conn.closed:
             return memoryview(bytearray(4096))  # discard what still arrives
         # No clock here: uvloop asks for the next buffer as soon as a read ends, long before
         # the next frame's first byte (a worker may compute for minutes between two frames).
@@ -204,7 +190,7 @@ class Session:
 
     def received(self, nbytes: int) -> None:
         """``nbytes`` arrived in the last :meth:`buffer`."""
-        if self.state is State.CLOSED:
+        if self.conn.closed:
             return
         self.core.stats.bytes_in += nbytes
         if self._worker_stats is not None:
@@ -229,7 +215,7 @@ class Session:
 
     def lost(self) -> None:
         """The connection is gone: release everything this session owns."""
-        self.state = State.CLOSED
+        self.conn.close()
         self._replies.release()
         self.core.receive.cancel(self._on_receive_buffer)
         if self._receiving is not None:
@@ -244,23 +230,16 @@ class Session:
     def _allocate_payload(self, header: FrameHeader) -> memoryview | None:
         # Checked before a single payload byte is read or a buffer is taken: an
         # unauthenticated peer cannot make the server allocate anything model-sized.
-        if self.state is not State.READY:
+        if not self.conn.ready:
             raise RemoteProtocolError("tensors sent before the handshake completed")
-        if header.op not in _PAYLOAD_OPS:
+        if not self.conn.may_carry_tensors(header.op):
             raise RemoteProtocolError(f"a worker may not send tensors with {header.op.value!r}")
         if header.op is Op.STATE:
             # A rule's state lands in its own buffer: the server keeps it until the worker's
             # next accepted commit brings another.
             self.core.worker_states.check(header.specs)
             return memoryview(bytearray(header.payload_size))
-        expected = self.core.commit_specs
-        if header.specs != expected:
-            got = [spec.to_wire() for spec in header.specs][:3]
-            wanted = compression.describe_commit(self.core.commit_dtype, self.core.tensor_sizes)
-            raise RemoteProtocolError(
-                f"update must be {wanted} (the model's layout in the run's commit dtype, "
-                f"{self.core.commit_dtype}), got {got}"
-            )
+        self.core.commits.check(header.specs)
         lease = self.core.receive.acquire()
         if lease is None:
             self.link.pause_reading()
@@ -336,9 +315,7 @@ class Session:
 
     def _handle(self, request: _Request) -> None:
         message = request.message
-        if not isinstance(message, ALLOWED[self.state]):
-            expected = "hello" if self.state is State.HANDSHAKE else "a request"
-            raise RemoteProtocolError(f"expected {expected}, got {message.op.value!r}")
+        self.conn.received(message)
         if isinstance(message, Hello):
             self._hello(message)
             return
@@ -382,7 +359,6 @@ class Session:
         self._worker, self.attempt = hello.worker, hello.attempt
         self._worker_stats = self.core.stats.worker(hello.worker)
         self.pulled_version = welcome.version
-        self.state = State.READY
         kept = self.core.worker_states.kept(hello.worker) if welcome.state else None
         self._write([welcome] if kept is None else [welcome, RuleState(kept)])
 
@@ -416,6 +392,7 @@ class Session:
             return 0
         chunks: list[bytes | memoryview] = []
         for message in messages:
+            self.conn.sent(message)
             chunks.extend(encode_message(message))
         return self.link.write(chunks)
 
@@ -430,17 +407,17 @@ class Session:
         )
         self.core.stats.rejected += 1
         self._write([Error.of(code, reason)])
-        self.state = State.CLOSED
+        self.conn.close()
         self.link.close_after_error()
 
     def close(self) -> None:
         """Close after pending writes."""
-        self.state = State.CLOSED
+        self.conn.close()
         self.link.close()
 
     def abort(self) -> None:
         """Drop the connection at once, unsent bytes included."""
-        self.state = State.CLOSED
+        self.conn.close()
         self.link.abort()
 
     def sweep(self, now: float, limits: Limits) -> None:
@@ -456,7 +433,7 @@ class Session:
             self.abort()
         elif self.closed:
             return
-        elif self.state is State.HANDSHAKE and now - self.opened_at > timeouts.handshake_timeout:
+        elif not self.conn.ready and now - self.opened_at > timeouts.handshake_timeout:
             self.fail(
                 ErrorCode.LIMIT, f"handshake not completed within {timeouts.handshake_timeout:g} s"
             )

@@ -22,10 +22,11 @@ from __future__ import annotations
 import itertools
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
+from distkeras_async.errors import RemoteProtocolError
 from distkeras_async.wire.schema import DTYPES, TensorSpec
 
 COMMIT_DTYPES = ("float32", "float16", "bfloat16", "int8")
@@ -75,6 +76,54 @@ def describe_commit(dtype: str, sizes: Sequence[int]) -> str:
 def commit_bytes(dtype: str, sizes: Sequence[int]) -> int:
     """Payload bytes of one commit in ``dtype``."""
     return sum(spec.nbytes for spec in commit_specs(dtype, sizes))
+
+
+class CommitCodec:
+    """How a run's commits travel: their tensors on the wire, and back to float32.
+
+    The server keeps one for its run (the receiving end): a commit's header is checked
+    against :attr:`specs` before a payload byte is read, the payload lands in
+    :meth:`payload_view` (the float32 receive buffer itself when nothing is compressed),
+    and :meth:`decode` leaves the update in float32 there for the rule.
+
+    Args:
+        dtype: the run's ``commit_dtype``.
+        sizes: the element count of each tensor of the model (or of the shard's pieces).
+    """
+
+    def __init__(self, dtype: str, sizes: Sequence[int]) -> None:
+        self.dtype = check_commit_dtype(dtype)
+        self.sizes = list(sizes)
+        self.specs = commit_specs(dtype, self.sizes)
+        self.nbytes = sum(spec.nbytes for spec in self.specs)
+
+    def check(self, specs: tuple[TensorSpec, ...]) -> None:
+        """Refuse a commit whose tensors are not the run's, before a payload byte is read.
+
+        Raises:
+            RemoteProtocolError: saying what a commit must be.
+        """
+        if specs != self.specs:
+            got = [spec.to_wire() for spec in specs][:3]
+            raise RemoteProtocolError(
+                f"update must be {describe_commit(self.dtype, self.sizes)} (the model's layout "
+                f"in the run's commit dtype, {self.dtype}), got {got}"
+            )
+
+    def payload_view(self, plain: memoryview, wire: Callable[[int], memoryview]) -> memoryview:
+        """Where a commit's payload lands.
+
+        That is ``plain`` (the float32 buffer's bytes), or when compressed ``wire(nbytes)``,
+        a byte buffer :meth:`decode` reads from.
+        """
+        return plain if self.dtype == "float32" else wire(self.nbytes)
+
+    def decode(self, tensors: Sequence[np.ndarray], out: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The commit's tensors as the one float32 update in ``out`` (as they are if float32)."""
+        if self.dtype == "float32":
+            return tuple(tensors)
+        decode(self.dtype, tensors, self.sizes, out)
+        return (out,)
 
 
 def all_finite(array: np.ndarray) -> bool:

@@ -19,20 +19,19 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from distkeras_async.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from distkeras_async.wire.frames import Frame, encode
+from distkeras_async.wire.headers import MESSAGE_TYPES, Header, header, is_default, message
 from distkeras_async.wire.schema import (
     CONTROL_FIELDS,
-    FIELDS,
     MAX_TENSORS,
     MAX_TEXT,
-    Check,
     Op,
     TensorSpec,
     check_fields,
@@ -48,74 +47,6 @@ from distkeras_async.wire.schema import (
     is_shard,
     is_text,
 )
-
-
-def _same(value: Any) -> Any:
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class Header:
-    """How one attribute travels in a frame's header.
-
-    Attributes:
-        check: what a value must satisfy on the wire (both when sent and when received).
-        optional: the attribute is left out of the header when it has its default.
-        out: the attribute's value -> its wire value.
-        into: a wire value -> the attribute's value.
-        spread: the attribute travels as several header fields (``schema``), not one:
-            ``out`` returns them, ``into`` reads them from the whole header.
-        schema: the fields of a spread attribute.
-    """
-
-    check: Check
-    optional: bool = False
-    out: Callable[[Any], Any] = _same
-    into: Callable[[Any], Any] = _same
-    spread: bool = False
-    schema: Mapping[str, tuple[Check, bool]] = dataclasses.field(default_factory=dict)
-
-
-def header(
-    check: Check,
-    *,
-    default: Any = dataclasses.MISSING,
-    always: bool = False,
-    out: Callable[[Any], Any] = _same,
-    into: Callable[[Any], Any] = _same,
-) -> Any:
-    """A dataclass field that travels in the header.
-
-    It is optional on the wire (left out when it has its default) when it has a ``default``,
-    unless ``always``.
-    """
-    wire = Header(check, default is not dataclasses.MISSING and not always, out, into)
-    return dataclasses.field(default=default, metadata={"header": wire})
-
-
-M = TypeVar("M", bound="Message")
-
-MESSAGE_TYPES: dict[Op, type[Message]] = {}
-"""op -> its message class (filled by :func:`message` as each class is defined)."""
-
-
-def message(cls: type[M]) -> type[M]:
-    """Register a message class: its header declarations become the op's schema."""
-    headers = {
-        f.name: f.metadata["header"] for f in dataclasses.fields(cls) if "header" in f.metadata
-    }
-    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-    schema: dict[str, tuple[Check, bool]] = {}
-    for name, wire in headers.items():
-        if wire.spread:
-            schema.update(wire.schema)
-        else:
-            schema[name] = (wire.check, not wire.optional)
-    cls._headers = headers
-    cls._defaults = defaults
-    FIELDS[cls.op] = schema
-    MESSAGE_TYPES[cls.op] = cls
-    return cls
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -148,7 +79,7 @@ class Message:
             value = getattr(self, name)
             if wire.spread:
                 fields.update(wire.out(value))
-            elif not (wire.optional and _is_default(value, self._defaults[name])):
+            elif not (wire.optional and is_default(value, self._defaults[name])):
                 fields[name] = wire.out(value)
         return fields
 
@@ -178,10 +109,6 @@ class Message:
                 attributes[name] = wire.into(frame.fields[name])
         attributes.update(cls.tensor_attributes(frame.tensors))
         return cls(**attributes, worker=frame.worker, attempt=frame.attempt, seq=frame.seq)
-
-
-def _is_default(value: Any, default: Any) -> bool:
-    return value is default or (not isinstance(value, np.ndarray) and value == default)
 
 
 def _check_vector(update: object) -> None:

@@ -3,7 +3,8 @@
 A Spark task is synchronous code, so this is a plain socket client with a timeout on every
 call. Updates leave straight from the caller's numpy memory (``sendmsg`` of the header and
 the array's buffer) and the center arrives straight into a preallocated array
-(``recv_into``); the framing is :mod:`distkeras_async.wire.frames`'s, shared with the server.
+(``recv_into``); the framing, the messages and the order they may come in
+(:mod:`distkeras_async.wire.connection`) are the wire layer's, shared with the server.
 
 Example::
 
@@ -38,6 +39,7 @@ from distkeras_async.errors import (
 from distkeras_async.layout import FLAT_DTYPE, Layout
 from distkeras_async.wire import auth
 from distkeras_async.wire.compression import ErrorFeedback
+from distkeras_async.wire.connection import Connection, Role
 from distkeras_async.wire.decoder import FrameDecoder
 from distkeras_async.wire.frames import FrameHeader
 from distkeras_async.wire.messages import (
@@ -132,6 +134,8 @@ class ParameterServerClient(WelcomeSettings):
         self._seq = 0
         self._closed = False
         self._decoder = FrameDecoder(allocate=self._allocate)
+        # The protocol's order, checked on every message either way (wire/connection.py).
+        self._conn = Connection(Role.CLIENT)
         self.duplicates = 0
         sock = socket.create_connection((host, port), timeout=connect_timeout)
         try:
@@ -346,6 +350,7 @@ class ParameterServerClient(WelcomeSettings):
 
     def _shutdown(self) -> None:
         self._closed = True
+        self._conn.close()
         with contextlib.suppress(OSError):
             self._sock.close()
 
@@ -368,6 +373,7 @@ class ParameterServerClient(WelcomeSettings):
     def _send(self, message: Message) -> None:
         if self._closed:
             raise ConnectionClosedError("the client is closed")
+        self._conn.sent(message)
         buffers = [memoryview(b) for b in encode_message(message)]
         try:
             if self._tls:
@@ -391,10 +397,10 @@ class ParameterServerClient(WelcomeSettings):
             raise
 
     def _allocate(self, header: FrameHeader) -> memoryview:
-        if header.op is Op.STATE and not hasattr(self, "_centers"):  # right after the welcome
-            return memoryview(bytearray(header.payload_size))
-        if header.op is not Op.CENTER or not hasattr(self, "_centers"):
+        if not self._conn.may_carry_tensors(header.op):
             raise RemoteProtocolError(f"unexpected tensors in a {header.op.value!r} message")
+        if header.op is Op.STATE:  # the rule's state, right after the welcome
+            return memoryview(bytearray(header.payload_size))
         return self._centers.allocate(header)
 
     def receive_center(self, out: np.ndarray | None = None) -> np.ndarray:
@@ -436,6 +442,11 @@ class ParameterServerClient(WelcomeSettings):
         if isinstance(message, Error):
             self._shutdown()
             raise from_code(message.code, message.message)
+        try:
+            self._conn.received(message)
+        except RemoteProtocolError:
+            self._shutdown()
+            raise
         if not isinstance(message, expected):
             self._shutdown()
             raise RemoteProtocolError(f"expected {expected.op.value!r}, got {message.op.value!r}")
