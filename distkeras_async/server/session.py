@@ -4,9 +4,10 @@ A :class:`Session` keeps its connection's phase in a
 :class:`~distkeras_async.wire.connection.Connection` (the protocol's one state machine, shared
 with the worker's client): which typed messages a peer may send now, and whether a frame may
 carry a payload at all (a commit in the run's commit codec, or the rule's state, only after
-the handshake, checked before a payload byte is read or a buffer is taken). It owns everything that belongs to its connection: the worker id and
-attempt, the version it last pulled, the decoder and its receive buffer, the requests
-queued behind one that waits, and the center buffers its unsent replies still read.
+the handshake, checked before a payload byte is read or a buffer is taken). It owns
+everything that belongs to its connection: the worker id and attempt, the version it last
+pulled, the decoder and its receive buffer, the requests queued behind one that waits, and
+the center buffers its unsent replies still read.
 
 It moves no bytes itself: a :class:`Link` (the transport) does, and the shared
 :class:`~distkeras_async.server.core.ServerCore` decides what requests mean.
