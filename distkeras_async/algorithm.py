@@ -22,7 +22,6 @@ with :func:`~distkeras_async.rules.delta_rule`)::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -30,9 +29,27 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import numpy as np
 
 from distkeras_async.errors import AlgorithmError, HyperparameterError
+from distkeras_async.hyperparameters import Hyperparameter, positive
+from distkeras_async.state import State, flatten_state, unflatten_state
 
 if TYPE_CHECKING:  # the layout is handed to rules; the contract imports nothing of the wire
     from distkeras_async.layout import Layout
+
+
+# The contract a plugin imports from one place: its hyperparameters' and its state's helpers
+# are defined beside it and named here too.
+__all__ = [
+    "COMMIT_DTYPES",
+    "Algorithm",
+    "Hyperparameter",
+    "LocalStep",
+    "ServerHandle",
+    "State",
+    "UpdateMeta",
+    "flatten_state",
+    "positive",
+    "unflatten_state",
+]
 
 
 class ServerHandle(Protocol):
@@ -64,9 +81,6 @@ class ServerHandle(Protocol):
 # contract names them here because a plugin may import nothing of the wire).
 COMMIT_DTYPES = ("float32", "float16", "bfloat16", "int8")
 
-State = tuple[Any, ...]
-"""A rule's or a transform's state: a tuple of numpy arrays, or of such tuples."""
-
 LocalStep = Callable[[np.ndarray], np.ndarray]
 """One local optimizer step from the given flat weights; returns the weights after it as a
 new array and leaves its argument unchanged."""
@@ -94,68 +108,6 @@ class UpdateMeta:
     def staleness(self) -> int:
         """How many updates were applied since the worker last pulled."""
         return max(0, self.version - self.pulled_version)
-
-
-@dataclass(frozen=True, slots=True)
-class Hyperparameter:
-    """Declaration of one hyperparameter: default, type, constraint and meaning."""
-
-    default: Any
-    kind: type = float
-    doc: str = ""
-    minimum: float | None = None
-    exclusive_minimum: bool = False
-    maximum: float | None = None
-    choices: tuple[Any, ...] | None = None
-
-    def validate(self, name: str, value: Any) -> Any:
-        """Return ``value`` converted to ``kind``, or raise naming ``name``."""
-        if self.choices is not None:
-            if value not in self.choices or isinstance(value, bool):
-                raise HyperparameterError(
-                    f"hyperparameter {name!r} must be one of {list(self.choices)}, got {value!r}"
-                )
-            return value
-        if self.kind is bool:
-            if not isinstance(value, bool | np.bool_):
-                raise HyperparameterError(f"hyperparameter {name!r} must be a bool, got {value!r}")
-            return bool(value)
-        if self.kind is int:
-            if isinstance(value, bool) or not isinstance(value, int | np.integer):
-                raise HyperparameterError(f"hyperparameter {name!r} must be an int, got {value!r}")
-            value = int(value)
-        elif self.kind is float:
-            if isinstance(value, bool) or not isinstance(value, int | float | np.number):
-                raise HyperparameterError(
-                    f"hyperparameter {name!r} must be a number, got {value!r}"
-                )
-            try:
-                value = float(value)
-            except OverflowError:
-                value = math.inf
-            if not math.isfinite(value):
-                raise HyperparameterError(f"hyperparameter {name!r} must be finite, got {value!r}")
-        elif not isinstance(value, self.kind):
-            raise HyperparameterError(
-                f"hyperparameter {name!r} must be {self.kind.__name__}, got {value!r}"
-            )
-        if self.minimum is not None:
-            too_small = value <= self.minimum if self.exclusive_minimum else value < self.minimum
-            if too_small:
-                bound = ">" if self.exclusive_minimum else ">="
-                raise HyperparameterError(
-                    f"hyperparameter {name!r} must be {bound} {self.minimum}, got {value!r}"
-                )
-        if self.maximum is not None and value > self.maximum:
-            raise HyperparameterError(
-                f"hyperparameter {name!r} must be <= {self.maximum}, got {value!r}"
-            )
-        return value
-
-
-def positive(default: float, doc: str, kind: type = float) -> Hyperparameter:
-    """A hyperparameter that must be strictly positive."""
-    return Hyperparameter(default, kind, doc, minimum=0, exclusive_minimum=True)
 
 
 class Algorithm:
@@ -414,47 +366,3 @@ class Algorithm:
 
 # The server rule's forms before contract version 3, refused with a pointer to the new one.
 _VERSION_2_RULES = ("server_apply", "server_apply_round", "server_update_round")
-
-
-def flatten_state(state: State) -> list[np.ndarray]:
-    """The arrays of a (nested) state, in order."""
-    arrays: list[np.ndarray] = []
-    for item in state:
-        if isinstance(item, tuple):
-            arrays.extend(flatten_state(item))
-        elif isinstance(item, np.ndarray):
-            arrays.append(item)
-        else:
-            raise AlgorithmError(f"a rule's state holds numpy arrays, got {type(item).__name__}")
-    return arrays
-
-
-def unflatten_state(template: State, arrays: Sequence[np.ndarray]) -> State:
-    """``arrays`` in the structure of ``template``, each checked against its template's.
-
-    Raises:
-        AlgorithmError: if the count, a dtype or a shape differs.
-    """
-    supply = iter(arrays)
-
-    def build(node: State) -> State:
-        items: list[Any] = []
-        for item in node:
-            if isinstance(item, tuple):
-                items.append(build(item))
-                continue
-            array = next(supply, None)
-            if array is None:
-                raise AlgorithmError("a state has fewer arrays than the rule's")
-            if array.dtype != item.dtype or array.shape != item.shape:
-                raise AlgorithmError(
-                    f"a state array is {array.dtype}{list(array.shape)}, the rule's is "
-                    f"{item.dtype}{list(item.shape)}"
-                )
-            items.append(array)
-        return tuple(items)
-
-    state = build(template)
-    if next(supply, None) is not None:
-        raise AlgorithmError("a state has more arrays than the rule's")
-    return state
