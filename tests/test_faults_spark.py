@@ -92,12 +92,21 @@ def test_a_window_longer_than_the_frame_timeout_trains(
     assert stats.commits >= 8 and stats.rejected == 0, stats
 
 
-def test_a_failed_final_checkpoint_hands_over_the_trained_model(spark, digits, tmp_path):
+@pytest.mark.parametrize("watcher", ["polling", "lagging"])
+def test_a_failed_final_checkpoint_hands_over_the_trained_model(
+    spark, digits, tmp_path, monkeypatch, watcher
+):
     """The checkpoint folder becomes unwritable during the last epoch: the run still returns
-    its work, as the CheckpointError's model (docs/reliability.md)."""
+    its work, as the CheckpointError's model (docs/reliability.md). With the epoch watcher
+    lagging the job (it polls once a minute here), the last epochs' callbacks still run before
+    the final checkpoint."""
     import keras
 
     from distkeras_async.errors import CheckpointError
+    from distkeras_async.trainers import epochs as epoch_callbacks
+
+    if watcher == "lagging":
+        monkeypatch.setattr(epoch_callbacks, "POLL_SECONDS", 60.0)
 
     folder = tmp_path / "run"
     epochs = 3

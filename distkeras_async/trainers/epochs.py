@@ -192,17 +192,25 @@ class EpochCallbacks:
         Raises:
             Exception: what a callback raised, if one did.
         """
-        self._quit.set()
-        if self._thread.is_alive():
-            self._thread.join()
-        if self.error is None and self.server is not None:
-            self._run_guarded(self._catch_up)
+        self.catch_up()
         self.model.set_weights(weights)
         if self.error is None:
             self._run_guarded(lambda: self.callbacks.on_train_end(self._logs))
         if self.error is not None:
             raise self.error
         return list(self.model.get_weights())
+
+    def catch_up(self) -> None:
+        """After the job: stop watching and run the epochs that ended with it (idempotent).
+
+        The run calls it before its final checkpoint, so every ``on_epoch_end`` has run by
+        then, as in ``fit``; a callback's error is raised by :meth:`end`.
+        """
+        self._quit.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        if self.error is None and self.server is not None:
+            self._run_guarded(self._catch_up)
 
     def close(self) -> None:
         """Stop watching (the run failed); no more callbacks are called."""

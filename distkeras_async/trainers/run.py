@@ -85,6 +85,9 @@ class TrainingRun:
         try:
             epochs.watch(server)
             rows = self.run_workers(server, epochs.epochs_to_run)
+            server.raise_for_failure()
+            # Every epoch's callbacks before the final checkpoint (the watcher may lag the job).
+            epochs.catch_up()
             weights, final_checkpoint, lost = self.collect(server)
             weights = epochs.end(weights)  # on_train_end: EarlyStopping may restore its best
         finally:
